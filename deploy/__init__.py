@@ -1,0 +1,1 @@
+"""nndeploy.deploy: Kubernetes manifests for a plan."""

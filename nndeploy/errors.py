@@ -1,0 +1,26 @@
+"""The one exception hierarchy for problems a user can fix: each carries a single clear line.
+
+The CLI prints `error: <message>` for these and exits 2; any other exception is a bug.
+"""
+
+from __future__ import annotations
+
+
+class NNDeployError(Exception):
+    """A problem with the user's input or environment, described in one line."""
+
+
+class ModelError(NNDeployError):
+    """The ONNX model cannot be read, checked or analysed (missing file, not ONNX, unbound dims...)."""
+
+
+class ClusterError(NNDeployError):
+    """cluster.yaml or a device profile is invalid."""
+
+
+class PlanError(NNDeployError):
+    """No valid plan exists (unsupported op everywhere, nothing fits in memory) or plan.json is invalid."""
+
+
+class SplitError(NNDeployError):
+    """A plan cannot be cut into stage models (changed model, cycle between stages)."""

@@ -1,0 +1,112 @@
+"""onnxruntime as the reference: run a model or a chain of stage models, and compare tensors.
+
+onnxruntime is imported here (and only where a stage falls back to it), inside the functions that use
+it, so importing nndeploy stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    # dtype: (atol, rtol)
+    "float64": (1e-9, 1e-7),
+    "float32": (1e-5, 1e-4),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (5e-2, 5e-2),
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How far one output is from the reference."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+
+    @property
+    def ok(self) -> bool:
+        """Within tolerance: |got - want| <= atol + rtol * |want| everywhere (what np.allclose checks)."""
+        return self.max_abs <= self.atol or self.max_rel <= self.rtol
+
+
+def session(model: onnx.ModelProto | str, threads: int | None = None):
+    """An onnxruntime CPU InferenceSession for a ModelProto or a file path."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    payload = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+
+
+def run_model(
+    model: onnx.ModelProto | str, inputs: Mapping[str, np.ndarray], threads: int | None = None
+) -> dict[str, np.ndarray]:
+    """Run `model` on `inputs` with onnxruntime; returns every graph output by name."""
+    sess = session(model, threads)
+    wanted = {i.name for i in sess.get_inputs()}
+    names = [o.name for o in sess.get_outputs()]
+    results = sess.run(names, {k: v for k, v in inputs.items() if k in wanted})
+    return dict(zip(names, results, strict=True))
+
+
+def run_chain(
+    stage_models: Sequence[onnx.ModelProto | str],
+    inputs: Mapping[str, np.ndarray],
+    threads: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Run stage models one after another, each taking what it needs from everything produced so far."""
+    tensors = dict(inputs)
+    for model in stage_models:
+        tensors.update(run_model(model, tensors, threads))
+    return tensors
+
+
+def compare(
+    expected: Mapping[str, np.ndarray],
+    got: Mapping[str, np.ndarray],
+    tolerances: Mapping[str, tuple[float, float]] | None = None,
+) -> list[Comparison]:
+    """Per expected output: max absolute and relative error of `got` against it, with its tolerance."""
+    table = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    results = []
+    for name, want in expected.items():
+        have = np.asarray(got[name])
+        atol, rtol = table.get(str(want.dtype), (0.0, 0.0))
+        if want.shape != have.shape:
+            results.append(Comparison(name, float("inf"), float("inf"), atol, rtol))
+            continue
+        if want.size == 0:
+            results.append(Comparison(name, 0.0, 0.0, atol, rtol))
+            continue
+        want64, have64 = want.astype(np.float64), have.astype(np.float64)
+        same = (want64 == have64) | (np.isnan(want64) & np.isnan(have64))
+        diff = np.where(same, 0.0, np.abs(want64 - have64))
+        rel = diff / np.maximum(np.abs(want64), np.finfo(np.float64).tiny)
+        results.append(Comparison(name, float(np.nanmax(diff)), float(np.nanmax(rel)), atol, rtol))
+    return results
+
+
+def assert_matches_onnxruntime(
+    reference: onnx.ModelProto | str,
+    got: Mapping[str, np.ndarray],
+    inputs: Mapping[str, np.ndarray],
+    atol: float = 1e-5,
+) -> list[Comparison]:
+    """Raise AssertionError unless every output of `reference` on `inputs` is within `atol` of `got`."""
+    expected = run_model(reference, inputs)
+    results = compare(expected, got, {dtype: (atol, 0.0) for dtype in DEFAULT_TOLERANCES})
+    bad = [r for r in results if not r.max_abs <= atol]
+    assert not bad, "; ".join(f"{r.name}: max abs diff {r.max_abs:.3g} > {atol}" for r in bad)
+    return results

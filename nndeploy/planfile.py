@@ -1,0 +1,71 @@
+"""plan.json: write a Plan, and read one back after checking it against the versioned JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from nndeploy.errors import PlanError
+from nndeploy.types import Plan
+
+
+@cache
+def plan_schema() -> dict[str, Any]:
+    """The JSON Schema every plan.json must satisfy."""
+    text = resources.files("nndeploy").joinpath("schemas/plan.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def validate_plan_dict(data: Any, source: str = "plan.json") -> None:
+    """Raise PlanError naming the first offending field if `data` breaks the plan schema."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(plan_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        raise PlanError(f"{source}: {where or '(top level)'}: {error.message}")
+    devices = {d["name"] for d in data["cluster"]["devices"]}
+    for stage in data["stages"]:
+        if stage["device"] not in devices:
+            raise PlanError(
+                f"{source}: stages[{stage['index']}].device: '{stage['device']}' is not in the cluster"
+            )
+
+
+def write_plan(plan: Plan, path: str | Path) -> Path:
+    """Write `plan` as indented JSON to `path` (validated first); returns the path."""
+    data = plan.to_dict()
+    validate_plan_dict(data, str(path))
+    target = Path(path)
+    if target.parent != Path():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+def read_plan(path: str | Path) -> Plan:
+    """Load and validate a plan.json."""
+    source = Path(path)
+    if not source.is_file():
+        raise PlanError(f"{path}: no such plan file; create one with nndeploy plan")
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{path}: not valid JSON ({exc}); create one with nndeploy plan") from None
+    validate_plan_dict(data, str(path))
+    return Plan.from_dict(data)
+
+
+def resolve_model_path(plan: Plan, plan_path: str | Path) -> Path:
+    """Where the plan's model is: as written (from the working directory), else beside the plan file."""
+    given = Path(plan.model_path)
+    if given.is_file():
+        return given
+    beside = Path(plan_path).parent / given
+    if not given.is_absolute() and beside.is_file():
+        return beside
+    raise PlanError(f"{plan.model_path}: the plan's model is not there; pass --model PATH")

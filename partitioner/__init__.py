@@ -1,0 +1,1 @@
+"""nndeploy.partitioner: cost model, optimal stage search, and cutting a plan into stage models."""

@@ -1,0 +1,1 @@
+"""nndeploy.proto: the wire formats (generated Python from the .proto sources here)."""

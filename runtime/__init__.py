@@ -1,0 +1,1 @@
+"""nndeploy.runtime: stage workers, their wiring and supervision, and the inference endpoint."""

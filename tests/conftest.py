@@ -1,0 +1,65 @@
+"""Shared fixtures: example models built once per session, clusters from dicts, and marker handling."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without nvidia-smi and `emulator` tests without qemu-aarch64."""
+    skips = {
+        "gpu": (shutil.which("nvidia-smi") is None, "no NVIDIA GPU on this machine"),
+        "emulator": (shutil.which("qemu-aarch64") is None, "qemu-aarch64 is not installed"),
+    }
+    for item in items:
+        for marker, (absent, reason) in skips.items():
+            if absent and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def example_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shipped example models, built by examples/build_models.py into a temporary folder."""
+    spec = importlib.util.spec_from_file_location("build_models", EXAMPLES / "build_models.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import onnx
+
+    folder = tmp_path_factory.mktemp("example_models")
+    paths = {}
+    for name, build in (("camera_cnn", module.camera_cnn), ("tiny_bert", module.tiny_bert)):
+        paths[name] = folder / f"{name}.onnx"
+        onnx.save(build(), paths[name])
+    return paths
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Callable[..., Any]:
+    """Build a Cluster from a cluster.yaml-shaped dict (profiles resolved from the registry)."""
+    from nndeploy.targets.cluster import parse_cluster
+
+    def build(data: dict[str, Any], extra_profile_paths: tuple[Path, ...] = ()) -> Any:
+        return parse_cluster(data, "cluster.yaml", tmp_path, extra_profile_paths)
+
+    return build
+
+
+def servers(
+    count: int, profile: str = "x86-avx512-server", gbps: float = 25.0, latency_ms: float = 0.05
+) -> dict[str, Any]:
+    """A cluster.yaml dict of `count` identical devices on one network."""
+    return {
+        "name": f"{count}-servers",
+        "devices": [{"name": f"server-{i}", "profile": profile} for i in range(count)],
+        "default_link": {"gbps": gbps, "latency_ms": latency_ms},
+    }

@@ -1,0 +1,103 @@
+"""Project rules checked mechanically: the import rules of DESIGN.md, ruff, and a fast `import nndeploy`."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"partitioner": "partitioner", "targets": "targets", "runtime": "runtime", "deploy": "deploy"}
+CORE = ("types", "errors", "graph", "model_prep", "op_costs")
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a source file imports (at any depth, including inside functions)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def sources(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_packages_do_not_import_each_other() -> None:
+    for package, folder in PACKAGES.items():
+        others = [f"nndeploy.{other}" for other in PACKAGES if other != package]
+        for path in sources(folder):
+            bad = [m for m in imports_of(path) if any(m == o or m.startswith(o + ".") for o in others)]
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_core_modules_import_no_other_part_of_the_project() -> None:
+    allowed = {f"nndeploy.{name}" for name in CORE} | {"nndeploy"}
+    for name in CORE:
+        path = ROOT / "nndeploy" / f"{name}.py"
+        bad = [
+            m
+            for m in imports_of(path)
+            if m.startswith("nndeploy.") and ".".join(m.split(".")[:2]) not in allowed
+        ]
+        assert not bad, f"nndeploy/{name}.py imports {bad}"
+
+
+@pytest.mark.parametrize(
+    ("library", "allowed"),
+    [
+        ("tvm", ("targets", "runtime")),
+        ("onnxruntime", ("nndeploy/oracle.py", "runtime")),
+        ("ray", ("runtime/ray_cluster.py",)),
+    ],
+)
+def test_heavy_libraries_stay_where_design_puts_them(library: str, allowed: tuple[str, ...]) -> None:
+    for folder in ("nndeploy", *PACKAGES.values()):
+        for path in sources(folder):
+            relative = path.relative_to(ROOT).as_posix()
+            if any(relative == a or relative.startswith(a + "/") for a in allowed):
+                continue
+            bad = [m for m in imports_of(path) if m == library or m.startswith(library + ".")]
+            assert not bad, f"{relative} imports {library}"
+
+
+def test_importing_nndeploy_is_fast_and_light() -> None:
+    code = (
+        "import sys, time; t = time.perf_counter(); import nndeploy.cli, nndeploy.partitioner.planner, "
+        "nndeploy.targets.cluster; print(time.perf_counter() - t); "
+        "print(sorted(m for m in ('tvm', 'onnxruntime', 'ray') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, heavy = done.stdout.splitlines()
+    assert heavy == "[]"
+    assert float(seconds) < 5.0
+
+
+def test_every_subpackage_imports_under_the_nndeploy_name() -> None:
+    import importlib
+
+    for name in (
+        "nndeploy.partitioner",
+        "nndeploy.targets",
+        "nndeploy.runtime",
+        "nndeploy.deploy",
+        "nndeploy.proto",
+    ):
+        module = importlib.import_module(name)
+        assert Path(module.__file__).resolve().parent == ROOT / name.split(".")[1]
+
+
+def test_ruff_is_clean() -> None:
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    done = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
