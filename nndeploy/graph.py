@@ -15,15 +15,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from nndeploy.constant_folding import Dims, node_reads, tensor_types
 from nndeploy.model_prep import (
-    Dims,
     file_sha256,
     load_model,
-    node_reads,
     prepare_model,
     prepare_model_with_warnings,
     real_inputs,
-    tensor_types,
 )
 from nndeploy.op_costs import node_cost
 from nndeploy.types import Graph, Node, TensorSpec

@@ -69,3 +69,20 @@ def resolve_model_path(plan: Plan, plan_path: str | Path) -> Path:
     if not given.is_absolute() and beside.is_file():
         return beside
     raise PlanError(f"{plan.model_path}: the plan's model is not there; pass --model PATH")
+
+
+def plan_text(plan: Plan) -> str:
+    """A stable, diffable text form of a plan (one line per stage, figures to 4 significant digits)."""
+    lines = [
+        f"objective {plan.objective}; batch {plan.batch}; order {plan.topological_order}",
+        f"latency_ms {plan.latency_ms:.4g}; throughput_per_s {plan.throughput_per_s:.4g}; "
+        f"input_transfer_ms {plan.input_transfer_ms:.4g}; bottleneck {plan.bottleneck}",
+    ]
+    for stage in plan.stages:
+        lines.append(
+            f"stage {stage.index} on {stage.device}: {len(stage.nodes)} nodes "
+            f"{stage.nodes[0]} .. {stage.nodes[-1]}; "
+            f"compute_ms {stage.compute_ms:.4g}; transfer_ms {stage.transfer_ms:.4g}; "
+            f"sends {', '.join(t.name for t in stage.outputs)}"
+        )
+    return "\n".join(lines) + "\n"

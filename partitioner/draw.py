@@ -20,29 +20,34 @@ FORMATS = (".dot", ".gv", ".svg", ".html")
 def plan_dot(graph: Graph, plan: Plan) -> str:
     """DOT source: one box per node, filled with its stage's colour; edges that cross stages in red."""
     stage_of = {name: stage.index for stage in plan.stages for name in stage.nodes}
+    # Graphviz reads "a:b" as node a, port b: use plain generated ids and put the names in labels.
+    node_id = {node.name: f"node{i}" for i, node in enumerate(graph.nodes)}
     producer = {out: node.name for node in graph.nodes for out in node.outputs}
     dot = graphviz.Digraph("plan", graph_attr={"rankdir": "TB", "fontname": "Helvetica", "labelloc": "t"})
     dot.attr(label=f"{Path(plan.model_path).name} on {plan.cluster.name}: {len(plan.stages)} stage(s)")
     dot.attr("node", shape="box", style="filled,rounded", fontname="Helvetica", fontsize="10")
-    dot.attr("edge", color="#777777", arrowsize="0.6")
+    dot.attr("edge", color="#777777", arrowsize="0.6", fontname="Helvetica", fontsize="9")
     for stage in plan.stages:
         with dot.subgraph(name=f"cluster_stage{stage.index}") as box:
             box.attr(label=f"stage {stage.index}: {stage.device} ({stage.compute_ms:.2f} ms)", style="dashed")
             colour = STAGE_COLOURS[stage.index % len(STAGE_COLOURS)]
             for name in stage.nodes:
-                box.node(f"n:{name}", label=f"{name}\\n{_op(graph, name)}", fillcolor=colour)
-    for tensor in graph.inputs:
-        dot.node(f"t:{tensor}", label=tensor, shape="ellipse", style="solid")
+                box.node(node_id[name], label=f"{name}\\n{_op(graph, name)}", fillcolor=colour)
+    inputs = {tensor: f"input{i}" for i, tensor in enumerate(graph.inputs)}
+    for tensor, ident in inputs.items():
+        dot.node(ident, label=tensor, shape="ellipse", style="solid")
     for node in graph.nodes:
         for tensor in node.inputs:
-            source = f"n:{producer[tensor]}" if tensor in producer else f"t:{tensor}"
+            source = node_id[producer[tensor]] if tensor in producer else inputs.get(tensor)
+            if source is None:
+                continue
             cut = tensor in producer and stage_of[producer[tensor]] != stage_of[node.name]
             attrs = {"color": "#d62728", "penwidth": "2.0", "label": _mb(graph, tensor)} if cut else {}
-            dot.edge(source, f"n:{node.name}", **attrs)
-    for tensor in graph.outputs:
-        dot.node(f"out:{tensor}", label=tensor, shape="ellipse", style="solid")
+            dot.edge(source, node_id[node.name], **attrs)
+    for i, tensor in enumerate(graph.outputs):
+        dot.node(f"output{i}", label=tensor, shape="ellipse", style="solid")
         if tensor in producer:
-            dot.edge(f"n:{producer[tensor]}", f"out:{tensor}")
+            dot.edge(node_id[producer[tensor]], f"output{i}")
     return dot.source
 
 

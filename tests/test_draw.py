@@ -1,0 +1,74 @@
+"""Drawings: every node drawn once, coloured by stage, and exactly the cut edges marked in red."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import onnx
+import pytest
+
+from nndeploy.errors import PlanError
+from nndeploy.graph import load_graph
+from nndeploy.partitioner.draw import STAGE_COLOURS, plan_dot, write_drawing
+from nndeploy.partitioner.planner import plan
+
+from conftest import servers
+from models import skip_model
+
+CUT_COLOUR = "#d62728"
+
+
+@pytest.fixture
+def planned(make_cluster, tmp_path: Path):
+    path = tmp_path / "skip.onnx"
+    onnx.save(skip_model(), path)
+    graph = load_graph(path)
+    result = plan(graph, make_cluster(servers(3, profile="raspberry-pi-5", gbps=400.0, latency_ms=1e-4)))
+    assert len(result.stages) >= 2
+    return graph, result
+
+
+def cut_pairs(graph, result) -> int:
+    """(tensor, consumer) pairs whose producer sits in another stage."""
+    stage_of = {name: s.index for s in result.stages for name in s.nodes}
+    producer = {out: node.name for node in graph.nodes for out in node.outputs}
+    return sum(
+        1
+        for node in graph.nodes
+        for tensor in node.inputs
+        if tensor in producer and stage_of[producer[tensor]] != stage_of[node.name]
+    )
+
+
+def test_svg_draws_each_node_once_and_marks_the_cuts(planned, tmp_path: Path) -> None:
+    graph, result = planned
+    svg = write_drawing(graph, result, tmp_path / "plan.svg").read_text()
+    drawn_nodes = len(re.findall(r'<g id="node\d+" class="node">', svg))
+    assert drawn_nodes == len(graph.nodes) + len(graph.inputs) + len(graph.outputs)
+    red_edges = len(
+        re.findall(
+            r'<g id="edge\d+" class="edge">\s*<title>[^<]*</title>\s*<path fill="none" stroke="' + CUT_COLOUR,
+            svg,
+        )
+    )
+    assert red_edges == cut_pairs(graph, result) > 0
+    for stage in result.stages:
+        assert f"stage {stage.index}: {stage.device}".replace("-", "&#45;") in svg
+        assert STAGE_COLOURS[stage.index].lower() in svg.lower()
+
+
+def test_dot_and_html_forms(planned, tmp_path: Path) -> None:
+    graph, result = planned
+    dot = write_drawing(graph, result, tmp_path / "plan.dot").read_text()
+    assert dot == plan_dot(graph, result) and dot.startswith("digraph plan")
+    page = write_drawing(graph, result, tmp_path / "plan.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page
+    assert page.count("<tr>") == len(result.stages) + 1  # header + one row per stage
+
+
+def test_unknown_format_is_refused(planned, tmp_path: Path) -> None:
+    graph, result = planned
+    with pytest.raises(PlanError, match=r"plan\.png: cannot draw to '\.png'"):
+        write_drawing(graph, result, tmp_path / "plan.png")
+    assert not (tmp_path / "plan.png").exists()

@@ -1,0 +1,38 @@
+"""Golden plans: resnet50 from the onnx wheel on every example cluster, in the stable text form.
+
+A change to the cost model, the registry or the search shows up here as a readable diff. After an intended
+change, regenerate with:  NNDEPLOY_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nndeploy.graph import load_graph
+from nndeploy.partitioner.planner import plan
+from nndeploy.planfile import plan_text
+from nndeploy.targets.cluster import load_cluster
+
+from models import light_model_path
+
+GOLDEN = Path(__file__).parent / "golden"
+CLUSTERS = sorted((Path(__file__).resolve().parents[1] / "examples" / "clusters").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    return load_graph(light_model_path("resnet50"))
+
+
+@pytest.mark.parametrize("cluster_path", CLUSTERS, ids=[p.stem for p in CLUSTERS])
+@pytest.mark.parametrize("objective", ["throughput", "latency"])
+def test_resnet50_plans_match_golden(resnet50, cluster_path: Path, objective: str) -> None:
+    text = plan_text(plan(resnet50, load_cluster(cluster_path), objective))
+    golden = GOLDEN / f"resnet50.{cluster_path.stem}.{objective}.txt"
+    if os.environ.get("NNDEPLOY_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert golden.is_file(), f"missing {golden.name}: run with NNDEPLOY_UPDATE_GOLDEN=1"
+    assert text == golden.read_text()
