@@ -141,7 +141,7 @@ def _bind(
         if dynamic:
             first_dim_dynamic |= not isinstance(dims[0], int)
             problems.append(f"input '{vi.name}' has dynamic dims {dynamic}")
-            example = "x".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in dims)
+            example = "x".join(str(d) if isinstance(d, int) and d > 0 else f"<{d or '?'}>" for d in dims)
             hints.append(f"--input-shape {vi.name}={example}")
     if problems:
         tail = " (or --batch N for the first dim)" if first_dim_dynamic else ""

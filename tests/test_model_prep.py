@@ -126,7 +126,7 @@ def test_missing_input_shape_error_says_what_to_pass() -> None:
         prepare_model(dynamic_batch_model(), name="model.onnx")
     assert str(err.value) == (
         "model.onnx: input 'x' has dynamic dims ['N']; "
-        "pass --input-shape x=1x4 (or --batch N for the first dim)"
+        "pass --input-shape x=<N>x4 (or --batch N for the first dim)"
     )
 
 
