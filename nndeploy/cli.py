@@ -7,14 +7,13 @@ are NNDeployError: printed as one `error:` line with exit code 2 (`--debug` show
 from __future__ import annotations
 
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from nndeploy.cli_common import MIB, FallbackOption, Objective, ProfilesOption, err, out, write_stage_models
 from nndeploy.errors import ModelError, NNDeployError
 from nndeploy.types import Graph, Plan
 
@@ -24,25 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Plan, compile, verify, serve and deploy one ONNX model over a heterogeneous cluster.",
 )
-# Piped output keeps full-width tables instead of rich's 80-column default.
-_WIDTH = None if sys.stdout.isatty() else 200
-out = Console(width=_WIDTH)
-err = Console(stderr=True, width=_WIDTH)
-
-MIB = 1024**2
-
-
-class Objective(StrEnum):
-    """What the planner optimises."""
-
-    throughput = "throughput"
-    latency = "latency"
-
-
-ProfilesOption = Annotated[
-    list[Path] | None,
-    typer.Option("--profiles", help="Extra device-profile YAML files or folders (repeatable)."),
-]
 
 
 @app.callback()
@@ -106,6 +86,7 @@ def plan(
         typer.Option("--dump-dir", help="Also save the plan, its drawing (.dot) and every stage model here."),
     ] = None,
     profiles: ProfilesOption = None,
+    fallback: FallbackOption = None,
 ) -> Plan:
     """Split MODEL into pipeline stages over the devices of a cluster; write plan.json."""
     from nndeploy.graph import load_graph
@@ -114,6 +95,10 @@ def plan(
     from nndeploy.targets.cluster import load_cluster
 
     the_cluster = load_cluster(cluster, profiles or ())
+    if fallback is None:
+        from nndeploy.targets.tvm_ops import restrict_to_compiler
+
+        the_cluster = restrict_to_compiler(the_cluster)
     the_graph = load_graph(model, parse_input_shapes(input_shape or []), batch)
     for warning in the_graph.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -145,7 +130,7 @@ def split(
     from nndeploy.planfile import read_plan
 
     the_plan = read_plan(plan_file)
-    paths = _write_stage_models(the_plan, plan_file, output, model)
+    _, paths = write_stage_models(the_plan, plan_file, output, model)
     table = Table(title=f"{len(paths)} stage model(s) in {output}")
     for column in ("stage", "device", "file", "inputs", "outputs"):
         table.add_column(column)
@@ -161,26 +146,6 @@ def split(
     return paths
 
 
-def _write_stage_models(the_plan: Plan, plan_file: Path, output: Path, model: Path | None) -> list[Path]:
-    """Re-prepare the plan's model exactly as planned, check it is the same file, and cut it."""
-    from nndeploy.graph import load_prepared_model
-    from nndeploy.model_prep import file_sha256
-    from nndeploy.partitioner.split import split as split_model
-    from nndeploy.partitioner.split import write_stages
-    from nndeploy.planfile import resolve_model_path
-
-    model_path = model or resolve_model_path(the_plan, plan_file)
-    if not model_path.is_file():
-        raise ModelError(f"{model_path}: no such file")
-    if file_sha256(model_path) != the_plan.model_sha256:
-        raise ModelError(
-            f"{model_path}: this is not the model the plan was made for (sha256 differs); "
-            "run nndeploy plan again"
-        )
-    prepared = load_prepared_model(model_path, the_plan.input_shapes, None)
-    return write_stages(split_model(prepared, the_plan), output)
-
-
 def _dump(the_graph: Graph, the_plan: Plan, dump_dir: Path) -> None:
     from nndeploy.partitioner.draw import plan_dot
     from nndeploy.planfile import write_plan
@@ -188,7 +153,7 @@ def _dump(the_graph: Graph, the_plan: Plan, dump_dir: Path) -> None:
     dump_dir.mkdir(parents=True, exist_ok=True)
     plan_path = write_plan(the_plan, dump_dir / "plan.json")
     (dump_dir / "plan.dot").write_text(plan_dot(the_graph, the_plan), encoding="utf-8")
-    paths = _write_stage_models(the_plan, plan_path, dump_dir / "stages", Path(the_plan.model_path))
+    _, paths = write_stage_models(the_plan, plan_path, dump_dir / "stages", Path(the_plan.model_path))
     out.print(f"dumped plan, drawing and {len(paths)} stage model(s) to {dump_dir}")
 
 
@@ -254,6 +219,11 @@ def print_plan(the_graph: Graph, the_plan: Plan) -> None:
         f"planned in {the_plan.planner_seconds:.2f} s",
         highlight=False,
     )
+
+
+from nndeploy import cli_build  # noqa: E402  (registers compile, verify, inspect, emulator on `app`)
+
+cli_build.register(app)
 
 
 def main() -> None:

@@ -24,3 +24,19 @@ class PlanError(NNDeployError):
 
 class SplitError(NNDeployError):
     """A plan cannot be cut into stage models (changed model, cycle between stages)."""
+
+
+class BuildError(NNDeployError):
+    """A stage cannot be compiled (an op TVM cannot import, a missing cross compiler or nvcc)."""
+
+
+class ArtifactError(NNDeployError):
+    """A build folder or artifact is missing, corrupt or tampered with (sha256 mismatch)."""
+
+
+class VerifyError(NNDeployError):
+    """Verification could not run (missing inputs, unreadable .npz, wrong tensor shapes)."""
+
+
+class EmulatorError(NNDeployError):
+    """The aarch64 emulator (qemu-user + an arm64 Python with TVM) cannot be set up or run."""

@@ -30,11 +30,7 @@ class Comparison:
     max_rel: float
     atol: float
     rtol: float
-
-    @property
-    def ok(self) -> bool:
-        """Within tolerance: |got - want| <= atol + rtol * |want| everywhere (what np.allclose checks)."""
-        return self.max_abs <= self.atol or self.max_rel <= self.rtol
+    ok: bool  # |got - want| <= atol + rtol * |want| everywhere (np.allclose's test), same shape, NaNs alike
 
 
 def session(model: onnx.ModelProto | str, threads: int | None = None):
@@ -85,16 +81,17 @@ def compare(
         have = np.asarray(got[name])
         atol, rtol = table.get(str(want.dtype), (0.0, 0.0))
         if want.shape != have.shape:
-            results.append(Comparison(name, float("inf"), float("inf"), atol, rtol))
+            results.append(Comparison(name, float("inf"), float("inf"), atol, rtol, False))
             continue
         if want.size == 0:
-            results.append(Comparison(name, 0.0, 0.0, atol, rtol))
+            results.append(Comparison(name, 0.0, 0.0, atol, rtol, True))
             continue
         want64, have64 = want.astype(np.float64), have.astype(np.float64)
         same = (want64 == have64) | (np.isnan(want64) & np.isnan(have64))
         diff = np.where(same, 0.0, np.abs(want64 - have64))
         rel = diff / np.maximum(np.abs(want64), np.finfo(np.float64).tiny)
-        results.append(Comparison(name, float(np.nanmax(diff)), float(np.nanmax(rel)), atol, rtol))
+        ok = bool(np.all(np.where(same, True, diff <= atol + rtol * np.abs(want64))))
+        results.append(Comparison(name, float(np.nanmax(diff)), float(np.nanmax(rel)), atol, rtol, ok))
     return results
 
 

@@ -133,7 +133,8 @@ def _check_op_support(graph: Graph, cluster: Cluster) -> None:
         )
         raise PlanError(
             f"no device in cluster '{cluster.name}' supports: {listed}; "
-            "add a device whose profile supports them, or extend a profile's ops/dtypes"
+            "TVM cannot compile them for these devices: pass --fallback onnxruntime to run such stages on "
+            "onnxruntime, or add a device (or profile ops/dtypes) that supports them"
         )
 
 

@@ -15,10 +15,12 @@ EXAMPLES = ROOT / "examples"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu` tests without nvidia-smi and `emulator` tests without qemu-aarch64."""
+    """Skip `gpu` tests without nvidia-smi and `emulator` tests when the aarch64 emulator is not set up."""
+    from nndeploy.targets.emulate import find_emulator
+
     skips = {
         "gpu": (shutil.which("nvidia-smi") is None, "no NVIDIA GPU on this machine"),
-        "emulator": (shutil.which("qemu-aarch64") is None, "qemu-aarch64 is not installed"),
+        "emulator": (find_emulator("aarch64") is None, "run nndeploy emulator setup aarch64 first"),
     }
     for item in items:
         for marker, (absent, reason) in skips.items():

@@ -283,3 +283,14 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray
         else:
             feeds[vi.name] = rng.integers(0, 4, shape).astype(dtype)
     return feeds
+
+
+def celu_model() -> onnx.ModelProto:
+    """x[2,8] -> MatMul -> Celu -> MatMul -> y: Celu is an op onnxruntime runs and TVM 0.27 cannot import."""
+    weights = _weights(5, w1=(8, 8), w2=(8, 4))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Celu", ["h"], ["c"], name="celu", alpha=1.0),
+        helper.make_node("MatMul", ["c", "w2"], ["y"], name="mm2"),
+    ]
+    return _model(nodes, [_f32("x", [2, 8])], [_f32("y", [2, 4])], weights, "celu", opset=17)

@@ -1,0 +1,71 @@
+"""What the CLI's command modules share: the consoles, common options, and cutting a plan into stage
+models (the step both `split` and `compile` start from)."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from nndeploy.errors import ModelError
+from nndeploy.types import Plan
+
+# Piped output keeps full-width tables instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
+
+MIB = 1024**2
+
+
+class Fallback(StrEnum):
+    """Executors a stage may fall back to."""
+
+    onnxruntime = "onnxruntime"
+
+
+class Objective(StrEnum):
+    """What the planner optimises."""
+
+    throughput = "throughput"
+    latency = "latency"
+
+
+FallbackOption = Annotated[
+    Fallback | None,
+    typer.Option(
+        "--fallback",
+        help="Let stages with ops TVM cannot compile run on onnxruntime instead (flagged in every report).",
+    ),
+]
+ProfilesOption = Annotated[
+    list[Path] | None,
+    typer.Option("--profiles", help="Extra device-profile YAML files or folders (repeatable)."),
+]
+
+
+def write_stage_models(
+    the_plan: Plan, plan_file: Path, output: Path, model: Path | None
+) -> tuple[Path, list[Path]]:
+    """Re-prepare the plan's model exactly as planned, check it is the same file, and cut it; returns the
+    model's path and the stage model paths."""
+    from nndeploy.graph import load_prepared_model
+    from nndeploy.model_prep import file_sha256
+    from nndeploy.partitioner.split import split as split_model
+    from nndeploy.partitioner.split import write_stages
+    from nndeploy.planfile import resolve_model_path
+
+    model_path = model or resolve_model_path(the_plan, plan_file)
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: no such file")
+    if file_sha256(model_path) != the_plan.model_sha256:
+        raise ModelError(
+            f"{model_path}: this is not the model the plan was made for (sha256 differs); "
+            "run nndeploy plan again"
+        )
+    prepared = load_prepared_model(model_path, the_plan.input_shapes, None)
+    return model_path, write_stages(split_model(prepared, the_plan), output)

@@ -1,0 +1,201 @@
+"""Stage model -> TVM artifact, one function per target kind, with a content-addressed build cache.
+
+x86-64 and aarch64 stages are LLVM builds for the profile's CPU (aarch64 is cross-compiled and linked with
+the aarch64 GNU toolchain); CUDA stages get TVM's GPU schedules (dlight) and their kernels are compiled with
+nvcc for the profile's sm_XX. Every build also keeps the generated code (LLVM IR, assembly, CUDA source)
+beside the artifact for `nndeploy inspect`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from nndeploy.errors import BuildError
+from nndeploy.types import Artifact, Device, TensorSpec
+
+BUILDER_VERSION = "3"  # bump when the pipeline changes, so cached builds are not reused
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """The outcome of building one stage: its artifact, or the one-line reason it failed."""
+
+    stage: int
+    device: str
+    artifact: Artifact | None
+    seconds: float
+    cached: bool
+    error: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def tvm_version() -> str:
+    """The installed TVM version (without importing TVM)."""
+    from importlib.metadata import version
+
+    return version("apache-tvm")
+
+
+def cache_dir() -> Path:
+    """Where built artifacts are kept by content key, shared by every build folder."""
+    import os
+
+    base = (
+        os.environ.get("NNDEPLOY_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nndeploy"
+    )
+    return Path(base) / "builds"
+
+
+def build_key(stage_bytes: bytes, device: Device, options: dict[str, Any]) -> str:
+    """Content key of a build: stage model bytes, target, options, TVM and builder versions."""
+    digest = hashlib.sha256(stage_bytes)
+    digest.update(
+        json.dumps(
+            [device.tvm_target, device.arch, options, tvm_version(), BUILDER_VERSION], sort_keys=True
+        ).encode()
+    )
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_stage(
+    stage_path: Path, index: int, device: Device, out_dir: Path, fallback: str | None = None
+) -> BuildRecord:
+    """Build the stage model at `stage_path` for `device` into `out_dir` (reusing a cached build)."""
+    started = time.perf_counter()
+    stage_bytes = stage_path.read_bytes()
+    model = onnx.load_from_string(stage_bytes)
+    inputs, outputs = _io_specs(model)
+    options = {"pipeline": _pipeline_name(device)}
+    key = build_key(stage_bytes, device, options)
+    cached = cache_dir() / key
+    try:
+        hit = (cached / "meta.json").is_file()
+        if not hit:
+            _build_into(model, device, cached)
+        files = json.loads((cached / "meta.json").read_text())
+        out_dir.mkdir(parents=True, exist_ok=True)
+        library = out_dir / f"stage_{index}.so"
+        shutil.copyfile(cached / files["library"], library)
+        sources = {}
+        for kind, name in files["sources"].items():
+            target = out_dir / f"stage_{index}.{name.split('.', 1)[1]}"
+            shutil.copyfile(cached / name, target)
+            sources[kind] = target.name
+    except BuildError as exc:
+        if fallback != "onnxruntime":
+            return BuildRecord(index, device.name, None, time.perf_counter() - started, False, str(exc))
+        return _fallback_record(stage_path, index, device, out_dir, inputs, outputs, started, str(exc))
+    artifact = Artifact(
+        stage=index,
+        target=device.tvm_target,
+        path=library.name,
+        sha256=file_sha256(library),
+        inputs=inputs,
+        outputs=outputs,
+        tvm_version=tvm_version(),
+        options={
+            **options,
+            "cache_key": key,
+            "build_seconds": files["seconds"],
+            "sources": sources,
+            "device_arch": device.arch,
+        },
+        fallback=None,
+    )
+    return BuildRecord(index, device.name, artifact, time.perf_counter() - started, hit, None, sources)
+
+
+def _fallback_record(
+    stage_path: Path,
+    index: int,
+    device: Device,
+    out_dir: Path,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    started: float,
+    reason: str,
+) -> BuildRecord:
+    """The stage runs on onnxruntime instead: its artifact is the stage model itself, flagged as such."""
+    copy = out_dir / f"stage_{index}.onnx"
+    if copy.resolve() != stage_path.resolve():
+        shutil.copyfile(stage_path, copy)
+    artifact = Artifact(
+        stage=index,
+        target=device.tvm_target,
+        path=copy.name,
+        sha256=file_sha256(copy),
+        inputs=inputs,
+        outputs=outputs,
+        tvm_version=tvm_version(),
+        options={"reason": reason, "device_arch": device.arch},
+        fallback="onnxruntime",
+    )
+    return BuildRecord(index, device.name, artifact, time.perf_counter() - started, False, None)
+
+
+def _pipeline_name(device: Device) -> str:
+    return "cuda-default-dlight" if device.tvm_target.get("kind") == "cuda" else "llvm-default"
+
+
+def _io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Static input and output specs of a stage model."""
+
+    def spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+        tensor = vi.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        return TensorSpec(vi.name, tuple(d.dim_value for d in tensor.shape.dim), dtype)
+
+    inits = {init.name for init in model.graph.initializer}
+    return (
+        tuple(spec(vi) for vi in model.graph.input if vi.name not in inits),
+        tuple(spec(vi) for vi in model.graph.output),
+    )
+
+
+def _build_into(model: onnx.ModelProto, device: Device, folder: Path) -> None:
+    """Run the TVM build for `device` and leave library, sources and meta.json in `folder` (atomically)."""
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="build-", dir=folder.parent))
+    try:
+        started = time.perf_counter()
+        sources = _tvm_build(model, device, scratch)
+        meta = {"library": "stage.so", "sources": sources, "seconds": time.perf_counter() - started}
+        (scratch / "meta.json").write_text(json.dumps(meta))
+        if folder.exists():
+            shutil.rmtree(folder)
+        scratch.rename(folder)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _tvm_build(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[str, str]:
+    """Import, schedule, compile and export; returns {source kind: file name} written into `scratch`."""
+    from nndeploy.targets import tvm_pipeline
+
+    kind = device.tvm_target.get("kind")
+    if kind == "cuda":
+        return tvm_pipeline.build_cuda(model, device, scratch)
+    if kind == "llvm":
+        return tvm_pipeline.build_llvm(model, device, scratch)
+    raise BuildError(f"device '{device.name}': TVM target kind '{kind}' is not supported (use llvm or cuda)")

@@ -1,0 +1,166 @@
+"""The small loader API: run a built stage artifact on this machine (natively, under the aarch64 emulator,
+on a GPU, or through onnxruntime for flagged fallback stages) after checking its sha256.
+
+This is the one place outside the build that touches TVM's runtime; the runtime package loads stages
+through it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nndeploy.targets.manifest import StageBuild, checked_artifact_path
+from nndeploy.types import Artifact
+
+ISA_PREFIXES = ("avx", "amx", "sse", "fma", "bmi", "f16c", "vaes", "vpclmul", "gfni", "sha", "neon", "sve")
+
+
+class NotRunnable(Exception):
+    """This machine cannot execute the artifact; the message says why and what would make it run."""
+
+
+def why_not_runnable(entry: StageBuild) -> str | None:
+    """None if the stage can run here, else the reason it cannot."""
+    artifact = entry.artifact
+    if artifact is None:
+        return f"stage {entry.stage} was not built: {entry.error}"
+    if artifact.fallback == "onnxruntime":
+        return None
+    if artifact.target.get("kind") == "cuda":
+        return _cuda_problem()
+    triple = str(artifact.target.get("mtriple", ""))
+    if triple.startswith("aarch64") and not platform.machine().startswith("aarch64"):
+        from nndeploy.targets.emulate import find_emulator
+
+        if find_emulator("aarch64") is None:
+            return "the aarch64 emulator is not set up: run nndeploy emulator setup aarch64"
+        return None
+    missing = _missing_cpu_features(artifact.target)
+    if missing:
+        return (
+            f"this CPU lacks {', '.join(sorted(missing))} needed by the '{artifact.target.get('mcpu')}' build"
+        )
+    return None
+
+
+def run_artifact(
+    build_dir: Path, entry: StageBuild, inputs: dict[str, np.ndarray], repeats: int = 0
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Run a stage's artifact on `inputs` (by name); returns its outputs by name and, when `repeats` > 0,
+    the latency in ms of that many further runs. Raises NotRunnable if this machine cannot run it."""
+    reason = why_not_runnable(entry)
+    if reason is not None:
+        raise NotRunnable(reason)
+    artifact = entry.artifact
+    assert artifact is not None
+    path = checked_artifact_path(build_dir, artifact)
+    feed = [np.ascontiguousarray(inputs[spec.name]) for spec in artifact.inputs]
+    names = [spec.name for spec in artifact.outputs]
+    if artifact.fallback == "onnxruntime":
+        return _run_onnxruntime(path, inputs, names, repeats)
+    triple = str(artifact.target.get("mtriple", ""))
+    if triple.startswith("aarch64") and not platform.machine().startswith("aarch64"):
+        from nndeploy.targets.emulate import find_emulator, run_artifact_emulated
+
+        emulator = find_emulator("aarch64")
+        assert emulator is not None
+        return run_artifact_emulated(
+            emulator,
+            path,
+            dict(zip([s.name for s in artifact.inputs], feed, strict=True)),
+            [s.name for s in artifact.inputs],
+            names,
+            repeats=repeats,
+        )
+    return _run_tvm(path, artifact, feed, names, repeats)
+
+
+def _run_tvm(
+    path: Path, artifact: Artifact, feed: list[np.ndarray], names: list[str], repeats: int
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    import tvm
+
+    device = tvm.cuda(0) if artifact.target.get("kind") == "cuda" else tvm.cpu(0)
+    vm = _virtual_machine(str(path), artifact.target.get("kind", "llvm"))
+    args = [tvm.runtime.tensor(x, device) for x in feed]
+    result = vm["main"](*args)
+    outputs = _as_list(result)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        _as_list(vm["main"](*args))[-1].numpy()
+        times.append((time.perf_counter() - started) * 1e3)
+    return {name: out.numpy() for name, out in zip(names, outputs, strict=True)}, times
+
+
+@cache
+def _virtual_machine(path: str, kind: str) -> Any:
+    import tvm
+    from tvm import relax
+
+    device = tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
+    return relax.VirtualMachine(tvm.runtime.load_module(path), device)
+
+
+def _as_list(result: Any) -> list[Any]:
+    """The VM returns one tensor or a tuple of them."""
+    import tvm
+
+    if isinstance(result, tvm.runtime.Tensor):
+        return [result]
+    return list(result)
+
+
+def _run_onnxruntime(
+    path: Path, inputs: dict[str, np.ndarray], names: list[str], repeats: int
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    from nndeploy.oracle import session
+
+    sess = session(str(path))
+    wanted = {i.name for i in sess.get_inputs()}
+    feed = {k: v for k, v in inputs.items() if k in wanted}
+    outputs = dict(zip(names, sess.run(names, feed), strict=True))
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        sess.run(names, feed)
+        times.append((time.perf_counter() - started) * 1e3)
+    return outputs, times
+
+
+@cache
+def _cuda_problem() -> str | None:
+    import tvm
+
+    try:
+        if not tvm.cuda(0).exist:
+            return "no NVIDIA GPU on this machine (CUDA stages are built, not executed)"
+    except Exception:
+        return "this TVM runtime has no CUDA support (CUDA stages are built, not executed)"
+    return None
+
+
+def _missing_cpu_features(target: dict[str, Any]) -> set[str]:
+    """Instruction-set features the build's CPU has and this machine's CPU does not."""
+    import tvm
+    from tvm.target import codegen
+
+    triple = str(target.get("mtriple", "x86_64-linux-gnu"))
+    if not triple.startswith(platform.machine()):
+        return {f"the {triple.split('-')[0]} instruction set"}
+    if "mcpu" not in target:
+        return set()
+
+    def features(cpu: str) -> set[str]:
+        spec = {"kind": "llvm", "mtriple": triple, "mcpu": cpu}
+        return {str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(spec))}
+
+    wanted = features(str(target["mcpu"])) | {str(a).lstrip("+") for a in target.get("mattr", [])}
+    have = features(str(codegen.llvm_get_system_cpu()))
+    return {f for f in wanted - have if f.startswith(ISA_PREFIXES)}

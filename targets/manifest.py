@@ -1,0 +1,128 @@
+"""build/manifest.json: what was built for each stage of a plan, and the checks made before loading it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nndeploy.errors import ArtifactError
+from nndeploy.types import Artifact
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class StageBuild:
+    """One stage's entry: its device and artifact (None if the build failed, with the reason)."""
+
+    stage: int
+    device: str
+    device_arch: str
+    artifact: Artifact | None
+    build_seconds: float
+    cached: bool
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "stage": self.stage,
+            "device": self.device,
+            "device_arch": self.device_arch,
+            "status": "failed"
+            if self.artifact is None
+            else ("fallback" if self.artifact.fallback else "built"),
+            "artifact": self.artifact.to_dict() if self.artifact else None,
+            "build_seconds": self.build_seconds,
+            "cached": self.cached,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageBuild:
+        """Inverse of `to_dict`."""
+        artifact = Artifact.from_dict(data["artifact"]) if data.get("artifact") else None
+        return cls(
+            stage=int(data["stage"]),
+            device=data["device"],
+            device_arch=data["device_arch"],
+            artifact=artifact,
+            build_seconds=float(data["build_seconds"]),
+            cached=bool(data["cached"]),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything `verify`, `inspect`, `serve` and `deploy` need to find and trust a build."""
+
+    plan_file: str
+    model_path: str
+    model_sha256: str
+    tvm_version: str
+    stages: tuple[StageBuild, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every stage has an artifact."""
+        return all(s.artifact is not None for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "schema_version": MANIFEST_VERSION,
+            "plan_file": self.plan_file,
+            "model_path": self.model_path,
+            "model_sha256": self.model_sha256,
+            "tvm_version": self.tvm_version,
+            "stages": [s.to_dict() for s in self.stages],
+        }
+
+
+def write_manifest(manifest: Manifest, build_dir: Path) -> Path:
+    """Write build_dir/manifest.json."""
+    path = build_dir / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(build_dir: str | Path) -> Manifest:
+    """Load build_dir/manifest.json, with a one-line error if it is missing or malformed."""
+    path = Path(build_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(
+            f"{build_dir}: no {MANIFEST_NAME}; build it with nndeploy compile plan.json -o {build_dir}"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("schema_version") != MANIFEST_VERSION:
+            raise ValueError(f"schema_version {data.get('schema_version')!r} is not {MANIFEST_VERSION}")
+        return Manifest(
+            plan_file=data["plan_file"],
+            model_path=data["model_path"],
+            model_sha256=data["model_sha256"],
+            tvm_version=data["tvm_version"],
+            stages=tuple(StageBuild.from_dict(s) for s in data["stages"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: not a valid nndeploy manifest ({exc}); compile again") from None
+
+
+def checked_artifact_path(build_dir: Path, artifact: Artifact) -> Path:
+    """The artifact's file, after checking it exists and its sha256 matches the manifest."""
+    from nndeploy.targets.build import file_sha256
+
+    path = build_dir / artifact.path
+    if not path.is_file():
+        raise ArtifactError(f"{path}: stage {artifact.stage}'s artifact is missing; compile again")
+    actual = file_sha256(path)
+    if actual != artifact.sha256:
+        raise ArtifactError(
+            f"{path}: sha256 {actual[:12]}... does not match the manifest ({artifact.sha256[:12]}...); "
+            "the artifact is corrupt or was modified: refusing to load it, compile again"
+        )
+    return path

@@ -1,0 +1,181 @@
+"""The TVM side of a build: ONNX import, the target's pipeline, compile, export, and the generated code.
+
+Everything here imports TVM; callers reach it only through `build.py`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from nndeploy.errors import BuildError
+from nndeploy.types import Device
+
+X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
+
+
+def build_llvm(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[str, str]:
+    """CPU build (x86-64 natively, aarch64 cross-compiled) with TVM's default CPU pipeline.
+
+    TVM's untuned CPU schedules (dlight GEMV/Reduction rules) were measured against this default on the
+    example CNN and squeezenet (2 threads): within +-10% either way, and they lost NEON vectorisation of
+    convolutions on aarch64, so the default stays; speed on CPU comes from tuning."""
+    import tvm
+
+    target = tvm.target.Target(device.tvm_target)
+    linker = _linker_for(device.tvm_target, device)
+    mod = import_onnx(model, device)
+    executable = _compile(mod, target, "default")
+    _export(executable, scratch / "stage.so", linker)
+    llvm = executable.mod.imports[0] if executable.mod.imports else executable.mod
+    (scratch / "stage.ll").write_text(llvm.inspect_source("ll"))
+    (scratch / "stage.s").write_text(llvm.inspect_source("asm"))
+    return {"ir": "stage.ll", "asm": "stage.s"}
+
+
+def build_cuda(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[str, str]:
+    """CUDA build: TVM's CUDA pipeline (dlight GPU schedules); kernels compiled by nvcc for the sm_XX."""
+    import tvm
+    from tvm.support import nvcc
+
+    if shutil.which("nvcc") is None:
+        raise BuildError(
+            f"device '{device.name}': nvcc not found; install the CUDA toolkit to build CUDA stages"
+        )
+    arch = str(device.tvm_target.get("arch", ""))
+    if not arch.startswith("sm_"):
+        raise BuildError(f"device '{device.name}': its CUDA target has no sm_XX arch")
+    spec = dict(device.tvm_target)
+    host = spec.setdefault("host", dict(X86_HOST))
+    target = tvm.target.Target(spec)
+    mod = import_onnx(model, device)
+    executable = _compile(mod, target, "default")
+    _export(executable, scratch / "stage.so", _linker_for(host, device))
+    host_module = executable.mod.imports[0] if executable.mod.imports else executable.mod
+    kernels = [m for m in host_module.imports if m.kind == "cuda"]
+    source = "\n".join(m.inspect_source("") for m in kernels)
+    (scratch / "stage.cu").write_text(source)
+    (scratch / "stage.s").write_text(host_module.inspect_source("asm"))
+    sources = {"cuda": "stage.cu", "asm": "stage.s"}
+    if source.strip():
+        gencode = ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
+        try:
+            with target:
+                fatbin = nvcc.compile_cuda(source, target_format="fatbin", arch=gencode, compiler="nvcc")
+                ptx = nvcc.compile_cuda(source, target_format="ptx", arch=gencode, compiler="nvcc")
+        except Exception as exc:  # nvcc's own message is the useful part
+            raise BuildError(
+                f"device '{device.name}': nvcc failed on the generated kernels: {_first_line(exc)}"
+            ) from None
+        (scratch / "stage.fatbin").write_bytes(bytes(fatbin))
+        (scratch / "stage.ptx").write_bytes(bytes(ptx))
+        sources.update(fatbin="stage.fatbin", ptx="stage.ptx")
+    return sources
+
+
+def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
+    """TVM Relax module of a stage model, or a BuildError naming the node and op TVM cannot import."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from nndeploy.targets.tvm_ops import tvm_onnx_ops
+
+    supported = tvm_onnx_ops()
+    for node in model.graph.node:
+        if node.op_type not in supported:
+            raise BuildError(
+                f"device '{device.name}': node '{node.name}' (op {node.op_type}) cannot be imported by TVM's "
+                "ONNX frontend; use --fallback onnxruntime or place it on another device"
+            )
+    shapes, dtypes = {}, {}
+    inits = {init.name for init in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tensor = vi.type.tensor_type
+        shapes[vi.name] = [d.dim_value for d in tensor.shape.dim]
+        dtypes[vi.name] = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    try:
+        return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    except Exception as exc:  # the frontend raises many types; find the node it chokes on
+        node = _failing_node(model, shapes, dtypes)
+        where = f"node '{node.name}' (op {node.op_type})" if node is not None else "the stage"
+        raise BuildError(f"device '{device.name}': TVM cannot import {where}: {_first_line(exc)}") from None
+
+
+def _failing_node(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> onnx.NodeProto | None:
+    """The first node that TVM fails to import on its own (one node per op type is tried)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    known = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+    inits = {init.name: init for init in model.graph.initializer}
+    tried: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in tried:
+            continue
+        tried.add(node.op_type)
+        ins = [known[n] for n in node.input if n and n in known and n not in inits]
+        outs = [known[n] for n in node.output if n in known]
+        if len(outs) != len([n for n in node.output if n]):
+            continue
+        single = onnx.helper.make_model(
+            onnx.helper.make_graph([node], "probe", ins, outs, [inits[n] for n in node.input if n in inits]),
+            opset_imports=model.opset_import,
+        )
+        try:
+            from_onnx(
+                single,
+                shape_dict={vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in ins},
+                keep_params_in_input=False,
+            )
+        except Exception:
+            return node
+    return None
+
+
+def _compile(mod: Any, target: Any, pipeline: Any) -> Any:
+    import tvm
+
+    try:
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    except Exception as exc:
+        raise BuildError(
+            f"TVM failed to compile the stage for {target.kind.name}: {_first_line(exc)}"
+        ) from None
+
+
+def _linker_for(target: dict[str, Any], device: Device) -> str | None:
+    """The cross compiler for a target whose triple is not this machine's (None: the native compiler)."""
+    import platform
+
+    triple = str(target.get("mtriple", ""))
+    if not triple or triple.startswith(platform.machine()):
+        return None
+    cross = (device.cross_compile or {}).get("cc") or f"{triple}-gcc"
+    if shutil.which(cross) is None:
+        package = (device.cross_compile or {}).get("debian_package", f"gcc-{triple}")
+        raise BuildError(
+            f"device '{device.name}': cross compiler '{cross}' not found; "
+            f"install it (apt-get install {package})"
+        )
+    return cross
+
+
+def _export(executable: Any, path: Path, cross: str | None) -> None:
+    from tvm.support import cc
+
+    try:
+        if cross is None:
+            executable.export_library(str(path))
+        else:
+            executable.export_library(str(path), fcompile=cc.cross_compiler(cross))
+    except Exception as exc:
+        raise BuildError(f"linking the stage library failed: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    meaningful = [line for line in lines if "Error" in line or "error" in line]
+    return (meaningful[-1] if meaningful else lines[-1] if lines else type(exc).__name__)[:300]

@@ -1,0 +1,125 @@
+"""TVM builds for every target kind, the content cache, failures, and tampered artifacts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from nndeploy.errors import ArtifactError, BuildError
+from nndeploy.targets.build import build_stage, file_sha256
+from nndeploy.targets.manifest import checked_artifact_path
+from nndeploy.targets.registry import device_from_profile, load_profiles
+
+from models import attention_model, celu_model, conv_model
+
+PROFILES = load_profiles()
+TARGETS = {
+    "x86": "x86-avx512-server",
+    "aarch64": "raspberry-pi-5",
+    "cuda": "nvidia-t4",
+    "jetson": "jetson-orin-nano-gpu",
+}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test builds into its own cache, so 'cached' means cached by this test."""
+    cache = tmp_path / "build-cache"
+    monkeypatch.setenv("NNDEPLOY_CACHE_DIR", str(cache))
+    return cache
+
+
+def device(kind: str, name: str = "dev"):
+    return device_from_profile(PROFILES[TARGETS[kind]], name)
+
+
+def save(model: onnx.ModelProto, folder: Path, name: str = "stage.onnx") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["x86", "aarch64", "cuda", "jetson"])
+@pytest.mark.parametrize("builder", [conv_model, attention_model], ids=["conv", "attention"])
+def test_every_target_kind_builds(kind: str, builder, tmp_path: Path) -> None:
+    if kind in ("cuda", "jetson") and shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
+    record = build_stage(save(builder(), tmp_path), 0, device(kind), tmp_path)
+    assert record.error is None, record.error
+    artifact = record.artifact
+    assert artifact is not None and artifact.fallback is None
+    library = tmp_path / artifact.path
+    assert artifact.sha256 == file_sha256(library)
+    elf = library.read_bytes()[:20]
+    assert elf[:4] == b"\x7fELF"
+    machine = int.from_bytes(elf[18:20], "little")
+    host_arch = {"x86": 62, "aarch64": 183, "cuda": 62, "jetson": 183}[kind]  # EM_X86_64, EM_AARCH64
+    assert machine == host_arch
+    sources = artifact.options["sources"]
+    if kind in ("cuda", "jetson"):
+        assert "__global__" in (tmp_path / sources["cuda"]).read_text()
+        assert (tmp_path / sources["fatbin"]).stat().st_size > 1000
+        ptx = (tmp_path / sources["ptx"]).read_text()
+        arch = PROFILES[TARGETS[kind]].tvm_target["arch"]
+        assert f".target {arch}" in ptx and "fma.rn" in ptx
+    else:
+        asm = (tmp_path / sources["asm"]).read_text()
+        assert ("fmla" in asm) if kind == "aarch64" else ("vfmadd" in asm)
+
+
+def test_unchanged_stage_is_not_rebuilt(tmp_path: Path) -> None:
+    path = save(conv_model(), tmp_path)
+    first = build_stage(path, 0, device("x86"), tmp_path / "a")
+    assert not first.cached
+    second = build_stage(path, 0, device("x86"), tmp_path / "b")
+    assert second.cached and second.artifact.sha256 == first.artifact.sha256
+    other_target = build_stage(path, 0, device("aarch64"), tmp_path / "c")
+    assert not other_target.cached
+
+
+def test_op_tvm_cannot_import_names_node_and_op_or_falls_back(tmp_path: Path) -> None:
+    path = save(celu_model(), tmp_path)
+    record = build_stage(path, 0, device("x86"), tmp_path)
+    assert record.artifact is None
+    assert "node 'celu' (op Celu)" in record.error and "--fallback onnxruntime" in record.error
+    fallback = build_stage(path, 0, device("x86"), tmp_path, fallback="onnxruntime")
+    assert fallback.artifact is not None and fallback.artifact.fallback == "onnxruntime"
+    assert "Celu" in fallback.artifact.options["reason"]
+    assert onnx.load(tmp_path / fallback.artifact.path).graph.node[1].op_type == "Celu"
+
+
+def test_missing_cross_compiler_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(
+        shutil, "which", lambda name, *a, **k: None if "aarch64" in name else real_which(name, *a, **k)
+    )
+    record = build_stage(save(conv_model(), tmp_path), 0, device("aarch64"), tmp_path)
+    assert record.artifact is None
+    assert "aarch64-linux-gnu-gcc" in record.error and "apt-get install gcc-aarch64-linux-gnu" in record.error
+
+
+def test_tampered_artifact_is_refused_before_loading(tmp_path: Path) -> None:
+    record = build_stage(save(conv_model(), tmp_path), 0, device("x86"), tmp_path)
+    assert checked_artifact_path(tmp_path, record.artifact) == tmp_path / record.artifact.path
+    library = tmp_path / record.artifact.path
+    data = bytearray(library.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    library.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        checked_artifact_path(tmp_path, record.artifact)
+    library.unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        checked_artifact_path(tmp_path, record.artifact)
+
+
+def test_unknown_target_kind_is_refused(tmp_path: Path) -> None:
+    import dataclasses
+
+    odd = dataclasses.replace(device("x86"), tvm_target={"kind": "vulkan"})
+    record = build_stage(save(conv_model(), tmp_path), 0, odd, tmp_path)
+    assert record.artifact is None and "vulkan" in record.error
+    assert isinstance(BuildError(record.error), BuildError)
