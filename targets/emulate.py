@@ -88,6 +88,10 @@ def _qemu(arch: str) -> Path | None:
     return next((Path(p) for p in found if p), None)
 
 
+def _lacks(tool: str) -> bool:
+    return (_qemu("aarch64") if tool.startswith("qemu-") else shutil.which(tool)) is None
+
+
 def find_emulator(arch: str = "aarch64") -> Emulator | None:
     """The cached environment for `arch` if it is complete, qemu is installed and it was built for the
     host's TVM and tvm-ffi versions; otherwise None."""
@@ -120,7 +124,7 @@ def _run(cmd: Sequence[str], what: str, timeout: float = 1800, **kwargs) -> str:
 def _system_needs(arch: str, need_env: bool) -> tuple[list[str], bool, bool]:
     """(Debian packages to install, whether to add the arm64 architecture, whether to run apt-get update)."""
     debarch = _check_arch(arch)[0]
-    packages = [pkg for tool, pkgs in HOST_TOOLS.items() if not shutil.which(tool) for pkg in pkgs.split()]
+    packages = [pkg for tool, pkgs in HOST_TOOLS.items() if _lacks(tool) for pkg in pkgs.split()]
     need_arch = need_lists = False
     if need_env and shutil.which("dpkg") and shutil.which("apt-cache"):
         archs = _run(["dpkg", "--print-foreign-architectures"], "dpkg").split()
@@ -143,7 +147,7 @@ def missing_prerequisites(arch: str = "aarch64") -> list[str]:
     """What setup_emulator would have to install or configure first, one human-readable item each
     (empty when the emulator can be set up, or is set up, without touching the system)."""
     need_env = find_emulator(arch) is None
-    missing = [f"{t} (apt-get install {p})" for t, p in HOST_TOOLS.items() if not shutil.which(t)]
+    missing = [f"{t} (apt-get install {p})" for t, p in HOST_TOOLS.items() if _lacks(t)]
     if not need_env:
         return missing
     missing += [f"{tool} (a Debian or Ubuntu host)" for tool in ("apt-get", "dpkg") if not shutil.which(tool)]

@@ -72,6 +72,17 @@ def test_find_emulator_is_none_when_built_for_another_tvm(
     assert find_emulator() is None
 
 
+def test_without_root_setup_names_the_command_to_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(emulate.shutil, "which", lambda n: None if n.startswith("qemu") else real_which(n))
+    monkeypatch.setattr(emulate.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("NNDEPLOY_CACHE_DIR", str(tmp_path))
+    assert "qemu-aarch64-static (apt-get install qemu-user-static)" in missing_prerequisites()
+    with pytest.raises(EmulatorError, match=r"run as root: .*apt-get install -y .*qemu-user-static"):
+        setup_emulator(log=lambda _: None)
+    assert not any(tmp_path.iterdir())
+
+
 def test_bad_library_and_missing_inputs_fail_before_running(tmp_path: Path) -> None:
     fake = Emulator("aarch64", Path("/nonexistent/qemu"), tmp_path, tmp_path, tmp_path / "python3.11")
     with pytest.raises(EmulatorError, match="artifact library not found"):
