@@ -207,7 +207,7 @@ def _build(arch: str, tmp: Path, versions: dict[str, str], log: Callable[[str], 
     if not python.exists():
         raise EmulatorError(f"setting up the {arch} emulator failed: {DEBS[0]}:{debarch} has no python3.11")
     emulator = Emulator(arch, _qemu(arch) or Path("qemu-aarch64-static"), root, site, python, versions)
-    log("emulator: compiling Python files and checking that numpy and tvm import (a few minutes)")
+    log("emulator: compiling Python files and checking that numpy and tvm import (about a minute)")
     run_in_emulator(
         emulator, ["-m", "compileall", "-q", "-j", "0", str(root / "usr/lib/python3.11"), str(site)], 1800
     )

@@ -123,3 +123,12 @@ def test_unknown_target_kind_is_refused(tmp_path: Path) -> None:
     record = build_stage(save(conv_model(), tmp_path), 0, odd, tmp_path)
     assert record.artifact is None and "vulkan" in record.error
     assert isinstance(BuildError(record.error), BuildError)
+
+
+def test_plan_time_op_support_comes_from_tvm(make_cluster) -> None:
+    from nndeploy.targets.tvm_ops import restrict_to_compiler, tvm_onnx_ops
+
+    ops = tvm_onnx_ops()
+    assert {"Conv", "MatMul", "Softmax", "LayerNormalization"} <= ops and "Celu" not in ops
+    cluster = restrict_to_compiler(make_cluster({"devices": [{"name": "cpu", "profile": "x86-avx2-server"}]}))
+    assert cluster.devices[0].ops == ops

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from test_cli import CLUSTERS, assert_user_error, nndeploy
@@ -136,6 +137,14 @@ def test_tampered_artifact_and_missing_build_are_refused(example_models, tmp_pat
     )
     build = tmp_path / "build"
     assert nndeploy("compile", plan, "-o", build).returncode == 0
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    np.savez(good, image=np.random.default_rng(3).random((1, 3, 224, 224), dtype=np.float32))
+    np.savez(bad, image=np.zeros((1, 3, 32, 32), np.float32))
+    done = nndeploy("verify", build, "--inputs", good)
+    assert done.returncode == 0 and "1 input set(s)" in done.stdout, done.stdout + done.stderr
+    assert_user_error(
+        nndeploy("verify", build, "--inputs", bad), "'image' has shape [1, 3, 32, 32]", "[1, 3, 224, 224]"
+    )
     library = build / "stage_0.so"
     library.write_bytes(library.read_bytes() + b"tampered")
     assert_user_error(nndeploy("verify", build), "sha256", "refusing to load")
