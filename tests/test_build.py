@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from nndeploy.errors import ArtifactError, BuildError
+from nndeploy.errors import ArtifactError
 from nndeploy.targets.build import build_stage, file_sha256
 from nndeploy.targets.manifest import checked_artifact_path
 from nndeploy.targets.registry import device_from_profile, load_profiles
@@ -122,7 +122,6 @@ def test_unknown_target_kind_is_refused(tmp_path: Path) -> None:
     odd = dataclasses.replace(device("x86"), tvm_target={"kind": "vulkan"})
     record = build_stage(save(conv_model(), tmp_path), 0, odd, tmp_path)
     assert record.artifact is None and "vulkan" in record.error
-    assert isinstance(BuildError(record.error), BuildError)
 
 
 def test_plan_time_op_support_comes_from_tvm(make_cluster) -> None:
@@ -132,3 +131,31 @@ def test_plan_time_op_support_comes_from_tvm(make_cluster) -> None:
     assert {"Conv", "MatMul", "Softmax", "LayerNormalization"} <= ops and "Celu" not in ops
     cluster = restrict_to_compiler(make_cluster({"devices": [{"name": "cpu", "profile": "x86-avx2-server"}]}))
     assert cluster.devices[0].ops == ops
+
+
+def test_missing_nvcc_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(
+        shutil, "which", lambda name, *a, **k: None if name == "nvcc" else real_which(name, *a, **k)
+    )
+    record = build_stage(save(conv_model(), tmp_path), 0, device("cuda"), tmp_path)
+    assert record.artifact is None and "nvcc not found" in record.error and "CUDA toolkit" in record.error
+
+
+@pytest.mark.gpu
+def test_cuda_stage_executes_on_a_gpu_and_matches_onnxruntime(tmp_path: Path) -> None:
+    from nndeploy.oracle import compare, run_model
+    from nndeploy.targets.loader import run_artifact, why_not_runnable
+    from nndeploy.targets.manifest import StageBuild
+
+    from models import random_inputs
+
+    model = conv_model()
+    record = build_stage(save(model, tmp_path), 0, device("cuda"), tmp_path)
+    entry = StageBuild(0, "dev", "cuda", record.artifact, record.seconds, record.cached)
+    reason = why_not_runnable(entry)
+    if reason is not None:
+        pytest.skip(reason)
+    inputs = random_inputs(model)
+    got, _ = run_artifact(tmp_path, entry, inputs)
+    assert all(c.ok for c in compare(run_model(model, inputs), got, {"float32": (1e-4, 1e-3)}))
