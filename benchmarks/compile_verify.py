@@ -22,12 +22,15 @@ For each model, only through nndeploy's own functions:
    there is a GPU; the others show 'not run' with the reason;
 4. time every x86 stage: the TVM artifact (run_artifact, one timed run per call) against onnxruntime on the
    stage's ONNX model (oracle.session), both with --threads threads, in this process, alternating one run
-   of each, median of --repeats after --warmup runs of each; prints the ratio TVM / onnxruntime.
+   of each, median of --repeats after --warmup runs of each; prints the ratio TVM / onnxruntime. Like
+   run_artifact does for TVM, each timed onnxruntime run follows an untimed one: a thread pool left idle
+   by the other runtime's (long) run would otherwise be timed waking up.
 
 TVM reads its thread count from TVM_NUM_THREADS once, when its runtime starts, so this script sets it from
 --threads before anything imports TVM. Build times include the content cache shared by all builds
 (~/.cache/nndeploy/builds): a cached stage is marked. A model that fails anywhere is reported in one line
-and the run moves on. Ends with one table (and --json with everything).
+and the run moves on. Ends with one table (and --json with everything). Exit status 1 when a model failed,
+a stage did not build or a check FAILed; 2 when the cluster itself is invalid (e.g. --gbps 0).
 """
 
 from __future__ import annotations
@@ -176,11 +179,12 @@ def time_stage(
     wanted = {i.name for i in sess.get_inputs()}
     ort_feed = {k: v for k, v in feed.items() if k in wanted}
 
-    def tvm_once() -> float:
+    def tvm_once() -> float:  # run_artifact runs once untimed, then times `repeats` runs
         _, times = run_artifact(build_dir, entry, feed, repeats=1)
         return times[0]
 
-    def ort_once() -> float:
+    def ort_once() -> float:  # the same for onnxruntime: one untimed run (wakes its thread pool), one timed
+        sess.run(names, ort_feed)
         started = time.perf_counter()
         sess.run(names, ort_feed)
         return (time.perf_counter() - started) * 1e3
@@ -192,9 +196,7 @@ def time_stage(
     ort_ms: list[float] = []
     for _ in range(opts.repeats):
         tvm_ms.append(tvm_once())
-        time.sleep(0.01)  # let the other runtime's spinning workers park before the next run
         ort_ms.append(ort_once())
-        time.sleep(0.01)
     tvm, ort = _median(tvm_ms), _median(ort_ms)
     return {
         "stage": entry.stage,
@@ -501,9 +503,13 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     emulator = None
     try:
-        cluster = restrict_to_compiler(
-            parse_cluster(cluster_data(args.gbps, args.latency_ms), "mixed-cluster", Path.cwd())
-        )
+        try:
+            cluster = restrict_to_compiler(
+                parse_cluster(cluster_data(args.gbps, args.latency_ms), "mixed-cluster", Path.cwd())
+            )
+        except Exception as exc:
+            err.print(f"[red]error:[/] the cluster: {_one_line(exc)}")
+            return 2
         emulator = find_emulator("aarch64")
         if emulator is None:
             err.print(
@@ -557,7 +563,18 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
         elif results:
             print(f"builds kept in {root}")
-    return 1 if any(r["error"] for r in results) else 0
+    return 1 if any(_had_problem(r) for r in results) else 0
+
+
+def _had_problem(r: dict[str, Any]) -> bool:
+    """A model failed, a stage failed to build, or something that ran disagreed with onnxruntime."""
+    verify = r.get("verify", {})
+    checks = [*verify.get("stages", []), *([verify["end_to_end"]] if "end_to_end" in verify else [])]
+    return bool(
+        r["error"]
+        or any(not b["built"] for b in r.get("builds", []))
+        or any(c["status"] == "FAIL" for c in checks)
+    )
 
 
 if __name__ == "__main__":

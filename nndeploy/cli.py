@@ -221,9 +221,10 @@ def print_plan(the_graph: Graph, the_plan: Plan) -> None:
     )
 
 
-from nndeploy import cli_build  # noqa: E402  (registers compile, verify, inspect, emulator on `app`)
+from nndeploy import cli_build, cli_serve  # noqa: E402  (they add their commands to `app`)
 
 cli_build.register(app)
+cli_serve.register(app)
 
 
 def main() -> None:

@@ -333,3 +333,82 @@ def run_artifact_emulated(
             outputs = {name: data[key] for name, key in zip(output_names, produced, strict=True)}
             latencies = [float(t) for t in data["latency_ms"]] if "latency_ms" in data.files else []
     return outputs, latencies
+
+
+class EmulatedSession:
+    """A long-lived emulated python with one library loaded: each call costs the inference, not the
+    interpreter and TVM start-up (seconds under qemu). Thread-safe; ends when closed or its parent dies."""
+
+    def __init__(
+        self, emulator: Emulator, library: Path, input_order: list[str], output_names: list[str]
+    ) -> None:
+        import threading
+
+        self.library = Path(library).resolve()
+        self.input_order = list(input_order)
+        self.output_names = list(output_names)
+        self.keys = [f"in{i}" for i in range(len(input_order))]
+        self.folder = Path(tempfile.mkdtemp(prefix="nndeploy-emulated-session-"))
+        self.lock = threading.Lock()
+        command = [
+            str(emulator.qemu),
+            "-L",
+            str(emulator.root),
+            "-E",
+            f"PYTHONPATH={emulator.site}",
+            "-E",
+            "PYTHONNOUSERSITE=1",
+            str(emulator.python),
+            "-P",
+            str(RUNNER),
+            "--serve",
+            str(self.library),
+            ",".join(self.keys),
+        ]
+        env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=self.folder,
+        )
+        first = self.process.stdout.readline().strip() if self.process.stdout else ""
+        if first != "ready":
+            error = (self.process.stderr.read() if self.process.stderr else "").strip().splitlines()
+            self.close()
+            raise EmulatorError(
+                f"{self.library.name} did not load under qemu-{emulator.arch}: {(error or [first])[-1]}"
+            )
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name for one set of inputs."""
+        with self.lock:
+            request, reply = self.folder / "in.npz", self.folder / "out.npz"
+            np.savez(
+                request,
+                **{k: np.asarray(inputs[n]) for k, n in zip(self.keys, self.input_order, strict=True)},
+            )
+            assert self.process.stdin is not None and self.process.stdout is not None
+            try:
+                self.process.stdin.write(f"{request} {reply}\n")
+                self.process.stdin.flush()
+                answer = self.process.stdout.readline().strip()
+            except (BrokenPipeError, OSError):
+                answer = ""
+            if answer != "ok":
+                raise EmulatorError(
+                    f"{self.library.name} under emulation: {answer or 'the emulated process exited'}"
+                )
+            with np.load(reply) as data:
+                produced = sorted((k for k in data.files if k.startswith("out")), key=lambda k: int(k[3:]))
+                return {name: data[key] for name, key in zip(self.output_names, produced, strict=True)}
+
+    def close(self) -> None:
+        """Stop the emulated process and remove its scratch folder."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,126 @@
+"""The serving half of the command line: serve, infer and bench."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from nndeploy.cli_common import out
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""
+    app.command("serve")(serve_command)
+    app.command("infer")(infer_command)
+    app.command("bench")(bench_command)
+
+
+def serve_command(
+    build_dir: Annotated[Path, typer.Argument(metavar="BUILD", help="Folder written by nndeploy compile.")],
+    port: Annotated[int, typer.Option("--port", help="KServe v2 gRPC port.")] = 8001,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Prometheus /metrics port.")
+    ] = 9001,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Join this Ray cluster (default: local Ray).")
+    ] = None,
+) -> None:
+    """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint (Ctrl-C stops)."""
+    from nndeploy.planfile import read_plan
+    from nndeploy.runtime.serve import Serving, serve_build
+    from nndeploy.targets.manifest import read_manifest
+
+    manifest = read_manifest(build_dir)
+    plan = read_plan(build_dir / manifest.plan_file)
+
+    def ready(serving: Serving) -> None:
+        table = Table(title=f"serving model '{serving.model.name}' (version {serving.model.version})")
+        for column in ("stage", "device", "worker", "pid"):
+            table.add_column(column)
+        for index, ((device, address), pid) in enumerate(
+            zip(serving.model.stages, serving.pids, strict=True)
+        ):
+            table.add_row(str(index), device, address, str(pid))
+        out.print(table)
+        out.print(f"KServe v2 gRPC endpoint listening on {serving.endpoint}", highlight=False)
+        if serving.metrics:
+            out.print(f"Prometheus metrics on {serving.metrics}", highlight=False)
+        out.print("press Ctrl-C to stop", highlight=False)
+
+    asyncio.run(serve_build(build_dir, plan, manifest, port, host, metrics_port, address, ready))
+    out.print("stopped; all stage workers shut down")
+
+
+def infer_command(
+    target: Annotated[
+        str, typer.Argument(metavar="HOST:PORT", help="A running nndeploy (or any KServe v2) endpoint.")
+    ],
+    inputs: Annotated[
+        list[str] | None, typer.Option("--input", help="NAME=file.npy (repeatable); random if omitted.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name (default: the server's only model).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Save the outputs as .npz.")] = None,
+) -> None:
+    """Send one request and print the outputs."""
+    from nndeploy.runtime.client import Client
+
+    with Client(target) as client:
+        meta = client.metadata(model)
+        arrays = client.inputs_from_files(meta, inputs or [])
+        result = client.infer(meta.name, arrays)
+    table = Table(title=f"{meta.name} @ {target}")
+    for column in ("output", "dtype", "shape", "min", "max", "first values"):
+        table.add_column(column)
+    for name, array in result.items():
+        flat = array.reshape(-1)
+        table.add_row(
+            name,
+            str(array.dtype),
+            str(list(array.shape)),
+            f"{flat.min():.4g}",
+            f"{flat.max():.4g}",
+            ", ".join(f"{v:.4g}" for v in flat[:4]),
+        )
+    out.print(table)
+    if output is not None:
+        np.savez(output, **result)
+        out.print(f"outputs saved to {output}")
+
+
+def bench_command(
+    target: Annotated[str, typer.Argument(metavar="HOST:PORT", help="A running nndeploy endpoint.")],
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 8,
+    requests: Annotated[int, typer.Option("--requests", min=1)] = 200,
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    metrics: Annotated[
+        str | None, typer.Option("--metrics", help="The server's /metrics URL, for per-stage figures.")
+    ] = None,
+) -> None:
+    """Drive the endpoint with concurrent requests; print throughput, p50/p99 latency, per-stage figures."""
+    from nndeploy.runtime.client import Client, run_bench
+
+    with Client(target) as client:
+        meta = client.metadata(model)
+    report = run_bench(target, meta, concurrency, requests)
+    out.print(
+        f"{report.ok}/{requests} ok, {report.errors} failed; {report.throughput:.1f} req/s; latency p50 "
+        f"{report.p50_ms:.2f} ms, p99 {report.p99_ms:.2f} ms (concurrency {concurrency})",
+        highlight=False,
+    )
+    if metrics:
+        from nndeploy.runtime.client import stage_metrics
+
+        table = Table(title="per stage")
+        for column in ("stage", "device", "requests", "errors", "compute ms/req", "transfer ms/req"):
+            table.add_column(column)
+        for row in stage_metrics(metrics):
+            table.add_row(*row)
+        out.print(table)

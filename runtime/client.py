@@ -1,0 +1,196 @@
+"""A small KServe v2 gRPC client for `infer` and `bench` (any KServe v2 or Triton client works too)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from nndeploy.errors import NNDeployError
+from nndeploy.proto import inference_pb2, inference_pb2_grpc
+from nndeploy.runtime.links import CHANNEL_OPTIONS
+from nndeploy.runtime.tensors import (
+    kserve_to_dtype,
+    numpy_to_infer_request_inputs,
+    response_outputs_to_numpy,
+)
+
+
+class ClientError(NNDeployError):
+    """A request to a running endpoint failed."""
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """A served model's name and input specs (name -> (numpy dtype, shape))."""
+
+    name: str
+    inputs: dict[str, tuple[np.dtype, tuple[int, ...]]]
+
+
+class Client:
+    """Blocking client over one channel."""
+
+    def __init__(self, target: str, timeout_s: float = 60.0) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.channel.close()
+
+    def metadata(self, model: str | None) -> Metadata:
+        """The model's metadata (the server's only model when `model` is None)."""
+        name = model or ""
+        try:
+            if not name:
+                # nndeploy serves one model; an empty name is answered with NOT_FOUND naming it.
+                self.stub.ModelMetadata(inference_pb2.ModelMetadataRequest(name=""), timeout=self.timeout_s)
+            meta = self.stub.ModelMetadata(
+                inference_pb2.ModelMetadataRequest(name=name), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            if not name and exc.code() == grpc.StatusCode.NOT_FOUND and "serves '" in (exc.details() or ""):
+                return self.metadata((exc.details() or "").split("serves '")[1].split("'")[0])
+            raise ClientError(f"{self.target}: {exc.code().name}: {exc.details()}") from None
+        return Metadata(
+            meta.name, {t.name: (kserve_to_dtype(t.datatype), tuple(t.shape)) for t in meta.inputs}
+        )
+
+    def inputs_from_files(self, meta: Metadata, items: list[str]) -> dict[str, np.ndarray]:
+        """Inputs from NAME=file.npy items; random tensors for inputs not given."""
+        given: dict[str, np.ndarray] = {}
+        for item in items:
+            name, sep, path = item.partition("=")
+            if not sep or name not in meta.inputs:
+                raise ClientError(
+                    f"--input '{item}': expected NAME=file.npy with NAME one of {sorted(meta.inputs)}"
+                )
+            if not Path(path).is_file():
+                raise ClientError(f"--input '{item}': no such file {path}")
+            given[name] = np.load(path)
+        return {
+            name: given.get(name, random_tensor(dtype, shape)) for name, (dtype, shape) in meta.inputs.items()
+        }
+
+    def infer(self, model: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One ModelInfer call; outputs by name."""
+        request = inference_pb2.ModelInferRequest(model_name=model)
+        numpy_to_infer_request_inputs(arrays, request)
+        try:
+            response = self.stub.ModelInfer(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise ClientError(f"{self.target}: {exc.code().name}: {exc.details()}") from None
+        return response_outputs_to_numpy(response)
+
+
+def random_tensor(dtype: np.dtype, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A seeded random tensor of `dtype` and `shape`."""
+    rng = np.random.default_rng(seed)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    return rng.integers(0, 100, size=shape).astype(dtype)
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Client-side figures of a load run."""
+
+    ok: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def throughput(self) -> float:
+        """Successful requests per second."""
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def p50_ms(self) -> float:
+        """Median latency."""
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def p99_ms(self) -> float:
+        """99th percentile latency."""
+        return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else float("nan")
+
+
+def run_bench(
+    target: str, meta: Metadata, concurrency: int, requests: int, timeout_s: float = 60.0
+) -> BenchReport:
+    """Send `requests` requests with `concurrency` in flight; bounded in count and time."""
+    arrays = {name: random_tensor(dtype, shape) for name, (dtype, shape) in meta.inputs.items()}
+    request = inference_pb2.ModelInferRequest(model_name=meta.name)
+    numpy_to_infer_request_inputs(arrays, request)
+
+    async def drive() -> BenchReport:
+        latencies: list[float] = []
+        errors = 0
+        remaining = requests
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+            async def worker() -> None:
+                nonlocal remaining, errors
+                while remaining > 0:
+                    remaining -= 1
+                    started = time.perf_counter()
+                    try:
+                        await stub.ModelInfer(request, timeout=timeout_s)
+                        latencies.append((time.perf_counter() - started) * 1e3)
+                    except grpc.aio.AioRpcError:
+                        errors += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return BenchReport(len(latencies), errors, time.perf_counter() - started, latencies)
+
+    return asyncio.run(drive())
+
+
+def stage_metrics(url: str) -> list[tuple[str, ...]]:
+    """Per-stage rows (stage, device, requests, errors, compute ms/req, transfer ms/req) from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        raise ClientError(f"{url}: {exc}") from None
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.labels.get("stage", ""), sample.labels.get("device", ""))
+            values.setdefault(key, {})[sample.name] = sample.value
+    rows = []
+    for (stage, device), v in sorted(values.items()):
+        count = v.get("nndeploy_stage_requests_total", 0.0)
+        if not stage:
+            continue
+        compute = v.get("nndeploy_stage_compute_milliseconds_total", 0.0)
+        transfer = v.get("nndeploy_stage_transfer_milliseconds_total", 0.0)
+        rows.append(
+            (
+                stage,
+                device,
+                f"{count:.0f}",
+                f"{v.get('nndeploy_stage_errors_total', 0):.0f}",
+                f"{compute / count:.3f}" if count else "-",
+                f"{transfer / count:.3f}" if count else "-",
+            )
+        )
+    return rows

@@ -1,0 +1,250 @@
+"""The KServe v2 (Open Inference Protocol) gRPC endpoint in front of a chain of stage workers.
+
+It validates each request against the model (name, dtype, shape: INVALID_ARGUMENT with a precise
+message), sends it to the first stage, and waits for the last stage to deliver the result to its
+ResultSink service. A watcher checks every stage's health; when one goes down, every request in flight
+fails at once with UNAVAILABLE (nothing hangs) and the server reports not-ready until the stage is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from nndeploy.proto import (
+    health_pb2,
+    health_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    stage_pb2,
+    stage_pb2_grpc,
+)
+from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable
+from nndeploy.runtime.tensors import (
+    dtype_to_kserve,
+    numpy_to_infer_response_outputs,
+    proto_to_tensors,
+    request_inputs_to_numpy,
+    tensors_to_proto,
+)
+from nndeploy.types import TensorSpec
+
+STATUS = {code.name: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The served model as clients see it, and where its chain starts."""
+
+    name: str
+    version: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    stages: tuple[tuple[str, str], ...]  # (device, worker address) per stage, in order
+    timeout_s: float = 60.0
+
+
+class Endpoint(
+    inference_pb2_grpc.GRPCInferenceServiceServicer,
+    stage_pb2_grpc.ResultSinkServicer,
+    health_pb2_grpc.HealthServicer,
+):
+    """KServe v2 servicer + result sink + health, sharing one pending-request table."""
+
+    def __init__(self, model: ModelSpec, address: str) -> None:
+        self.model = model
+        self.address = address
+        self.pending: dict[str, asyncio.Future[stage_pb2.StageReply]] = {}
+        self.links = Links()
+        self.stage_up = [True] * len(model.stages)
+        self.stats: list[stage_pb2.StageStats | None] = [None] * len(model.stages)
+        self.latencies_ms: list[float] = []
+        self.watcher: asyncio.Task[None] | None = None
+
+    # --- KServe v2 -------------------------------------------------------------------------------------
+    async def ServerLive(self, request: Any, context: Any) -> inference_pb2.ServerLiveResponse:
+        """Live while the process serves."""
+        return inference_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> inference_pb2.ServerReadyResponse:
+        """Ready when every stage worker is up."""
+        return inference_pb2.ServerReadyResponse(ready=all(self.stage_up))
+
+    async def ModelReady(self, request: Any, context: Any) -> inference_pb2.ModelReadyResponse:
+        """Ready when the name matches and every stage worker is up."""
+        await self._check_model(request.name, context)
+        return inference_pb2.ModelReadyResponse(ready=all(self.stage_up))
+
+    async def ServerMetadata(self, request: Any, context: Any) -> inference_pb2.ServerMetadataResponse:
+        """Server name and version."""
+        from nndeploy import __version__
+
+        return inference_pb2.ServerMetadataResponse(name="nndeploy", version=__version__, extensions=[])
+
+    async def ModelMetadata(self, request: Any, context: Any) -> inference_pb2.ModelMetadataResponse:
+        """Inputs and outputs with KServe datatypes and shapes."""
+        await self._check_model(request.name, context)
+        meta = inference_pb2.ModelMetadataResponse.TensorMetadata
+        return inference_pb2.ModelMetadataResponse(
+            name=self.model.name,
+            versions=[self.model.version],
+            platform="nndeploy_pipeline",
+            inputs=[
+                meta(name=t.name, datatype=dtype_to_kserve(t.dtype), shape=t.shape) for t in self.model.inputs
+            ],
+            outputs=[
+                meta(name=t.name, datatype=dtype_to_kserve(t.dtype), shape=t.shape)
+                for t in self.model.outputs
+            ],
+        )
+
+    async def ModelInfer(self, request: Any, context: Any) -> inference_pb2.ModelInferResponse:
+        """Run one request through the chain."""
+        await self._check_model(request.model_name, context)
+        try:
+            arrays = request_inputs_to_numpy(request)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        problem = self._input_problem(arrays)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if not all(self.stage_up):
+            down = [f"stage {i} ({self.model.stages[i][0]})" for i, up in enumerate(self.stage_up) if not up]
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{', '.join(down)} is down; retry shortly")
+        remaining = context.time_remaining()
+        timeout = min(self.model.timeout_s, remaining) if remaining is not None else self.model.timeout_s
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[stage_pb2.StageReply] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        started = time.perf_counter()
+        try:
+            message = stage_pb2.StageRequest(
+                request_id=request_id,
+                deadline_unix_ns=time.time_ns() + int(timeout * 1e9),
+                tensors=tensors_to_proto(arrays),
+                reply_to=self.address,
+                sent_unix_ns=time.time_ns(),
+            )
+            await self.links.get(self.model.stages[0][1], "process").send(message)
+            reply = await asyncio.wait_for(future, timeout)
+        except PeerUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"stage 0 is unreachable: {exc}")
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result within {timeout:.1f} s")
+        finally:
+            self.pending.pop(request_id, None)
+        if not reply.ok:
+            await context.abort(STATUS.get(reply.error_code, grpc.StatusCode.INTERNAL), reply.error)
+        self.latencies_ms.append((time.perf_counter() - started) * 1e3)
+        outputs = proto_to_tensors(reply.tensors)
+        wanted = [o.name for o in request.outputs] or [t.name for t in self.model.outputs]
+        missing = [name for name in wanted if name not in outputs]
+        if missing:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output(s) {missing}")
+        response = inference_pb2.ModelInferResponse(
+            model_name=self.model.name, model_version=self.model.version, id=request.id
+        )
+        numpy_to_infer_response_outputs({name: outputs[name] for name in wanted}, response)
+        return response
+
+    # --- result sink ----------------------------------------------------------------------------------
+    async def Deliver(
+        self, request_iterator: AsyncIterator[stage_pb2.StageReply], context: Any
+    ) -> AsyncIterator[stage_pb2.Ack]:
+        """Results (or failures) from the stages, matched to waiting requests."""
+        async for reply in request_iterator:
+            future = self.pending.get(reply.request_id)
+            accepted = future is not None and not future.done()
+            if accepted:
+                future.set_result(reply)  # type: ignore[union-attr]
+            yield stage_pb2.Ack(request_id=reply.request_id, accepted=accepted)
+
+    # --- health ---------------------------------------------------------------------------------------
+    async def Check(self, request: Any, context: Any) -> health_pb2.HealthCheckResponse:
+        """grpc.health.v1: SERVING when every stage is up."""
+        serving = (
+            health_pb2.HealthCheckResponse.SERVING
+            if all(self.stage_up)
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        return health_pb2.HealthCheckResponse(status=serving)
+
+    def start_watching(self, period_s: float = 0.25) -> None:
+        """Start the stage health watcher."""
+        self.watcher = asyncio.create_task(self._watch(period_s))
+
+    async def _watch(self, period_s: float) -> None:
+        channels = [
+            grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _, address in self.model.stages
+        ]
+        try:
+            while True:
+                for index, channel in enumerate(channels):
+                    try:
+                        self.stats[index] = await stage_pb2_grpc.StageWorkerStub(channel).Stats(
+                            stage_pb2.StatsRequest(), timeout=max(period_s * 4, 1.0)
+                        )
+                        up = True
+                    except grpc.aio.AioRpcError:
+                        up = False
+                    if self.stage_up[index] and not up:
+                        self.fail_pending(f"stage {index} ({self.model.stages[index][0]}) went down")
+                    self.stage_up[index] = up
+                await asyncio.sleep(period_s)
+        finally:
+            for channel in channels:
+                await channel.close()
+
+    def fail_pending(self, reason: str) -> None:
+        """Fail every request in flight with UNAVAILABLE."""
+        for request_id, future in list(self.pending.items()):
+            if not future.done():
+                future.set_result(
+                    stage_pb2.StageReply(
+                        request_id=request_id, ok=False, error_code="UNAVAILABLE", error=reason
+                    )
+                )
+
+    async def _check_model(self, name: str, context: Any) -> None:
+        if name != self.model.name:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown model '{name}'; this server serves '{self.model.name}'"
+            )
+
+    def _input_problem(self, arrays: dict[str, np.ndarray]) -> str:
+        """A precise description of what is wrong with the inputs, or ''."""
+        expected = {t.name: t for t in self.model.inputs}
+        unknown = sorted(set(arrays) - set(expected))
+        missing = sorted(set(expected) - set(arrays))
+        if unknown or missing:
+            return f"inputs must be {sorted(expected)}; got unknown {unknown} and missing {missing}"
+        for name, array in arrays.items():
+            spec = expected[name]
+            if array.dtype.name != spec.dtype:
+                got, needed = dtype_to_kserve(array.dtype), dtype_to_kserve(spec.dtype)
+                return f"input '{name}': datatype {got}, the model needs {needed}"
+            if tuple(array.shape) != spec.shape:
+                return f"input '{name}': shape {list(array.shape)}, the model needs {list(spec.shape)}"
+        return ""
+
+
+async def start_endpoint(
+    model: ModelSpec, port: int, host: str = "127.0.0.1"
+) -> tuple[grpc.aio.Server, Endpoint, int]:
+    """Start the endpoint server; returns (server, servicer, bound port)."""
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    endpoint = Endpoint(model, f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{bound}")
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(endpoint, server)
+    stage_pb2_grpc.add_ResultSinkServicer_to_server(endpoint, server)
+    health_pb2_grpc.add_HealthServicer_to_server(endpoint, server)
+    await server.start()
+    endpoint.start_watching()
+    return server, endpoint, bound

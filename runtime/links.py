@@ -1,0 +1,117 @@
+"""Long-lived outgoing gRPC streams: to the next stage's worker (StageWorker.Process) and to the endpoint's
+result sink (ResultSink.Deliver). Messages are queued into one open stream per peer; a broken stream is
+reported to the caller and reopened on the next send, so a restarted peer on the same address is picked
+up again (the chain is rewired without any coordinator)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from nndeploy.proto import stage_pb2_grpc
+
+MAX_MESSAGE_BYTES = 1 << 30
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),
+]
+
+
+class PeerUnavailable(Exception):
+    """The peer's stream is down; the message was not sent."""
+
+
+class StreamLink:
+    """One open client stream to `address` for `kind` ('process' to a worker, 'deliver' to a sink)."""
+
+    def __init__(self, address: str, kind: str, queue_size: int = 64) -> None:
+        self.address = address
+        self.kind = kind
+        self.queue_size = queue_size
+        self._channel: grpc.aio.Channel | None = None
+        self._outbox: asyncio.Queue[Any] | None = None
+        self._call: Any = None
+        self._drain: asyncio.Task[None] | None = None
+        self.broken = asyncio.Event()
+        self._opening = asyncio.Lock()
+
+    async def send(self, message: Any, timeout: float = 10.0) -> None:
+        """Queue `message` on the stream (waiting while the peer applies backpressure)."""
+        async with self._opening:  # concurrent senders must not open (and so close) each other's stream
+            if self._call is None or self.broken.is_set():
+                await self._open(timeout)
+        assert self._outbox is not None
+        try:
+            await asyncio.wait_for(self._outbox.put(message), timeout)
+        except TimeoutError:
+            raise PeerUnavailable(f"{self.address}: stream full for {timeout:.0f} s") from None
+        if self.broken.is_set():
+            raise PeerUnavailable(f"{self.address}: stream closed")
+
+    async def _open(self, timeout: float) -> None:
+        await self.close()
+        self.broken = asyncio.Event()
+        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            await self.close()
+            raise PeerUnavailable(f"{self.address}: not reachable within {timeout:.0f} s") from None
+        self._outbox = asyncio.Queue(self.queue_size)
+        stub = stage_pb2_grpc.StageWorkerStub(self._channel) if self.kind == "process" else None
+        sink = stage_pb2_grpc.ResultSinkStub(self._channel) if self.kind == "deliver" else None
+        requests = self._messages(self._outbox)
+        self._call = stub.Process(requests) if stub is not None else sink.Deliver(requests)  # type: ignore[union-attr]
+        self._drain = asyncio.create_task(self._read_replies())
+
+    @staticmethod
+    async def _messages(outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+        while True:
+            message = await outbox.get()
+            if message is None:
+                return
+            yield message
+
+    async def _read_replies(self) -> None:
+        """Read (and drop) what the peer streams back, to notice when the stream ends or breaks."""
+        try:
+            async for _ in self._call:
+                pass
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            self.broken.set()
+
+    async def close(self) -> None:
+        """End the stream and the channel."""
+        if self._outbox is not None and not self._outbox.full():
+            self._outbox.put_nowait(None)
+        if self._drain is not None:
+            self._drain.cancel()
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+        self._channel = self._call = self._drain = self._outbox = None
+
+
+class Links:
+    """Outgoing links by (address, kind), opened on first use."""
+
+    def __init__(self) -> None:
+        self._links: dict[tuple[str, str], StreamLink] = {}
+
+    def get(self, address: str, kind: str) -> StreamLink:
+        """The link to `address` for `kind`."""
+        key = (address, kind)
+        if key not in self._links:
+            self._links[key] = StreamLink(address, kind)
+        return self._links[key]
+
+    async def close(self) -> None:
+        """Close every link."""
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()

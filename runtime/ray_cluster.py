@@ -1,0 +1,149 @@
+"""Every Ray call of the project: stage workers as Ray actors, placed by device, supervised and restarted.
+
+Each cluster.yaml device becomes a Ray custom resource (`nndeploy-device-<name>`); a local `ray.init()`
+declares them all on this machine, and on a real multi-node cluster each node declares the ones it has
+(`ray start --resources '{"nndeploy-device-gpu": 1}'`), so actors land where their device is. An actor
+starts its stage's gRPC worker on a fixed port in its own thread; when its process dies Ray starts it
+again (max_restarts) on the same node and it binds the same port, so the upstream stream reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nndeploy.errors import NNDeployError
+from nndeploy.runtime.worker import StageSpec
+
+
+class ServeError(NNDeployError):
+    """The serving cluster could not be started or reached."""
+
+
+def device_resource(device: str) -> str:
+    """The Ray custom resource that stands for a cluster.yaml device."""
+    return f"nndeploy-device-{device}"
+
+
+class StageActorImpl:
+    """Runs one stage worker; Ray wraps this class as an actor (restarted when its process dies)."""
+
+    def __init__(self, build_dir: str, stage: int, spec: StageSpec, port: int) -> None:
+        from nndeploy.runtime.chain import artifact_executor
+        from nndeploy.runtime.worker import serve_stage
+        from nndeploy.targets.manifest import read_manifest
+
+        manifest = read_manifest(build_dir)
+        entry = next(e for e in manifest.stages if e.stage == stage)
+        execute = artifact_executor(Path(build_dir), entry)
+        self.port = port
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                asyncio.run(serve_stage(spec, execute, port, ready=lambda _: self._ready.set()))
+            except BaseException as exc:  # reported through ping()
+                self._error = exc
+                self._ready.set()
+
+        self._thread = threading.Thread(target=run, name=f"stage{stage}-worker", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=120)
+
+    def ping(self) -> int:
+        """The worker's pid once it serves (raises if it failed to start)."""
+        import os
+
+        if self._error is not None:
+            raise RuntimeError(f"stage worker failed: {self._error}")
+        return os.getpid()
+
+
+@dataclass
+class RayStages:
+    """The Ray side of `serve`: start Ray (or join one), place one actor per stage, stop everything."""
+
+    address: str | None = None
+    actors: list[Any] | None = None
+    started_ray: bool = False
+
+    def start(self, devices: list[str]) -> None:
+        """Start a local Ray with one resource per device, or join the cluster at `address`."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        try:
+            if self.address:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    num_cpus=max(2, len(devices)),
+                    resources={device_resource(d): 1.0 for d in devices},
+                )
+        except Exception as exc:  # Ray's own errors are long; keep the first line
+            raise ServeError(
+                f"could not start or join Ray ({self.address or 'local'}): {str(exc).splitlines()[0]}"
+            ) from None
+        self.started_ray = True
+
+    def launch(
+        self, build_dir: Path, specs: list[StageSpec], ports: list[int], timeout_s: float = 180
+    ) -> list[int]:
+        """One actor per stage on its device's resource; returns the workers' pids once all serve."""
+        import ray
+
+        actor_class = ray.remote(StageActorImpl)
+        self.actors = [
+            actor_class.options(
+                num_cpus=0,
+                max_restarts=-1,
+                max_task_retries=0,
+                resources={device_resource(spec.device): 0.01},
+                name=f"nndeploy-stage-{spec.index}",
+            ).remote(str(build_dir), spec.index, spec, port)
+            for spec, port in zip(specs, ports, strict=True)
+        ]
+        return self.pids(timeout_s)
+
+    def pids(self, timeout_s: float = 60) -> list[int]:
+        """The current process id of every stage worker (waits for restarting ones)."""
+        import ray
+
+        assert self.actors is not None
+        try:
+            return ray.get([actor.ping.remote() for actor in self.actors], timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise ServeError(
+                f"stage workers did not start within {timeout_s:.0f} s (is every device's resource present?)"
+            ) from None
+        except ray.exceptions.RayError as exc:
+            raise ServeError(f"a stage worker failed to start: {str(exc).splitlines()[0]}") from None
+
+    def stop(self) -> None:
+        """Kill the actors and, if this process started Ray, shut it down."""
+        import ray
+
+        for actor in self.actors or []:
+            ray.kill(actor, no_restart=True)
+        self.actors = None
+        if self.started_ray:
+            ray.shutdown()
+            self.started_ray = False
+
+
+def wait_until(predicate: Any, timeout_s: float, period_s: float = 0.1) -> bool:
+    """Poll `predicate` until true or timeout; returns the last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period_s)
+    return bool(predicate())

@@ -1,0 +1,85 @@
+"""The `serve` verb: start the stage workers under Ray and the KServe v2 endpoint in front of them, run
+until asked to stop (SIGINT/SIGTERM), then stop everything so no process is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nndeploy.runtime.chain import free_ports, model_spec, stage_specs
+from nndeploy.runtime.endpoint import Endpoint, ModelSpec, start_endpoint
+from nndeploy.runtime.metrics import start_metrics_server
+from nndeploy.runtime.ray_cluster import RayStages, ServeError
+from nndeploy.targets.loader import why_not_runnable
+from nndeploy.targets.manifest import Manifest
+from nndeploy.types import Plan
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What `serve` started, for the caller to print."""
+
+    model: ModelSpec
+    endpoint: str
+    metrics: str | None
+    pids: list[int]
+
+
+async def serve_build(
+    build_dir: Path,
+    plan: Plan,
+    manifest: Manifest,
+    port: int = 8001,
+    host: str = "127.0.0.1",
+    metrics_port: int | None = None,
+    ray_address: str | None = None,
+    on_ready: Callable[[Serving], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM."""
+    problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
+    if problems:
+        raise ServeError("cannot serve this build here: " + "; ".join(problems))
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    ports = free_ports(len(plan.stages))
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    ray_stages = RayStages(address=ray_address)
+    server = None
+    metrics = None
+    try:
+        ray_stages.start(sorted({s.device for s in plan.stages}))
+        pids = await loop.run_in_executor(
+            None, ray_stages.launch, build_dir.resolve(), stage_specs(plan, addresses), ports
+        )
+        # After Ray has started: ray.init installs its own SIGTERM handler, which would skip the clean stop.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        model = model_spec(plan, addresses)
+        server, endpoint, bound = await start_endpoint(model, port, host)
+        if metrics_port is not None:
+            metrics = start_metrics_server(endpoint, metrics_port, host)
+        if on_ready is not None:
+            on_ready(
+                Serving(
+                    model,
+                    f"{host}:{bound}",
+                    f"http://{host}:{metrics_port}/metrics" if metrics else None,
+                    pids,
+                )
+            )
+        await stop.wait()
+    finally:
+        if server is not None:
+            await server.stop(grace=2.0)
+        if metrics is not None:
+            metrics.shutdown()
+        await loop.run_in_executor(None, ray_stages.stop)
+
+
+__all__ = ["Endpoint", "Serving", "serve_build"]

@@ -1,0 +1,227 @@
+"""StageWorker: a gRPC server that runs one stage's artifact and streams its results onward.
+
+Lifecycle as in Triton's backends: initialize (load and check the artifact), execute (per request),
+finalize (stop serving, drain). Requests arrive on a stream from upstream (the endpoint for stage 0, the
+previous worker otherwise) into a bounded queue — a full queue stops reading the stream, so backpressure
+travels upstream through gRPC flow control instead of memory growing. Outputs go straight to the next
+worker; the last stage (or any stage that fails a request) sends its reply to the endpoint's result sink.
+Several requests are in flight at once across the chain, so stages overlap (pipelining).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from nndeploy.proto import health_pb2, health_pb2_grpc, stage_pb2, stage_pb2_grpc
+from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable
+from nndeploy.runtime.tensors import proto_to_tensors, tensors_to_proto
+
+Execute = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class StageSpec:
+    """What a worker needs to know about its place in the chain."""
+
+    index: int
+    device: str
+    inputs: tuple[str, ...]  # tensors the stage receives (model inputs of this stage + forwarded ones)
+    outputs: tuple[str, ...]  # tensors it sends on (its own outputs + forwarded ones)
+    downstream: str | None  # next worker's address; None for the last stage
+    queue_size: int = 16
+
+
+@dataclass
+class Counters:
+    """Per-stage metrics, exported through Stats and by the endpoint in Prometheus format."""
+
+    requests: int = 0
+    errors: int = 0
+    compute_ms_total: float = 0.0
+    transfer_ms_total: float = 0.0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServicer):
+    """The servicer: a bounded queue, one executor thread, and the outgoing links."""
+
+    def __init__(self, spec: StageSpec, execute: Execute) -> None:
+        self.spec = spec
+        self.execute = execute
+        self.counters = Counters()
+        self.queue: asyncio.Queue[tuple[stage_pb2.StageRequest, asyncio.Queue | None]] = asyncio.Queue(
+            spec.queue_size
+        )
+        self.links = Links()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{spec.index}")
+        self.loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the execution loop (call from the server's event loop)."""
+        self.loop_task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop executing and close outgoing streams."""
+        if self.loop_task is not None:
+            self.loop_task.cancel()
+        await self.links.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def Process(
+        self, request_iterator: AsyncIterator[stage_pb2.StageRequest], context: Any
+    ) -> AsyncIterator[stage_pb2.StageReply]:
+        """Receive requests from upstream; replies for requests without reply_to come back on this stream."""
+        local: asyncio.Queue[stage_pb2.StageReply | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for request in request_iterator:
+                    self.counters.bytes_received += sum(len(t.data) for t in request.tensors)
+                    await self.queue.put((request, None if request.reply_to else local))
+            finally:
+                await local.put(None)
+
+        reader = asyncio.create_task(pump())
+        try:
+            while (reply := await local.get()) is not None:
+                yield reply
+        finally:
+            reader.cancel()
+
+    async def Stats(self, request: stage_pb2.StatsRequest, context: Any) -> stage_pb2.StageStats:
+        """This stage's counters."""
+        c = self.counters
+        return stage_pb2.StageStats(
+            stage=self.spec.index,
+            device=self.spec.device,
+            requests=c.requests,
+            errors=c.errors,
+            queue_depth=self.queue.qsize(),
+            compute_ms_total=c.compute_ms_total,
+            transfer_ms_total=c.transfer_ms_total,
+            bytes_received=c.bytes_received,
+            bytes_sent=c.bytes_sent,
+        )
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: Any
+    ) -> health_pb2.HealthCheckResponse:
+        """grpc.health.v1: serving while the execution loop is alive."""
+        alive = self.loop_task is not None and not self.loop_task.done()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if alive else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            request, local = await self.queue.get()
+            self.counters.requests += 1
+            if request.deadline_unix_ns and time.time_ns() > request.deadline_unix_ns:
+                await self._fail(
+                    request, local, "DEADLINE_EXCEEDED", f"deadline passed before stage {self.spec.index}"
+                )
+                continue
+            try:
+                inputs = proto_to_tensors(request.tensors)
+                started = time.perf_counter()
+                outputs = await loop.run_in_executor(self.pool, self.execute, inputs)
+                compute_ms = (time.perf_counter() - started) * 1e3
+                sent = {
+                    name: outputs[name] if name in outputs else inputs[name] for name in self.spec.outputs
+                }
+            except KeyError as exc:
+                await self._fail(
+                    request, local, "INVALID_ARGUMENT", f"stage {self.spec.index}: missing tensor {exc}"
+                )
+                continue
+            except Exception as exc:  # the artifact failed on this request; the worker keeps serving
+                await self._fail(
+                    request, local, "INTERNAL", f"stage {self.spec.index}: {type(exc).__name__}: {exc}"
+                )
+                continue
+            self.counters.compute_ms_total += compute_ms
+            timing = stage_pb2.StageTiming(stage=self.spec.index, compute_ms=compute_ms)
+            tensors = tensors_to_proto(sent)
+            self.counters.bytes_sent += sum(len(t.data) for t in tensors)
+            started = time.perf_counter()
+            try:
+                if self.spec.downstream is not None:
+                    forward = stage_pb2.StageRequest(
+                        request_id=request.request_id,
+                        deadline_unix_ns=request.deadline_unix_ns,
+                        tensors=tensors,
+                        reply_to=request.reply_to,
+                        sent_unix_ns=time.time_ns(),
+                        timings=[*request.timings, timing],
+                    )
+                    await self.links.get(self.spec.downstream, "process").send(forward)
+                else:
+                    reply = stage_pb2.StageReply(
+                        request_id=request.request_id,
+                        ok=True,
+                        tensors=tensors,
+                        stage=self.spec.index,
+                        timings=[*request.timings, timing],
+                    )
+                    await self._reply(request, local, reply)
+            except PeerUnavailable as exc:
+                await self._fail(
+                    request, local, "UNAVAILABLE", f"stage {self.spec.index} cannot reach the next hop: {exc}"
+                )
+            self.counters.transfer_ms_total += (time.perf_counter() - started) * 1e3
+
+    async def _reply(
+        self, request: stage_pb2.StageRequest, local: asyncio.Queue | None, reply: stage_pb2.StageReply
+    ) -> None:
+        if local is not None:
+            await local.put(reply)
+        else:
+            await self.links.get(request.reply_to, "deliver").send(reply)
+
+    async def _fail(
+        self, request: stage_pb2.StageRequest, local: asyncio.Queue | None, code: str, message: str
+    ) -> None:
+        self.counters.errors += 1
+        reply = stage_pb2.StageReply(
+            request_id=request.request_id, ok=False, error_code=code, error=message, stage=self.spec.index
+        )
+        with contextlib.suppress(PeerUnavailable):  # the endpoint is gone; it fails its own pending requests
+            await self._reply(request, local, reply)
+
+
+async def serve_stage(
+    spec: StageSpec,
+    execute: Execute,
+    port: int,
+    host: str = "127.0.0.1",
+    ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a StageWorker on host:port until `stop` is set (port 0 picks a free port, passed to `ready`)."""
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    worker = StageWorker(spec, execute)
+    stage_pb2_grpc.add_StageWorkerServicer_to_server(worker, server)
+    health_pb2_grpc.add_HealthServicer_to_server(worker, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    worker.start()
+    if ready is not None:
+        ready(bound)
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await worker.stop()
+        await server.stop(grace=1.0)

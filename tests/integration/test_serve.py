@@ -1,0 +1,232 @@
+"""serve as a user runs it: real Ray, real gRPC workers, the KServe v2 endpoint driven by the Triton client.
+
+The Triton client runs in its own process (its generated protos clash with the project's in one process).
+Every server started here is stopped by the fixture's finalizer, and the test checks nothing is left.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_cli import nndeploy
+
+from nndeploy.oracle import run_model
+
+from conftest import servers
+
+# Checked without importing it: tritonclient's protos clash with the project's in one process.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None, reason="needs tritonclient"),
+]
+
+# Links as fast as loopback, so the planner splits even this small model over several workers.
+CLUSTER = servers(3, profile="x86-avx2-server", gbps=4000.0, latency_ms=1e-4)
+
+
+def big_model() -> onnx.ModelProto:
+    """x[1,3,640,640] (4.7 MiB, over gRPC's default 4 MiB limit) through a few elementwise ops and a conv."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32) * 0.2, "w")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="relu1"),
+        helper.make_node("Conv", ["a", "w"], ["b"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["b"], ["c"], name="sigmoid"),
+        helper.make_node("Add", ["c", "x"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 640, 640])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 640, 640])],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 2+ stage x86 build of big_model; returns (model path, build dir)."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("serve")
+    model = folder / "big.onnx"
+    onnx.save(big_model(), model)
+    (folder / "cluster.yaml").write_text(yaml.safe_dump(CLUSTER))
+    done = nndeploy("plan", model, "--cluster", folder / "cluster.yaml", "-o", folder / "plan.json")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads((folder / "plan.json").read_text())["stages"]) >= 2
+    done = nndeploy("compile", folder / "plan.json", "-o", folder / "build")
+    assert done.returncode == 0, done.stderr
+    return model, folder / "build"
+
+
+class Server:
+    """`nndeploy serve` in a subprocess, with the stage table it printed."""
+
+    def __init__(self, build_dir: Path, port: int, metrics_port: int) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nndeploy",
+                "serve",
+                str(build_dir),
+                "--port",
+                str(port),
+                "--metrics-port",
+                str(metrics_port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.address = f"127.0.0.1:{port}"
+        self.pids: list[int] = []
+        self.output: list[str] = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            self.output.append(line)
+            match = re.match(r"\s*│\s*(\d+)\s*│\s*\S+\s*│\s*\S+\s*│\s*(\d+)\s*│", line)
+            if match:
+                self.pids.append(int(match.group(2)))
+            if "listening on" in line:
+                return
+        self.stop()
+        raise AssertionError("serve did not start:\n" + "".join(self.output))
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; returns the exit status (kills the group if it hangs)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        return self.process.returncode
+
+
+@pytest.fixture
+def server(build: tuple[Path, Path]):
+    from nndeploy.runtime.chain import free_ports
+
+    port, metrics_port = free_ports(2)
+    running = Server(build[1], port, metrics_port)
+    yield running
+    assert running.stop() == 0
+    deadline = time.monotonic() + 20  # Ray reaps its workers asynchronously after shutdown
+    while any(_alive(pid) for pid in running.pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    survivors = [pid for pid in running.pids if _alive(pid)]
+    assert not survivors, f"stage workers {survivors} survived serve's shutdown"
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+TRITON_CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    address, model, inputs_path, outputs_path = sys.argv[1:5]
+    client = grpcclient.InferenceServerClient(address)
+    report = {"live": client.is_server_live(), "ready": client.is_server_ready(),
+              "model_ready": client.is_model_ready(model)}
+    meta = client.get_model_metadata(model, as_json=True)
+    report["inputs"] = meta["inputs"]
+    x = np.load(inputs_path)
+    infer_input = grpcclient.InferInput("x", list(x.shape), "FP32")
+    infer_input.set_data_from_numpy(x)
+    result = client.infer(model, [infer_input])
+    np.save(outputs_path, result.as_numpy("y"))
+    bad = grpcclient.InferInput("x", [1, 3, 64, 64], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
+    try:
+        client.infer(model, [bad])
+    except InferenceServerException as exc:
+        report["bad_status"], report["bad_message"] = exc.status(), exc.message()
+    print(json.dumps(report))
+    """
+)
+
+
+def test_triton_client_gets_onnxruntime_results(
+    server: Server, build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, _ = build
+    x = np.random.default_rng(1).standard_normal((1, 3, 640, 640)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "client.py"
+    script.write_text(TRITON_CLIENT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            server.address,
+            "big",
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["live"] and report["ready"] and report["model_ready"]
+    assert report["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["1", "3", "640", "640"]}]
+    expected = run_model(str(model), {"x": x})["y"]
+    got = np.load(tmp_path / "y.npy")
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+    assert report["bad_status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "input 'x': shape [1, 3, 64, 64], the model needs [1, 3, 640, 640]" in report["bad_message"]
+
+
+def test_killed_worker_fails_in_flight_requests_then_recovers(server: Server, tmp_path: Path) -> None:
+    assert len(server.pids) >= 2
+    load = subprocess.Popen(
+        [sys.executable, "-m", "nndeploy", "bench", server.address, "--concurrency", "4", "--requests", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    os.kill(server.pids[1], signal.SIGKILL)  # a stage worker dies mid-load
+    out, err = load.communicate(timeout=240)  # no hang: every request ends, some with UNAVAILABLE
+    match = re.search(r"(\d+)/60 ok, (\d+) failed", out)
+    assert match, out + err
+    assert int(match.group(2)) >= 1 and int(match.group(1)) + int(match.group(2)) == 60
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # Ray restarts the worker; requests succeed again
+        done = nndeploy("infer", server.address)
+        if done.returncode == 0:
+            break
+        time.sleep(2)
+    assert done.returncode == 0, done.stderr
