@@ -21,7 +21,7 @@ import onnx
 from nndeploy.errors import BuildError
 from nndeploy.types import Artifact, Device, TensorSpec
 
-BUILDER_VERSION = "3"  # bump when the pipeline changes, so cached builds are not reused
+BUILDER_VERSION = "4"  # bump when the pipeline changes, so cached builds are not reused
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
                 f"device '{device.name}': node '{node.name}' (op {node.op_type}) cannot be imported by TVM's "
                 "ONNX frontend; use --fallback onnxruntime or place it on another device"
             )
+    model = _c_identifier_inputs(model)
     shapes, dtypes = {}, {}
     inits = {init.name for init in model.graph.initializer}
     for vi in model.graph.input:
@@ -103,6 +104,38 @@ def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
         node = _failing_node(model, shapes, dtypes)
         where = f"node '{node.name}' (op {node.op_type})" if node is not None else "the stage"
         raise BuildError(f"device '{device.name}': TVM cannot import {where}: {_first_line(exc)}") from None
+
+
+def _c_identifier_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose graph inputs have C-identifier names: TVM puts input names into generated CUDA kernel
+    signatures (an input named 'gpu_0/data_0' breaks nvcc). The VM takes inputs by position, so the
+    artifact's interface is unchanged."""
+    import re
+
+    valid = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+    inits = {init.name for init in model.graph.initializer}
+    taken = {vi.name for vi in model.graph.input}
+    renames = {}
+    for index, vi in enumerate(model.graph.input):
+        if vi.name in inits or valid.match(vi.name):
+            continue
+        candidate = re.sub(r"\W", "_", vi.name).lstrip("0123456789") or f"input_{index}"
+        while candidate in taken:
+            candidate = f"{candidate}_{index}"
+        taken.add(candidate)
+        renames[vi.name] = candidate
+    if not renames:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for vi in copy.graph.input:
+        vi.name = renames.get(vi.name, vi.name)
+    for node in copy.graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renames.get(name, name)
+    for vi in copy.graph.output:  # an input passed straight through as an output
+        vi.name = renames.get(vi.name, vi.name)
+    return copy
 
 
 def _failing_node(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> onnx.NodeProto | None:

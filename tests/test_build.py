@@ -159,3 +159,17 @@ def test_cuda_stage_executes_on_a_gpu_and_matches_onnxruntime(tmp_path: Path) ->
     inputs = random_inputs(model)
     got, _ = run_artifact(tmp_path, entry, inputs)
     assert all(c.ok for c in compare(run_model(model, inputs), got, {"float32": (1e-4, 1e-3)}))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_input_names_that_are_not_c_identifiers_build_for_cuda(tmp_path: Path) -> None:
+    model = conv_model()
+    old = model.graph.input[0].name
+    model.graph.input[0].name = "gpu_0/data_0"
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = "gpu_0/data_0"
+    record = build_stage(save(model, tmp_path), 0, device("cuda"), tmp_path)
+    assert record.error is None, record.error
+    assert record.artifact.inputs[0].name == "gpu_0/data_0"  # the artifact's interface keeps the real name
