@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import nndeploy
+from test_cli import assert_user_error, nndeploy
 
 from nndeploy.oracle import run_model
 
@@ -97,6 +97,7 @@ class Server:
         )
         self.address = f"127.0.0.1:{port}"
         self.pids: list[int] = []
+        self.metrics = ""
         self.output: list[str] = []
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -107,7 +108,11 @@ class Server:
             match = re.match(r"\s*│\s*(\d+)\s*│\s*\S+\s*│\s*\S+\s*│\s*(\d+)\s*│", line)
             if match:
                 self.pids.append(int(match.group(2)))
+            if "Prometheus metrics on" in line:
+                self.metrics = line.split(" on ", 1)[1].strip()
             if "listening on" in line:
+                continue
+            if "press Ctrl-C" in line:
                 return
         self.stop()
         raise AssertionError("serve did not start:\n" + "".join(self.output))
@@ -230,3 +235,21 @@ def test_killed_worker_fails_in_flight_requests_then_recovers(server: Server, tm
             break
         time.sleep(2)
     assert done.returncode == 0, done.stderr
+
+
+def test_infer_bench_and_metrics(server: Server, tmp_path: Path) -> None:
+    done = nndeploy("infer", server.address, "-o", tmp_path / "out.npz")
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "out.npz") as outputs:
+        assert outputs["y"].shape == (1, 3, 640, 640)
+    bench = nndeploy(
+        "bench", server.address, "--concurrency", "4", "--requests", "20", "--metrics", server.metrics
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert "20/20 ok, 0 failed" in bench.stdout
+    stage_rows = [line for line in bench.stdout.splitlines() if re.match(r"\s*│\s*\d+\s*│\s*server-\d", line)]
+    assert len(stage_rows) == len(server.pids)
+    assert all(int(row.split("│")[3]) >= 20 for row in stage_rows)  # every stage saw every request
+    assert_user_error(
+        nndeploy("infer", server.address, "--model", "nope"), "NOT_FOUND", "unknown model 'nope'"
+    )
