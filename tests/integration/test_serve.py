@@ -253,3 +253,46 @@ def test_infer_bench_and_metrics(server: Server, tmp_path: Path) -> None:
     assert_user_error(
         nndeploy("infer", server.address, "--model", "nope"), "NOT_FOUND", "unknown model 'nope'"
     )
+
+
+@pytest.mark.emulator
+def test_x86_plus_emulated_aarch64_pipeline_serves_onnxruntime_results(
+    example_models, tmp_path: Path
+) -> None:
+    from nndeploy.runtime.chain import free_ports
+
+    plan = tmp_path / "plan.json"
+    cluster = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "edge-camera-server.yaml"
+    assert nndeploy("plan", example_models["camera_cnn"], "--cluster", cluster, "-o", plan).returncode == 0
+    devices = [s["device"] for s in json.loads(plan.read_text())["stages"]]
+    assert devices == ["camera", "server"]  # aarch64 Raspberry Pi stage, then x86
+    assert nndeploy("compile", plan, "-o", tmp_path / "build").returncode == 0
+    running = Server(tmp_path / "build", *free_ports(2))
+    try:
+        x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        np.save(tmp_path / "x.npy", x)
+        script = tmp_path / "client.py"
+        script.write_text(
+            TRITON_CLIENT.replace('"x"', '"image"')
+            .replace('as_numpy("y")', 'as_numpy("probabilities")')
+            .replace("[1, 3, 64, 64]", "[1, 3, 32, 32]")
+            .replace("(1, 3, 64, 64)", "(1, 3, 32, 32)")
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                running.address,
+                "camera_cnn",
+                str(tmp_path / "x.npy"),
+                str(tmp_path / "y.npy"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        expected = run_model(str(example_models["camera_cnn"]), {"image": x})["probabilities"]
+        assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < 1e-4
+    finally:
+        assert running.stop() == 0
