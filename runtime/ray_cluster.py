@@ -32,7 +32,9 @@ def device_resource(device: str) -> str:
 class StageActorImpl:
     """Runs one stage worker; Ray wraps this class as an actor (restarted when its process dies)."""
 
-    def __init__(self, build_dir: str, stage: int, spec: StageSpec, port: int) -> None:
+    def __init__(
+        self, build_dir: str, stage: int, spec: StageSpec, port: int, host: str = "127.0.0.1"
+    ) -> None:
         from nndeploy.runtime.chain import artifact_executor
         from nndeploy.runtime.worker import serve_stage
         from nndeploy.targets.manifest import read_manifest
@@ -46,7 +48,7 @@ class StageActorImpl:
 
         def run() -> None:
             try:
-                asyncio.run(serve_stage(spec, execute, port, ready=lambda _: self._ready.set()))
+                asyncio.run(serve_stage(spec, execute, port, host=host, ready=lambda _: self._ready.set()))
             except BaseException as exc:  # reported through ping()
                 self._error = exc
                 self._ready.set()
@@ -94,8 +96,36 @@ class RayStages:
             ) from None
         self.started_ray = True
 
+    def device_hosts(self, devices: list[str]) -> dict[str, str]:
+        """The address of the node that has each device: 127.0.0.1 for a local Ray; on a joined cluster,
+        the node that declares the device's resource (one-line error naming any device no node has)."""
+        import ray
+
+        if not self.address:
+            return dict.fromkeys(devices, "127.0.0.1")
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        hosts, missing = {}, []
+        for device in devices:
+            having = [n for n in nodes if n.get("Resources", {}).get(device_resource(device), 0) > 0]
+            if having:
+                hosts[device] = having[0]["NodeManagerAddress"]
+            else:
+                missing.append(device)
+        if missing:
+            resources = ", ".join(f'"{device_resource(d)}": 1' for d in missing)
+            raise ServeError(
+                f"no node of the Ray cluster at {self.address} has device(s) {', '.join(missing)}; start the "
+                f"node that has them with: ray start --address {self.address} --resources '{{{resources}}}'"
+            )
+        return hosts
+
     def launch(
-        self, build_dir: Path, specs: list[StageSpec], ports: list[int], timeout_s: float = 180
+        self,
+        build_dir: Path,
+        specs: list[StageSpec],
+        ports: list[int],
+        hosts: list[str],
+        timeout_s: float = 180,
     ) -> list[int]:
         """One actor per stage on its device's resource; returns the workers' pids once all serve."""
         import ray
@@ -108,8 +138,8 @@ class RayStages:
                 max_task_retries=0,
                 resources={device_resource(spec.device): 0.01},
                 name=f"nndeploy-stage-{spec.index}",
-            ).remote(str(build_dir), spec.index, spec, port)
-            for spec, port in zip(specs, ports, strict=True)
+            ).remote(str(build_dir), spec.index, spec, port, host)
+            for spec, port, host in zip(specs, ports, hosts, strict=True)
         ]
         return self.pids(timeout_s)
 

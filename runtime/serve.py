@@ -39,6 +39,7 @@ async def serve_build(
     ray_address: str | None = None,
     on_ready: Callable[[Serving], None] | None = None,
     stop: asyncio.Event | None = None,
+    worker_port: int = 50100,
 ) -> None:
     """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM."""
     problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
@@ -46,15 +47,20 @@ async def serve_build(
         raise ServeError("cannot serve this build here: " + "; ".join(problems))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    ports = free_ports(len(plan.stages))
-    addresses = [f"127.0.0.1:{p}" for p in ports]
     ray_stages = RayStages(address=ray_address)
     server = None
     metrics = None
     try:
         ray_stages.start(sorted({s.device for s in plan.stages}))
+        by_device = ray_stages.device_hosts([s.device for s in plan.stages])
+        hosts = [by_device[s.device] for s in plan.stages]
+        # Local: free ports now. On a joined cluster the nodes are elsewhere: a fixed range from worker_port.
+        ports = (
+            free_ports(len(plan.stages)) if not ray_address else [worker_port + i for i in range(len(hosts))]
+        )
+        addresses = [f"{h}:{p}" for h, p in zip(hosts, ports, strict=True)]
         pids = await loop.run_in_executor(
-            None, ray_stages.launch, build_dir.resolve(), stage_specs(plan, addresses), ports
+            None, ray_stages.launch, build_dir.resolve(), stage_specs(plan, addresses), ports, hosts
         )
         # After Ray has started: ray.init installs its own SIGTERM handler, which would skip the clean stop.
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -296,3 +296,4 @@ def test_x86_plus_emulated_aarch64_pipeline_serves_onnxruntime_results(
         assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < 1e-4
     finally:
         assert running.stop() == 0
+

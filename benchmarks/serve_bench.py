@@ -1,0 +1,676 @@
+"""What serving costs: per-hop transport overhead, pipelining across stages, and the end-to-end overhead of
+the chain of stage workers + KServe v2 endpoint over running the same artifacts in one process.
+
+    python benchmarks/serve_bench.py                                  # all three parts, defaults below
+    python benchmarks/serve_bench.py --parts 1,2 --requests 50 --repeats 5
+    python benchmarks/serve_bench.py --sizes-mb 1,4,16 --stage-ms 20,30,20 --concurrency 1,4,8
+    python benchmarks/serve_bench.py --parts 3 --model M.onnx --cluster C.yaml --build-dir build/
+
+Everything runs in this process, without Ray: the gRPC servers (stage workers from
+runtime.worker.serve_stage, the endpoint from runtime.endpoint.start_endpoint) live on one asyncio event
+loop in a background thread, the clients drive them from the main thread, all on 127.0.0.1. Each part
+alternates the two things it compares, --repeats rounds of --requests requests each (part 2: of
+--pipeline-requests), and prints medians over all rounds and their ratio. Nothing is asserted.
+
+1. Per-hop overhead: one StageWorker with an identity stage (outputs = its input), driven directly over
+   its Process stream (reply_to empty: the reply comes back on the same stream), one float32 tensor of
+   each --sizes-mb MiB, against a raw loopback TCP echo (a tiny echo-server thread: send N bytes, receive
+   the N bytes back) of the same bytes. A round trip is two hops; per hop = round trip / 2 for both.
+2. Pipelining: a chain of len(--stage-ms) workers whose stages sleep that many ms (time.sleep in the
+   worker's executor thread) + the endpoint serving x float32 [1, 256], driven by runtime.client.run_bench
+   at each --concurrency. Each stage is also timed alone; the bound is 1 / the slowest stage.
+   Prints throughput, measured / bound (goal >= 0.8) and the speed-up over concurrency 1.
+3. End-to-end overhead: --model planned on --cluster (restrict_to_compiler, plan), cut
+   (write_stage_models) and compiled with TVM (compile_stages; content-cached, so a second run does no
+   build work) into a temporary folder (or --build-dir); then (a) the stage artifacts run one after the
+   other in this process (run_artifact) against (b) the same artifacts behind the chain of workers +
+   endpoint (stage_specs, model_spec, artifact_executor), concurrency 1. Both (a) and (b) check the
+   artifact's sha256 on every run (run_artifact does), so the difference is serving alone.
+
+Caveats: client, servers and TVM share this machine's cores and one Python interpreter (the GIL), so the
+figures are an upper bound on the overhead of a deployment with one stage per machine. TVM reads its
+thread count once (TVM_NUM_THREADS; --threads sets it before TVM is imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from nndeploy.proto import stage_pb2, stage_pb2_grpc
+from nndeploy.runtime.chain import free_ports
+from nndeploy.runtime.client import Client, Metadata, random_tensor, run_bench
+from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.links import CHANNEL_OPTIONS
+from nndeploy.runtime.tensors import tensors_to_proto
+from nndeploy.runtime.worker import Execute, StageSpec, serve_stage
+from nndeploy.types import TensorSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+IO_TIMEOUT_S = 30.0  # any single request, reply, socket read or server start
+WARMUP = 3  # untimed requests before each measured series
+
+
+# --- the servers ------------------------------------------------------------------------------------------
+
+
+class ServerLoop:
+    """An asyncio loop in a background thread hosting gRPC servers; close() stops every one of them."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="bench-servers", daemon=True)
+        self.workers: list[tuple[asyncio.Event, concurrent.futures.Future[None]]] = []
+        self.endpoints: list[tuple[Any, Any]] = []
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = IO_TIMEOUT_S) -> Any:
+        """Run `coro` on the server loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start_worker(self, spec: StageSpec, execute: Execute, port: int = 0) -> int:
+        """Start a StageWorker; returns its bound port once it serves."""
+        ready = threading.Event()
+        bound: list[int] = []
+
+        def on_ready(p: int) -> None:
+            bound.append(p)
+            ready.set()
+
+        stop = asyncio.Event()  # bound to the server loop on its first wait; set from there only
+        future = asyncio.run_coroutine_threadsafe(
+            serve_stage(spec, execute, port, ready=on_ready, stop=stop), self.loop
+        )
+        self.workers.append((stop, future))
+        deadline = time.monotonic() + IO_TIMEOUT_S
+        while not ready.wait(0.05):
+            if future.done():
+                future.result()  # raises what stopped it
+                raise RuntimeError(f"stage {spec.index} worker ended before serving")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stage {spec.index} worker did not start in {IO_TIMEOUT_S:.0f} s")
+        return bound[0]
+
+    def start_endpoint(self, model: ModelSpec) -> int:
+        """Start the KServe v2 endpoint on a free port; returns the port."""
+        server, endpoint, port = self.call(start_endpoint(model, 0))
+        self.endpoints.append((server, endpoint))
+        return port
+
+    def close(self) -> None:
+        """Stop the endpoints, then the workers, then the loop (each step bounded in time)."""
+
+        async def stop_endpoint(server: Any, endpoint: Any) -> None:
+            if endpoint.watcher is not None:
+                endpoint.watcher.cancel()
+            await endpoint.links.close()
+            await server.stop(grace=1.0)
+
+        async def cancel_the_rest() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            for server, endpoint in reversed(self.endpoints):
+                with contextlib.suppress(Exception):
+                    self.call(stop_endpoint(server, endpoint), 15)
+            for stop, _ in self.workers:
+                self.loop.call_soon_threadsafe(stop.set)
+            for _, future in self.workers:
+                with contextlib.suppress(Exception):
+                    future.result(15)
+            with contextlib.suppress(Exception):
+                self.call(cancel_the_rest(), 10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(15)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+    def __enter__(self) -> ServerLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> bool:
+    """Fill `view` from `sock`; False if the peer closed first."""
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            return False
+        got += n
+    return True
+
+
+class EchoServer:
+    """A raw TCP echo on 127.0.0.1: reads an 8-byte length and that many bytes, sends the bytes back.
+
+    One connection at a time, any number in turn."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)  # accept() wakes up to notice close()
+        self.closing = threading.Event()
+        self.port = self.sock.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, name="bench-echo", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        """Serve one connection at a time until the listening socket is closed."""
+        buffer = bytearray()
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.conn = conn
+            with conn, contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.settimeout(IO_TIMEOUT_S)
+                header = bytearray(8)
+                while _recv_exact(conn, memoryview(header)):
+                    (size,) = struct.unpack("<Q", header)
+                    if len(buffer) < size:
+                        buffer = bytearray(size)
+                    view = memoryview(buffer)[:size]
+                    if not _recv_exact(conn, view):
+                        break
+                    conn.sendall(view)
+            self.conn = None
+
+    def close(self) -> None:
+        """Stop accepting and end the connection; waits for the thread."""
+        self.closing.set()
+        for sock in (self.sock, self.conn):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        self.thread.join(IO_TIMEOUT_S)
+
+    def __enter__(self) -> EchoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    """The median, NaN when empty."""
+    return statistics.median(values) if values else float("nan")
+
+
+def timed_ms(fn: Callable[[], Any], count: int) -> list[float]:
+    """Run `fn` `count` times; the time of each run in ms."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain right-aligned text table."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join("    " + line for line in lines)
+
+
+def int_list(text: str) -> list[int]:
+    """'1,4,8' -> [1, 4, 8] (positive integers)."""
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> list[float]:
+    """'20,30' -> [20.0, 30.0] (non-negative numbers)."""
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0 separated by commas, got {text!r}")
+    return values
+
+
+# --- 1. per-hop overhead ----------------------------------------------------------------------------------
+
+
+def identity(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The stage that returns its inputs."""
+    return dict(inputs)
+
+
+async def grpc_round_trips(
+    address: str, request: stage_pb2.StageRequest, nbytes: int, count: int
+) -> list[float]:
+    """`count` timed round trips (after WARMUP) of `request` over one Process stream; ms each."""
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        await asyncio.wait_for(channel.channel_ready(), IO_TIMEOUT_S)
+        call = stage_pb2_grpc.StageWorkerStub(channel).Process()
+        times: list[float] = []
+        try:
+            for i in range(WARMUP + count):
+                started = time.perf_counter()
+                await asyncio.wait_for(call.write(request), IO_TIMEOUT_S)
+                reply = await asyncio.wait_for(call.read(), IO_TIMEOUT_S)
+                elapsed = (time.perf_counter() - started) * 1e3
+                if reply is grpc.aio.EOF or not reply.ok:
+                    raise RuntimeError(f"worker replied {reply}")
+                if sum(len(t.data) for t in reply.tensors) != nbytes:
+                    raise RuntimeError("worker replied with a different number of bytes")
+                if i >= WARMUP:
+                    times.append(elapsed)
+            await call.done_writing()
+        finally:
+            call.cancel()
+        return times
+
+
+def raw_round_trips(port: int, payload: bytes, count: int) -> list[float]:
+    """`count` timed round trips (after WARMUP) of `payload` through the echo server; ms each."""
+    header = struct.pack("<Q", len(payload))
+    back = memoryview(bytearray(len(payload)))
+    times: list[float] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(WARMUP + count):
+            started = time.perf_counter()
+            sock.sendall(header)
+            sock.sendall(payload)
+            if not _recv_exact(sock, back):
+                raise RuntimeError("echo server closed the connection")
+            elapsed = (time.perf_counter() - started) * 1e3
+            if i >= WARMUP:
+                times.append(elapsed)
+    return times
+
+
+def part_hops(args: argparse.Namespace) -> None:
+    print(
+        f"1. Per-hop overhead: identity StageWorker over its Process stream vs raw loopback TCP echo "
+        f"({args.requests} round trips x {args.repeats} rounds per size, median; per hop = round trip / 2)"
+    )
+    rng = np.random.default_rng(0)
+    grpc_ms: dict[int, list[float]] = {mb: [] for mb in args.sizes_mb}
+    raw_ms: dict[int, list[float]] = {mb: [] for mb in args.sizes_mb}
+    spec = StageSpec(index=0, device="local", inputs=("x",), outputs=("x",), downstream=None)
+    with ServerLoop() as servers, EchoServer() as echo:
+        port = servers.start_worker(spec, identity)
+        address = f"127.0.0.1:{port}"
+        messages = {}
+        for mb in args.sizes_mb:
+            x = rng.standard_normal(mb * MIB // 4).astype(np.float32)
+            messages[mb] = (
+                stage_pb2.StageRequest(request_id=f"hop-{mb}", tensors=tensors_to_proto({"x": x})),
+                x.tobytes(),
+            )
+        for _ in range(args.repeats):
+            for mb, (request, payload) in messages.items():
+                grpc_ms[mb] += asyncio.run(grpc_round_trips(address, request, len(payload), args.requests))
+                raw_ms[mb] += raw_round_trips(echo.port, payload, args.requests)
+    rows = []
+    for mb in args.sizes_mb:
+        g, r = median(grpc_ms[mb]) / 2, median(raw_ms[mb]) / 2
+        rows.append(
+            [
+                f"{mb} MiB",
+                f"{g:.3f}",
+                f"{r:.3f}",
+                f"{g / r:.2f}",
+                f"{mb * MIB / (g / 1e3) / 1e9:.2f}",
+                f"{mb * MIB / (r / 1e3) / 1e9:.2f}",
+            ]
+        )
+    print(
+        table(
+            ["tensor", "gRPC ms/hop", "raw TCP ms/hop", "gRPC/raw", "gRPC GB/s", "raw TCP GB/s"],
+            rows,
+        )
+    )
+
+
+# --- 2. pipelining ----------------------------------------------------------------------------------------
+
+
+def sleeper(ms: float) -> Execute:
+    """A stage that sleeps `ms` milliseconds and passes its inputs on."""
+
+    def execute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(ms / 1e3)
+        return dict(inputs)
+
+    return execute
+
+
+def start_chain(
+    servers: ServerLoop, specs: list[StageSpec], executes: list[Execute], ports: list[int]
+) -> None:
+    """Start the workers, last stage first."""
+    for spec, execute, port in reversed(list(zip(specs, executes, ports, strict=True))):
+        servers.start_worker(spec, execute, port)
+
+
+def part_pipeline(args: argparse.Namespace) -> None:
+    stage_ms = args.stage_ms
+    count = len(stage_ms)
+    concurrency = sorted({1, *args.concurrency})
+    executes = [sleeper(ms) for ms in stage_ms]
+    x = np.zeros((1, 256), np.float32)
+    alone = [median(timed_ms(lambda e=e: e({"x": x}), args.requests)) for e in executes]
+    bound = 1e3 / max(alone)
+    print(
+        f"2. Pipelining: {count} stages sleeping {'/'.join(f'{ms:g}' for ms in stage_ms)} ms "
+        f"(alone, median of {args.requests}: {'/'.join(f'{ms:.1f}' for ms in alone)} ms) + endpoint, "
+        f"x float32 [1, 256]; {args.pipeline_requests} requests x {args.repeats} rounds per concurrency"
+    )
+    ports = free_ports(count)
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    specs = [
+        StageSpec(
+            index=i,
+            device=f"stage-{i}",
+            inputs=("x",),
+            outputs=("x",),
+            downstream=addresses[i + 1] if i + 1 < count else None,
+        )
+        for i in range(count)
+    ]
+    spec_x = TensorSpec("x", (1, 256), "float32")
+    model = ModelSpec(
+        name="pipeline",
+        version="1",
+        inputs=(spec_x,),
+        outputs=(spec_x,),
+        stages=tuple((s.device, a) for s, a in zip(specs, addresses, strict=True)),
+        timeout_s=IO_TIMEOUT_S,
+    )
+    meta = Metadata(model.name, {"x": (np.dtype(np.float32), (1, 256))})
+    throughput: dict[int, list[float]] = {c: [] for c in concurrency}
+    latency: dict[int, list[float]] = {c: [] for c in concurrency}
+    errors = dict.fromkeys(concurrency, 0)
+    with ServerLoop() as servers:
+        start_chain(servers, specs, executes, ports)
+        target = f"127.0.0.1:{servers.start_endpoint(model)}"
+        run_bench(target, meta, 1, WARMUP, timeout_s=IO_TIMEOUT_S)
+        for _ in range(args.repeats):
+            for c in concurrency:
+                report = run_bench(target, meta, c, args.pipeline_requests, timeout_s=IO_TIMEOUT_S)
+                throughput[c].append(report.throughput)
+                latency[c] += report.latencies_ms
+                errors[c] += report.errors
+    sequential = median(throughput[1])
+    rows = [
+        [
+            str(c),
+            f"{median(throughput[c]):.1f}",
+            f"{median(latency[c]):.1f}",
+            f"{bound:.1f}",
+            f"{median(throughput[c]) / bound:.2f}",
+            f"{median(throughput[c]) / sequential:.2f}",
+            str(errors[c]),
+        ]
+        for c in concurrency
+    ]
+    print(
+        table(
+            ["concurrency", "req/s", "p50 ms", "bound req/s", "measured/bound", "speed-up vs 1", "errors"],
+            rows,
+        )
+    )
+    print(
+        f"    bound = 1 / slowest stage alone ({max(alone):.1f} ms); sequential ideal = 1 / sum of stages "
+        f"= {1e3 / sum(alone):.1f} req/s"
+    )
+
+
+# --- 3. end-to-end overhead -------------------------------------------------------------------------------
+
+
+def build(args: argparse.Namespace, folder: Path) -> tuple[Any, Any]:
+    """Plan, cut and compile --model on --cluster into `folder`; returns (plan, manifest)."""
+    from nndeploy.cli_common import write_stage_models
+    from nndeploy.graph import load_graph
+    from nndeploy.partitioner.planner import plan as make_plan
+    from nndeploy.planfile import write_plan
+    from nndeploy.targets.cluster import load_cluster
+    from nndeploy.targets.compile import compile_stages
+    from nndeploy.targets.tvm_ops import restrict_to_compiler
+
+    graph = load_graph(args.model)
+    cluster = restrict_to_compiler(load_cluster(args.cluster))
+    plan = make_plan(graph, cluster, args.objective)
+    plan_file = write_plan(plan, folder / "plan.json")
+    model_path, stage_models = write_stage_models(plan, plan_file, folder / "stages", args.model)
+    manifest = compile_stages(
+        plan, "plan.json", stage_models, folder, args.jobs, None, None, model_path=str(model_path.resolve())
+    )
+    return plan, manifest
+
+
+def part_end_to_end(args: argparse.Namespace) -> None:
+    from nndeploy.runtime.chain import artifact_executor, model_spec, stage_specs
+    from nndeploy.targets.loader import run_artifact, why_not_runnable
+
+    folder = args.build_dir or Path(tempfile.mkdtemp(prefix="nndeploy-serve-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        started = time.perf_counter()
+        plan, manifest = build(args, folder)
+        build_s = time.perf_counter() - started
+        cached = sum(e.cached for e in manifest.stages)
+        model_name = args.model.name
+        print(
+            f"3. End-to-end overhead: {model_name} planned on {args.cluster.name} ({args.objective}), "
+            f"{len(plan.stages)} stage(s) on {', '.join(s.device for s in plan.stages)}; plan + compile "
+            f"{build_s:.1f} s ({cached} stage(s) from the build cache); concurrency 1, "
+            f"{args.requests} requests x {args.repeats} rounds"
+        )
+        problems = [f"stage {e.stage}: {r}" for e in manifest.stages if (r := why_not_runnable(e))]
+        if problems:
+            print("    not run: " + "; ".join(problems))
+            return
+        inputs = {t.name: random_tensor(np.dtype(t.dtype), t.shape) for t in plan.inputs}
+
+        def in_process() -> dict[str, np.ndarray]:
+            tensors = dict(inputs)
+            for entry in manifest.stages:
+                outputs, _ = run_artifact(folder, entry, tensors)
+                tensors.update(outputs)
+            return {t.name: tensors[t.name] for t in plan.outputs}
+
+        def stage_alone(entry: Any) -> Callable[[], Any]:
+            tensors = dict(inputs)
+            for earlier in manifest.stages[: entry.stage]:
+                tensors.update(run_artifact(folder, earlier, tensors)[0])
+            return lambda: run_artifact(folder, entry, tensors)
+
+        expected = in_process()
+        stage_runs = [stage_alone(e) for e in manifest.stages]
+        for run in stage_runs:
+            run()
+        ports = free_ports(len(plan.stages))
+        addresses = [f"127.0.0.1:{p}" for p in ports]
+        specs = stage_specs(plan, addresses)
+        model = model_spec(plan, addresses, timeout_s=IO_TIMEOUT_S)
+        meta = Metadata(model.name, {t.name: (np.dtype(t.dtype), t.shape) for t in model.inputs})
+        local_ms: list[float] = []
+        served_ms: list[float] = []
+        stage_ms: list[list[float]] = [[] for _ in manifest.stages]
+        errors = 0
+        with ServerLoop() as servers:
+            executes = [artifact_executor(folder, e) for e in manifest.stages]
+            start_chain(servers, specs, executes, ports)
+            target = f"127.0.0.1:{servers.start_endpoint(model)}"
+            with Client(target, timeout_s=IO_TIMEOUT_S) as client:
+                served = client.infer(model.name, inputs)
+            diff = max(float(np.max(np.abs(served[k] - expected[k]))) for k in expected)
+            run_bench(target, meta, 1, WARMUP, timeout_s=IO_TIMEOUT_S)
+            for _ in range(args.repeats):
+                local_ms += timed_ms(in_process, args.requests)
+                report = run_bench(target, meta, 1, args.requests, timeout_s=IO_TIMEOUT_S)
+                served_ms += report.latencies_ms
+                errors += report.errors
+                for runs, run in zip(stage_ms, stage_runs, strict=True):
+                    runs += timed_ms(run, max(1, args.requests // 3))
+        a, b = median(local_ms), median(served_ms)
+        sizes = [
+            sum(t.numel * np.dtype(t.dtype).itemsize for t in ts) / 1e3
+            for ts in (plan.inputs, *(s.outputs for s in plan.stages))
+        ]
+        hops = len(plan.stages) + 1
+        stage_text = ", ".join(f"{i}: {median(runs):.2f} ms" for i, runs in enumerate(stage_ms))
+        print(f"    each stage alone (run_artifact, median): {stage_text}")
+        print(
+            table(
+                ["path", "median ms", "p90 ms", "requests", "errors"],
+                [
+                    [
+                        "(a) artifacts in one process",
+                        f"{a:.2f}",
+                        f"{np.percentile(local_ms, 90):.2f}",
+                        str(len(local_ms)),
+                        "0",
+                    ],
+                    [
+                        "(b) workers + endpoint (KServe v2 client)",
+                        f"{b:.2f}",
+                        f"{np.percentile(served_ms, 90):.2f}" if served_ms else "nan",
+                        str(len(served_ms)),
+                        str(errors),
+                    ],
+                ],
+            )
+        )
+        print(
+            f"    overhead (b) - (a) = {b - a:.2f} ms over {hops} hops "
+            f"({(b - a) / hops:.2f} ms/hop; tensors sent: {' -> '.join(f'{s:.0f} kB' for s in sizes)}); "
+            f"ratio (b)/(a) = {b / a:.2f}; served output vs in-process: max abs diff {diff:.3g}"
+        )
+    finally:
+        if args.build_dir is None and not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            print(f"    build kept in {folder}")
+
+
+# --- main -------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--parts", type=int_list, default=[1, 2, 3], help="Which parts to run (default 1,2,3)."
+    )
+    parser.add_argument(
+        "--requests", type=int, default=30, help="Timed requests per series (parts 1 and 3; default 30)."
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds of each series (default 3).")
+    parser.add_argument(
+        "--sizes-mb", type=int_list, default=[1, 4, 16], help="Part 1 tensor sizes in MiB (default 1,4,16)."
+    )
+    parser.add_argument(
+        "--stage-ms",
+        type=float_list,
+        default=[20.0, 30.0, 20.0],
+        help="Part 2 stage times (default 20,30,20).",
+    )
+    parser.add_argument(
+        "--concurrency", type=int_list, default=[4, 8], help="Part 2 concurrencies besides 1 (default 4,8)."
+    )
+    parser.add_argument(
+        "--pipeline-requests", type=int, default=60, help="Part 2 requests per series (default 60)."
+    )
+    parser.add_argument(
+        "--model", type=Path, default=ROOT / "examples" / "models" / "camera_cnn.onnx", help="Part 3 model."
+    )
+    parser.add_argument(
+        "--cluster",
+        type=Path,
+        default=ROOT / "examples" / "clusters" / "two-servers.yaml",
+        help="Part 3 cluster.",
+    )
+    parser.add_argument("--objective", choices=("throughput", "latency"), default="throughput")
+    parser.add_argument("--jobs", type=int, default=2, help="Parallel stage builds (default 2).")
+    parser.add_argument("--build-dir", type=Path, default=None, help="Part 3 build folder (kept).")
+    parser.add_argument("--keep", action="store_true", help="Keep the temporary build folder.")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="TVM_NUM_THREADS for part 3 (default: TVM's own choice)."
+    )
+    args = parser.parse_args(argv)
+    for name in ("requests", "repeats", "pipeline_requests", "jobs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        if "tvm" in sys.modules:  # pragma: no cover - nothing above imports TVM
+            raise SystemExit("internal error: TVM was imported before TVM_NUM_THREADS could be set")
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    started = time.perf_counter()
+    print(
+        f"serve_bench: {os.cpu_count()} CPU(s), Python {sys.version.split()[0]}, grpcio {grpc.__version__}, "
+        f"numpy {np.__version__}; everything on 127.0.0.1 in one process"
+    )
+    parts = {1: part_hops, 2: part_pipeline, 3: part_end_to_end}
+    failed = []
+    for number in args.parts:
+        if number not in parts:
+            print(f"no part {number} (parts are 1, 2, 3)")
+            failed.append(number)
+            continue
+        part_started = time.perf_counter()
+        print()
+        try:
+            parts[number](args)
+        except Exception as exc:
+            print(f"part {number} failed: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+            failed.append(number)
+        print(f"    ({time.perf_counter() - part_started:.1f} s)")
+    print(f"\ntotal wall time: {time.perf_counter() - started:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
