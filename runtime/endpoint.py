@@ -9,6 +9,7 @@ fails at once with UNAVAILABLE (nothing hangs) and the server reports not-ready 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -67,6 +68,8 @@ class Endpoint(
         self.stats: list[stage_pb2.StageStats | None] = [None] * len(model.stages)
         self.latencies_ms: list[float] = []
         self.watcher: asyncio.Task[None] | None = None
+        self._channels: list[grpc.aio.Channel] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- KServe v2 -------------------------------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> inference_pb2.ServerLiveResponse:
@@ -137,7 +140,11 @@ class Endpoint(
         except PeerUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"stage 0 is unreachable: {exc}")
         except TimeoutError:
+            await self._cancel_downstream(request_id)
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result within {timeout:.1f} s")
+        except asyncio.CancelledError:  # the client cancelled: stop the chain working on it
+            await self._cancel_downstream(request_id)
+            raise
         finally:
             self.pending.pop(request_id, None)
         if not reply.ok:
@@ -153,6 +160,12 @@ class Endpoint(
         )
         numpy_to_infer_response_outputs({name: outputs[name] for name in wanted}, response)
         return response
+
+    async def _cancel_downstream(self, request_id: str) -> None:
+        """Tell the chain to drop `request_id` (best effort: a dead stage 0 has nothing to drop)."""
+        with contextlib.suppress(PeerUnavailable):
+            cancel = stage_pb2.StageRequest(request_id=request_id, cancel=True)
+            await self.links.get(self.model.stages[0][1], "process").send(cancel, timeout=1.0)
 
     # --- result sink ----------------------------------------------------------------------------------
     async def Deliver(
@@ -178,29 +191,37 @@ class Endpoint(
 
     def start_watching(self, period_s: float = 0.25) -> None:
         """Start the stage health watcher."""
+        self.loop = asyncio.get_running_loop()
         self.watcher = asyncio.create_task(self._watch(period_s))
 
     async def _watch(self, period_s: float) -> None:
-        channels = [
-            grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _, address in self.model.stages
-        ]
         try:
             while True:
-                for index, channel in enumerate(channels):
-                    try:
-                        self.stats[index] = await stage_pb2_grpc.StageWorkerStub(channel).Stats(
-                            stage_pb2.StatsRequest(), timeout=max(period_s * 4, 1.0)
-                        )
-                        up = True
-                    except grpc.aio.AioRpcError:
-                        up = False
-                    if self.stage_up[index] and not up:
-                        self.fail_pending(f"stage {index} ({self.model.stages[index][0]}) went down")
-                    self.stage_up[index] = up
+                await self.refresh_stats(timeout_s=max(period_s * 4, 1.0))
                 await asyncio.sleep(period_s)
         finally:
-            for channel in channels:
+            for channel in self._channels:
                 await channel.close()
+
+    async def refresh_stats(self, timeout_s: float = 1.0) -> None:
+        """Ask every stage for its Stats; a stage that does not answer is down, and the requests in flight
+        fail at once (they could otherwise wait for a result that will never come)."""
+        if not self._channels:
+            self._channels = [
+                grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                for _, address in self.model.stages
+            ]
+        for index, channel in enumerate(self._channels):
+            try:
+                self.stats[index] = await stage_pb2_grpc.StageWorkerStub(channel).Stats(
+                    stage_pb2.StatsRequest(), timeout=timeout_s
+                )
+                up = True
+            except grpc.aio.AioRpcError:
+                up = False
+            if self.stage_up[index] and not up:
+                self.fail_pending(f"stage {index} ({self.model.stages[index][0]}) went down")
+            self.stage_up[index] = up
 
     def fail_pending(self, reason: str) -> None:
         """Fail every request in flight with UNAVAILABLE."""

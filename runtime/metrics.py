@@ -3,6 +3,8 @@ read from the stage workers' Stats by the endpoint's health watcher and exported
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +21,11 @@ class StageCollector:
         """Metric families for every stage (labels: stage, device)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        if self.endpoint.loop is not None and self.endpoint.loop.is_running():
+            # Fresh figures on every scrape (the watcher's are up to one period old).
+            refresh = asyncio.run_coroutine_threadsafe(self.endpoint.refresh_stats(), self.endpoint.loop)
+            with contextlib.suppress(Exception):
+                refresh.result(timeout=5)
         labels = ["stage", "device"]
         families = {
             "requests": CounterMetricFamily(

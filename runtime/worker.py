@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from nndeploy.proto import health_pb2, health_pb2_grpc, stage_pb2, stage_pb2_grp
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable
 from nndeploy.runtime.tensors import proto_to_tensors, tensors_to_proto
 
+MAX_CANCELLED = 10_000
 Execute = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -66,6 +68,9 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
         self.links = Links()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{spec.index}")
         self.loop_task: asyncio.Task[None] | None = None
+        # Ids of cancelled requests, oldest first, bounded: a cancellation for a request that already left
+        # this stage is never matched, and must not be kept forever.
+        self.cancelled: OrderedDict[str, None] = OrderedDict()
 
     def start(self) -> None:
         """Start the execution loop (call from the server's event loop)."""
@@ -87,6 +92,9 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
         async def pump() -> None:
             try:
                 async for request in request_iterator:
+                    if request.cancel:
+                        await self._cancel(request)
+                        continue
                     self.counters.bytes_received += sum(len(t.data) for t in request.tensors)
                     await self.queue.put((request, None if request.reply_to else local))
             finally:
@@ -128,6 +136,8 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
         loop = asyncio.get_running_loop()
         while True:
             request, local = await self.queue.get()
+            if self._was_cancelled(request.request_id):
+                continue  # cancelled while queued: no work, no reply (the endpoint has answered its client)
             self.counters.requests += 1
             if request.deadline_unix_ns and time.time_ns() > request.deadline_unix_ns:
                 await self._fail(
@@ -153,6 +163,8 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
                 )
                 continue
             self.counters.compute_ms_total += compute_ms
+            if self._was_cancelled(request.request_id):
+                continue  # cancelled while it ran here: do not pass it on
             timing = stage_pb2.StageTiming(stage=self.spec.index, compute_ms=compute_ms)
             tensors = tensors_to_proto(sent)
             self.counters.bytes_sent += sum(len(t.data) for t in tensors)
@@ -182,6 +194,22 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
                     request, local, "UNAVAILABLE", f"stage {self.spec.index} cannot reach the next hop: {exc}"
                 )
             self.counters.transfer_ms_total += (time.perf_counter() - started) * 1e3
+
+    def _was_cancelled(self, request_id: str) -> bool:
+        """Whether `request_id` was cancelled (forgetting the cancellation, which is now used up)."""
+        if request_id in self.cancelled:
+            del self.cancelled[request_id]
+            return True
+        return False
+
+    async def _cancel(self, request: stage_pb2.StageRequest) -> None:
+        """Remember a cancellation and pass it on at once (ahead of queued work)."""
+        self.cancelled[request.request_id] = None
+        while len(self.cancelled) > MAX_CANCELLED:
+            self.cancelled.popitem(last=False)
+        if self.spec.downstream is not None:
+            with contextlib.suppress(PeerUnavailable):
+                await self.links.get(self.spec.downstream, "process").send(request)
 
     async def _reply(
         self, request: stage_pb2.StageRequest, local: asyncio.Queue | None, reply: stage_pb2.StageReply
