@@ -110,8 +110,10 @@ def bench_command(
     with Client(target) as client:
         meta = client.metadata(model)
     report = run_bench(target, meta, concurrency, requests)
+    failures = ", ".join(f"{code} x{n}" for code, n in sorted(report.error_codes.items()))
     out.print(
-        f"{report.ok}/{requests} ok, {report.errors} failed; {report.throughput:.1f} req/s; latency p50 "
+        f"{report.ok}/{requests} ok, {report.errors} failed{f' ({failures})' if failures else ''}; "
+        f"{report.throughput:.1f} req/s; latency p50 "
         f"{report.p50_ms:.2f} ms, p99 {report.p99_ms:.2f} ms (concurrency {concurrency})",
         highlight=False,
     )

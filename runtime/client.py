@@ -112,6 +112,7 @@ class BenchReport:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    error_codes: dict[str, int]
 
     @property
     def throughput(self) -> float:
@@ -140,6 +141,7 @@ def run_bench(
     async def drive() -> BenchReport:
         latencies: list[float] = []
         errors = 0
+        codes: dict[str, int] = {}
         remaining = requests
         async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -152,12 +154,13 @@ def run_bench(
                     try:
                         await stub.ModelInfer(request, timeout=timeout_s)
                         latencies.append((time.perf_counter() - started) * 1e3)
-                    except grpc.aio.AioRpcError:
+                    except grpc.aio.AioRpcError as exc:
                         errors += 1
+                        codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
 
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return BenchReport(len(latencies), errors, time.perf_counter() - started, latencies)
+            return BenchReport(len(latencies), errors, time.perf_counter() - started, latencies, codes)
 
     return asyncio.run(drive())
 

@@ -225,9 +225,10 @@ def test_killed_worker_fails_in_flight_requests_then_recovers(server: Server, tm
     time.sleep(3)
     os.kill(server.pids[1], signal.SIGKILL)  # a stage worker dies mid-load
     out, err = load.communicate(timeout=240)  # no hang: every request ends, some with UNAVAILABLE
-    match = re.search(r"(\d+)/60 ok, (\d+) failed", out)
+    match = re.search(r"(\d+)/60 ok, (\d+) failed \(([^)]*)\)", out)
     assert match, out + err
     assert int(match.group(2)) >= 1 and int(match.group(1)) + int(match.group(2)) == 60
+    assert "UNAVAILABLE" in match.group(3)  # failed fast because the stage is down, not by a timeout
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # Ray restarts the worker; requests succeed again
         done = nndeploy("infer", server.address)
@@ -296,4 +297,3 @@ def test_x86_plus_emulated_aarch64_pipeline_serves_onnxruntime_results(
         assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < 1e-4
     finally:
         assert running.stop() == 0
-
