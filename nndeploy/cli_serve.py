@@ -18,6 +18,8 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
     app.command("infer")(infer_command)
     app.command("bench")(bench_command)
+    app.command("worker")(worker_command)
+    app.command("endpoint")(endpoint_command)
 
 
 def serve_command(
@@ -126,3 +128,46 @@ def bench_command(
         for row in stage_metrics(metrics):
             table.add_row(*row)
         out.print(table)
+
+
+def worker_command(
+    build_dir: Annotated[Path, typer.Argument(metavar="BUILD", help="Folder written by nndeploy compile.")],
+    stage: Annotated[int, typer.Option("--stage", min=0, help="Which stage this process serves.")],
+    port: Annotated[int, typer.Option("--port", help="gRPC port (StageWorker + grpc.health.v1).")] = 50051,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    downstream: Annotated[
+        str | None, typer.Option("--downstream", help="host:port of the next stage (omit for the last).")
+    ] = None,
+) -> None:
+    """Run one stage worker without Ray (what each Kubernetes stage pod runs); SIGTERM stops it."""
+    from nndeploy.planfile import read_plan
+    from nndeploy.runtime.serve import serve_one_stage
+    from nndeploy.targets.manifest import read_manifest
+
+    manifest = read_manifest(build_dir)
+    plan = read_plan(build_dir / manifest.plan_file)
+    out.print(f"stage {stage} worker on {host}:{port} -> {downstream or 'endpoint'}", highlight=False)
+    asyncio.run(serve_one_stage(build_dir, plan, manifest, stage, port, host, downstream))
+
+
+def endpoint_command(
+    build_dir: Annotated[Path, typer.Argument(metavar="BUILD", help="Folder written by nndeploy compile.")],
+    stages: Annotated[list[str], typer.Option("--stage", help="host:port of each stage worker, in order.")],
+    port: Annotated[int, typer.Option("--port", help="KServe v2 gRPC port.")] = 8001,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    advertise: Annotated[
+        str | None, typer.Option("--advertise", help="host:port the last stage reaches this endpoint at.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Prometheus /metrics port.")
+    ] = 9001,
+) -> None:
+    """Run the KServe v2 endpoint in front of stage workers started elsewhere (Kubernetes)."""
+    from nndeploy.planfile import read_plan
+    from nndeploy.runtime.serve import serve_endpoint
+    from nndeploy.targets.manifest import read_manifest
+
+    manifest = read_manifest(build_dir)
+    plan = read_plan(build_dir / manifest.plan_file)
+    out.print(f"endpoint on {host}:{port} in front of {', '.join(stages)}", highlight=False)
+    asyncio.run(serve_endpoint(plan, stages, port, host, advertise, metrics_port))

@@ -257,12 +257,14 @@ class Endpoint(
 
 
 async def start_endpoint(
-    model: ModelSpec, port: int, host: str = "127.0.0.1"
+    model: ModelSpec, port: int, host: str = "127.0.0.1", advertise: str | None = None
 ) -> tuple[grpc.aio.Server, Endpoint, int]:
-    """Start the endpoint server; returns (server, servicer, bound port)."""
+    """Start the endpoint server; returns (server, servicer, bound port). `advertise` is the address the
+    last stage delivers results to (default: this host and port; set it behind a Kubernetes Service)."""
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     bound = server.add_insecure_port(f"{host}:{port}")
-    endpoint = Endpoint(model, f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{bound}")
+    local = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{bound}"
+    endpoint = Endpoint(model, advertise or local)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(endpoint, server)
     stage_pb2_grpc.add_ResultSinkServicer_to_server(endpoint, server)
     health_pb2_grpc.add_HealthServicer_to_server(endpoint, server)

@@ -88,4 +88,70 @@ async def serve_build(
         await loop.run_in_executor(None, ray_stages.stop)
 
 
-__all__ = ["Endpoint", "Serving", "serve_build"]
+async def serve_one_stage(
+    build_dir: Path,
+    plan: Plan,
+    manifest: Manifest,
+    stage: int,
+    port: int,
+    host: str,
+    downstream: str | None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """One stage worker in this process, without Ray (a Kubernetes pod), until SIGINT/SIGTERM."""
+    from nndeploy.runtime.chain import artifact_executor
+    from nndeploy.runtime.worker import StageSpec, serve_stage
+
+    entries = {e.stage: e for e in manifest.stages}
+    if stage not in entries:
+        raise ServeError(f"there is no stage {stage} in this build (stages: {', '.join(map(str, entries))})")
+    reason = why_not_runnable(entries[stage])
+    if reason:
+        raise ServeError(f"stage {stage} cannot run here: {reason}")
+    plan_stage = plan.stages[stage]
+    spec = StageSpec(
+        index=stage,
+        device=plan_stage.device,
+        inputs=tuple(t.name for t in plan_stage.inputs),
+        outputs=tuple(t.name for t in plan_stage.outputs),
+        downstream=downstream,
+    )
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
+    await serve_stage(spec, artifact_executor(build_dir, entries[stage]), port, host=host, stop=stop)
+
+
+async def serve_endpoint(
+    plan: Plan,
+    stage_addresses: list[str],
+    port: int,
+    host: str,
+    advertise: str | None,
+    metrics_port: int | None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """The endpoint alone, in front of workers started elsewhere, until SIGINT/SIGTERM."""
+    if len(stage_addresses) != len(plan.stages):
+        raise ServeError(
+            f"the plan has {len(plan.stages)} stages; got {len(stage_addresses)} --stage addresses"
+        )
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
+    server, endpoint, _ = await start_endpoint(model_spec(plan, stage_addresses), port, host, advertise)
+    metrics = start_metrics_server(endpoint, metrics_port, host) if metrics_port is not None else None
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(grace=2.0)
+        if metrics is not None:
+            metrics.shutdown()
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+
+__all__ = ["Endpoint", "Serving", "serve_build", "serve_endpoint", "serve_one_stage"]
