@@ -1,0 +1,219 @@
+"""Shared pieces of the serving benchmarks: a background event loop for servers, a raw loopback TCP echo
+server (the baseline a gRPC hop is compared with), and small timing and table helpers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import socket
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.worker import Execute, StageSpec, serve_stage
+
+IO_TIMEOUT_S = 30.0  # any single request, reply, socket read or server start
+
+
+class ServerLoop:
+    """An asyncio loop in a background thread hosting gRPC servers; close() stops every one of them."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="bench-servers", daemon=True)
+        self.workers: list[tuple[asyncio.Event, concurrent.futures.Future[None]]] = []
+        self.endpoints: list[tuple[Any, Any]] = []
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = IO_TIMEOUT_S) -> Any:
+        """Run `coro` on the server loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start_worker(self, spec: StageSpec, execute: Execute, port: int = 0) -> int:
+        """Start a StageWorker; returns its bound port once it serves."""
+        ready = threading.Event()
+        bound: list[int] = []
+
+        def on_ready(p: int) -> None:
+            bound.append(p)
+            ready.set()
+
+        stop = asyncio.Event()  # bound to the server loop on its first wait; set from there only
+        future = asyncio.run_coroutine_threadsafe(
+            serve_stage(spec, execute, port, ready=on_ready, stop=stop), self.loop
+        )
+        self.workers.append((stop, future))
+        deadline = time.monotonic() + IO_TIMEOUT_S
+        while not ready.wait(0.05):
+            if future.done():
+                future.result()  # raises what stopped it
+                raise RuntimeError(f"stage {spec.index} worker ended before serving")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stage {spec.index} worker did not start in {IO_TIMEOUT_S:.0f} s")
+        return bound[0]
+
+    def start_endpoint(self, model: ModelSpec) -> int:
+        """Start the KServe v2 endpoint on a free port; returns the port."""
+        server, endpoint, port = self.call(start_endpoint(model, 0))
+        self.endpoints.append((server, endpoint))
+        return port
+
+    def close(self) -> None:
+        """Stop the endpoints, then the workers, then the loop (each step bounded in time)."""
+
+        async def stop_endpoint(server: Any, endpoint: Any) -> None:
+            if endpoint.watcher is not None:
+                endpoint.watcher.cancel()
+            await endpoint.links.close()
+            await server.stop(grace=1.0)
+
+        async def cancel_the_rest() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            for server, endpoint in reversed(self.endpoints):
+                with contextlib.suppress(Exception):
+                    self.call(stop_endpoint(server, endpoint), 15)
+            for stop, _ in self.workers:
+                self.loop.call_soon_threadsafe(stop.set)
+            for _, future in self.workers:
+                with contextlib.suppress(Exception):
+                    future.result(15)
+            with contextlib.suppress(Exception):
+                self.call(cancel_the_rest(), 10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(15)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+    def __enter__(self) -> ServerLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def recv_exact(sock: socket.socket, view: memoryview) -> bool:
+    """Fill `view` from `sock`; False if the peer closed first."""
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            return False
+        got += n
+    return True
+
+
+class EchoServer:
+    """A raw TCP echo on 127.0.0.1: reads an 8-byte length and that many bytes, sends the bytes back.
+
+    One connection at a time, any number in turn."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)  # accept() wakes up to notice close()
+        self.closing = threading.Event()
+        self.port = self.sock.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, name="bench-echo", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        """Serve one connection at a time until the listening socket is closed."""
+        buffer = bytearray()
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.conn = conn
+            with conn, contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.settimeout(IO_TIMEOUT_S)
+                header = bytearray(8)
+                while recv_exact(conn, memoryview(header)):
+                    (size,) = struct.unpack("<Q", header)
+                    if len(buffer) < size:
+                        buffer = bytearray(size)
+                    view = memoryview(buffer)[:size]
+                    if not recv_exact(conn, view):
+                        break
+                    conn.sendall(view)
+            self.conn = None
+
+    def close(self) -> None:
+        """Stop accepting and end the connection; waits for the thread."""
+        self.closing.set()
+        for sock in (self.sock, self.conn):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        self.thread.join(IO_TIMEOUT_S)
+
+    def __enter__(self) -> EchoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    """The median, NaN when empty."""
+    return statistics.median(values) if values else float("nan")
+
+
+def timed_ms(fn: Callable[[], Any], count: int) -> list[float]:
+    """Run `fn` `count` times; the time of each run in ms."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain right-aligned text table."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join("    " + line for line in lines)
+
+
+def int_list(text: str) -> list[int]:
+    """'1,4,8' -> [1, 4, 8] (positive integers)."""
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> list[float]:
+    """'20,30' -> [20.0, 30.0] (non-negative numbers)."""
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0 separated by commas, got {text!r}")
+    return values
+
+
+# --- 1. per-hop overhead ----------------------------------------------------------------------------------
