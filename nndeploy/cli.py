@@ -6,6 +6,7 @@ are NNDeployError: printed as one `error:` line with exit code 2 (`--debug` show
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -229,6 +230,9 @@ cli_serve.register(app)
 
 def main() -> None:
     """Console-script entry point: run the app, turning NNDeployError into `error: ...` and exit 2."""
+    if "--debug" not in sys.argv:
+        # gRPC's C core logs its own copy of errors we already report in one line.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         app()
     except NNDeployError as exc:

@@ -27,7 +27,7 @@ from nndeploy.proto import (
     stage_pb2,
     stage_pb2_grpc,
 )
-from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable
+from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port
 from nndeploy.runtime.tensors import (
     dtype_to_kserve,
     numpy_to_infer_response_outputs,
@@ -262,7 +262,7 @@ async def start_endpoint(
     """Start the endpoint server; returns (server, servicer, bound port). `advertise` is the address the
     last stage delivers results to (default: this host and port; set it behind a Kubernetes Service)."""
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = bind_port(server, host, port)
     local = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{bound}"
     endpoint = Endpoint(model, advertise or local)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(endpoint, server)

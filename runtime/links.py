@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from nndeploy.errors import NNDeployError
 from nndeploy.proto import stage_pb2_grpc
 
 MAX_MESSAGE_BYTES = 1 << 30
@@ -115,3 +116,18 @@ class Links:
         for link in self._links.values():
             await link.close()
         self._links.clear()
+
+
+class PortInUse(NNDeployError):
+    """A server could not listen where it was asked to."""
+
+
+def bind_port(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Listen on host:port (0: any free port); a one-line error if the address is taken or invalid."""
+    try:
+        return server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        raise PortInUse(
+            f"cannot listen on {host}:{port} (in use, or not an address of this machine); "
+            "pass another --port/--host"
+        ) from None

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from nndeploy.proto import health_pb2, health_pb2_grpc, stage_pb2, stage_pb2_grpc
-from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable
+from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port
 from nndeploy.runtime.tensors import proto_to_tensors, tensors_to_proto
 
 MAX_CANCELLED = 10_000
@@ -243,7 +243,7 @@ async def serve_stage(
     worker = StageWorker(spec, execute)
     stage_pb2_grpc.add_StageWorkerServicer_to_server(worker, server)
     health_pb2_grpc.add_HealthServicer_to_server(worker, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = bind_port(server, host, port)
     await server.start()
     worker.start()
     if ready is not None:

@@ -103,3 +103,21 @@ def test_cancelled_request_is_dropped_while_queued(worker_address: str) -> None:
     with grpc.insecure_channel(worker_address) as channel:
         stats = stage_pb2_grpc.StageWorkerStub(channel).Stats(stage_pb2.StatsRequest(), timeout=10)
     assert stats.requests == 2 and stats.errors == 0
+
+
+def test_a_taken_port_is_one_clear_error() -> None:
+    import socket
+
+    from nndeploy.runtime.links import PortInUse, bind_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        async def attempt() -> None:
+            server = grpc.aio.server()
+            with pytest.raises(PortInUse, match=f"cannot listen on 127.0.0.1:{port}"):
+                bind_port(server, "127.0.0.1", port)
+
+        asyncio.run(attempt())
