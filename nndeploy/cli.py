@@ -222,10 +222,11 @@ def print_plan(the_graph: Graph, the_plan: Plan) -> None:
     )
 
 
-from nndeploy import cli_build, cli_serve  # noqa: E402  (they add their commands to `app`)
+from nndeploy import cli_build, cli_deploy, cli_serve  # noqa: E402  (they add their commands to `app`)
 
 cli_build.register(app)
 cli_serve.register(app)
+cli_deploy.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,550 @@
+"""Plan + build manifest -> Kubernetes objects (plain dicts) and the k8s/ folder `kubectl apply -k` takes.
+
+Reads the build folder's plan.json and manifest.json as plain JSON (deploy imports no other package).
+Per stage: a Deployment + a ClusterIP Service + a NetworkPolicy; the endpoint likewise; one ConfigMap with
+plan.json, manifest.json and SHA256SUMS; one PersistentVolumeClaim holding the build folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from nndeploy.deploy.options import (
+    BUILD_MOUNT,
+    ENDPOINT_PORT,
+    METRICS_PORT,
+    WORKER_PORT,
+    DeployOptions,
+    image_for,
+    image_variant,
+)
+from nndeploy.errors import NNDeployError
+
+MANIFEST_NAME = "manifest.json"
+MIB = 1024**2
+RUNTIME_OVERHEAD_BYTES = 256 * MIB
+CONFIG_MOUNT = "/etc/nndeploy"
+GRACE_SECONDS = 30
+PRESTOP_SLEEP_SECONDS = 5
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Longest object name: "<name>-stage-NNN" / "<name>-endpoint" must stay a 63-character label (Services).
+MAX_NAME = 40
+
+
+class DeployError(NNDeployError):
+    """The build cannot be deployed (no manifest, a failed stage, a bad name) or manifests are invalid."""
+
+
+def check_label(value: str, what: str, max_len: int = 63) -> None:
+    """Raise DeployError unless `value` is a DNS-1123 label of at most `max_len` characters."""
+    if not DNS_1123_LABEL.match(value) or len(value) > max_len:
+        raise DeployError(
+            f"{what} '{value}' is not a DNS-1123 label (lowercase letters, digits and '-', starting and "
+            f"ending with a letter or digit, at most {max_len} characters)"
+        )
+
+
+def stage_name(options: DeployOptions, index: int) -> str:
+    """Deployment/Service/NetworkPolicy name of stage `index`."""
+    return f"{options.name}-stage-{index}"
+
+
+def endpoint_name(options: DeployOptions) -> str:
+    """Deployment/Service/NetworkPolicy name of the endpoint."""
+    return f"{options.name}-endpoint"
+
+
+def service_dns(service: str, options: DeployOptions, port: int) -> str:
+    """`service.namespace.svc.cluster.local:port`."""
+    return f"{service}.{options.namespace}.svc.cluster.local:{port}"
+
+
+def labels(options: DeployOptions, component: str, device: str | None = None) -> dict[str, str]:
+    """The recommended app.kubernetes.io labels (+ the device) every object of one component carries."""
+    result = {
+        "app.kubernetes.io/name": "nndeploy",
+        "app.kubernetes.io/instance": options.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": options.name,
+        "app.kubernetes.io/managed-by": "nndeploy",
+    }
+    if device is not None:
+        result["nndeploy.dev/device"] = re.sub(r"[^A-Za-z0-9_.-]", "-", device)[:63]
+    return result
+
+
+def selector(options: DeployOptions, component: str) -> dict[str, str]:
+    """The labels that pick one component's pods (a subset of `labels`)."""
+    return {
+        "app.kubernetes.io/name": "nndeploy",
+        "app.kubernetes.io/instance": options.name,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def mebibytes(nbytes: int) -> str:
+    """A memory quantity in whole Mi, rounded up."""
+    return f"{max(1, math.ceil(nbytes / MIB))}Mi"
+
+
+def read_build(build_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
+    """plan.json and manifest.json of a build folder as dicts, plus the raw bytes of both files (for the
+    SHA256SUMS); one-line DeployError when the folder is not a complete build."""
+    manifest_path = build_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise DeployError(
+            f"{build_dir}: no {MANIFEST_NAME}; build it with nndeploy compile plan.json -o {build_dir}"
+        )
+    raw = {MANIFEST_NAME: manifest_path.read_bytes()}
+    try:
+        manifest = json.loads(raw[MANIFEST_NAME])
+        plan_file = manifest["plan_file"]
+        stages = manifest["stages"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DeployError(f"{manifest_path}: not a valid nndeploy manifest ({exc}); compile again") from None
+    plan_path = build_dir / plan_file
+    if Path(plan_file).is_absolute() or ".." in Path(plan_file).parts or not plan_path.is_file():
+        raise DeployError(f"{manifest_path}: plan file '{plan_file}' is not inside {build_dir}")
+    raw[plan_file] = plan_path.read_bytes()
+    try:
+        plan = json.loads(raw[plan_file])
+        plan_stages = plan["stages"]
+        devices = {d["name"]: d for d in plan["cluster"]["devices"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DeployError(f"{plan_path}: not a valid plan ({exc})") from None
+    failed = [str(s.get("stage")) for s in stages if not s.get("artifact")]
+    if failed:
+        raise DeployError(
+            f"{manifest_path}: stage(s) {', '.join(failed)} failed to build (no artifact); "
+            "fix the build (or use --fallback onnxruntime) before deploying"
+        )
+    if len(stages) != len(plan_stages) or not plan_stages:
+        raise DeployError(
+            f"{manifest_path}: {len(stages)} stage(s) built, the plan has {len(plan_stages)}; compile again"
+        )
+    for built, planned in zip(stages, plan_stages, strict=True):
+        if built["stage"] != planned["index"] or built["device"] != planned["device"]:
+            raise DeployError(
+                f"{manifest_path}: stage {built['stage']} does not match the plan; compile again"
+            )
+        if planned["device"] not in devices:
+            raise DeployError(f"{plan_path}: stage {planned['index']}'s device is not in the cluster")
+        artifact = built["artifact"]["path"]
+        if Path(artifact).is_absolute() or ".." in Path(artifact).parts:
+            raise DeployError(f"{manifest_path}: artifact path '{artifact}' is not inside the build folder")
+    return plan, manifest, raw
+
+
+def endpoint_image(options: DeployOptions, device: dict[str, Any]) -> str:
+    """The CPU runtime image for the endpoint on `device`'s node (-arm64 or -amd64)."""
+    if options.multiarch:
+        return options.image
+    host = device.get("tvm_target", {}).get("host") or {}
+    aarch64 = device["arch"] == "aarch64" or "aarch64" in str(host.get("mtriple", ""))
+    return options.image + ("-arm64" if aarch64 else "-amd64")
+
+
+def sha256sums(manifest: dict[str, Any], raw: dict[str, bytes]) -> str:
+    """`sha256sum -c` input: every artifact (from the manifest) plus plan.json and manifest.json themselves,
+    so a pod refuses a volume holding a different build than the one these manifests were made from."""
+    lines = [f"{hashlib.sha256(data).hexdigest()}  {name}" for name, data in raw.items()]
+    lines += [f"{s['artifact']['sha256']}  {s['artifact']['path']}" for s in manifest["stages"]]
+    return "\n".join(lines) + "\n"
+
+
+def stage_sums_key(index: int) -> str:
+    """ConfigMap key with the checksums one stage pod verifies (its artifact + plan + manifest)."""
+    return f"stage-{index}.sha256"
+
+
+def _volumes(options: DeployOptions) -> list[dict[str, Any]]:
+    return [
+        {"name": "build", "persistentVolumeClaim": {"claimName": options.artifacts_pvc, "readOnly": True}},
+        {"name": "config", "configMap": {"name": f"{options.name}-plan"}},
+    ]
+
+
+def _mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": "build", "mountPath": BUILD_MOUNT, "readOnly": True},
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+    ]
+
+
+def _verify_container(image: str, sums_key: str) -> dict[str, Any]:
+    return {
+        "name": "verify-artifacts",
+        "image": image,
+        "command": ["sha256sum", "--check", "--strict", f"{CONFIG_MOUNT}/{sums_key}"],
+        "workingDir": BUILD_MOUNT,
+        "volumeMounts": _mounts(),
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+        "securityContext": _security(),
+    }
+
+
+def _security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": False}
+
+
+def _pod_spec(
+    options: DeployOptions,
+    image: str,
+    container: dict[str, Any],
+    sums_key: str,
+    device: dict[str, Any] | None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "initContainers": [_verify_container(image, sums_key)],
+        "containers": [container],
+        "volumes": _volumes(options),
+    }
+    if device is not None and device.get("node_labels"):
+        spec["nodeSelector"] = {str(k): str(v) for k, v in device["node_labels"].items()}
+    if device is not None and device["kind"] == "gpu":
+        spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return spec
+
+
+def _deployment(
+    options: DeployOptions, name: str, component: str, device_name: str | None, pod: dict[str, Any]
+) -> dict[str, Any]:
+    meta_labels = labels(options, component, device_name)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": options.namespace, "labels": meta_labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector(options, component)},
+            "template": {"metadata": {"labels": meta_labels}, "spec": pod},
+        },
+    }
+
+
+def _service(
+    options: DeployOptions, name: str, component: str, device: str | None, ports: list[tuple[str, int]]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": options.namespace,
+            "labels": labels(options, component, device),
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(options, component),
+            "ports": [
+                {"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}
+                for port_name, port in ports
+            ],
+        },
+    }
+
+
+def _lifecycle() -> dict[str, Any]:
+    # Sleep first so the Service's endpoints drop the pod before the process gets SIGTERM and drains.
+    return {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}}
+
+
+def stage_objects(
+    options: DeployOptions, plan: dict[str, Any], index: int, device: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Deployment, Service and NetworkPolicy of stage `index`."""
+    stages = plan["stages"]
+    stage = stages[index]
+    name, component = stage_name(options, index), f"stage-{index}"
+    command = ["nndeploy", "worker", BUILD_MOUNT, "--stage", str(index), "--host", "0.0.0.0"]
+    command += ["--port", str(WORKER_PORT)]
+    if index + 1 < len(stages):
+        command += ["--downstream", service_dns(stage_name(options, index + 1), options, WORKER_PORT)]
+    resources: dict[str, Any] = {
+        "requests": {"cpu": "1", "memory": mebibytes(int(stage["mem_bytes"]) + RUNTIME_OVERHEAD_BYTES)}
+    }
+    if device["kind"] == "gpu":
+        resources["limits"] = {"nvidia.com/gpu": "1"}
+    probe = {"grpc": {"port": WORKER_PORT}, "periodSeconds": 10, "timeoutSeconds": 5}
+    image = image_for(options, image_variant(device))
+    container = {
+        "name": "worker",
+        "image": image,
+        "command": command,
+        "ports": [{"name": "grpc", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "resources": resources,
+        "volumeMounts": _mounts(),
+        "readinessProbe": {**probe, "initialDelaySeconds": 2},
+        "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 3},
+        "lifecycle": _lifecycle(),
+        "securityContext": _security(),
+    }
+    pod = _pod_spec(options, image, container, stage_sums_key(index), device)
+    upstream = "endpoint" if index == 0 else f"stage-{index - 1}"
+    peers = [upstream] if upstream == "endpoint" else [upstream, "endpoint"]
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": options.namespace,
+            "labels": labels(options, component, stage["device"]),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": selector(options, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": selector(options, peer)}} for peer in peers],
+                    "ports": [{"protocol": "TCP", "port": WORKER_PORT}],
+                }
+            ],
+        },
+    }
+    return [
+        _deployment(options, name, component, stage["device"], pod),
+        _service(options, name, component, stage["device"], [("grpc", WORKER_PORT)]),
+        policy,
+    ]
+
+
+def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Deployment, Service and NetworkPolicy of the KServe v2 endpoint."""
+    name, component = endpoint_name(options), "endpoint"
+    command = ["nndeploy", "endpoint", BUILD_MOUNT, "--host", "0.0.0.0", "--port", str(ENDPOINT_PORT)]
+    command += ["--metrics-port", str(METRICS_PORT)]
+    command += ["--advertise", service_dns(name, options, ENDPOINT_PORT)]
+    for index in range(len(plan["stages"])):
+        command += ["--stage", service_dns(stage_name(options, index), options, WORKER_PORT)]
+    source = next(d for d in plan["cluster"]["devices"] if d["name"] == plan["cluster"]["source"])
+    image = endpoint_image(options, source)
+    container = {
+        "name": "endpoint",
+        "image": image,
+        "command": command,
+        "ports": [
+            {"name": "grpc", "containerPort": ENDPOINT_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+        "volumeMounts": _mounts(),
+        # Health is SERVING only while every stage is up: right for readiness; liveness only checks the
+        # process answers (a stage restarting must not restart the endpoint too).
+        "readinessProbe": {"grpc": {"port": ENDPOINT_PORT}, "periodSeconds": 5, "initialDelaySeconds": 2},
+        "livenessProbe": {
+            "tcpSocket": {"port": ENDPOINT_PORT},
+            "periodSeconds": 10,
+            "initialDelaySeconds": 10,
+        },
+        "lifecycle": _lifecycle(),
+        "securityContext": _security(),
+    }
+    pod = _pod_spec(options, image, container, "SHA256SUMS", None)
+    if source.get("node_labels"):
+        # Next to where requests arrive (the cluster's source device), on its node's CPU.
+        pod["nodeSelector"] = {str(k): str(v) for k, v in source["node_labels"].items()}
+    last = f"stage-{len(plan['stages']) - 1}"
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": options.namespace, "labels": labels(options, component)},
+        "spec": {
+            "podSelector": {"matchLabels": selector(options, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"protocol": "TCP", "port": ENDPOINT_PORT}]},
+                {
+                    "from": [{"podSelector": {"matchLabels": selector(options, last)}}],
+                    "ports": [{"protocol": "TCP", "port": ENDPOINT_PORT}],
+                },
+                {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            ],
+        },
+    }
+    return [
+        _deployment(options, name, component, None, pod),
+        _service(options, name, component, None, [("grpc", ENDPOINT_PORT), ("metrics", METRICS_PORT)]),
+        policy,
+    ]
+
+
+def shared_objects(
+    options: DeployOptions, plan: dict[str, Any], manifest: dict[str, Any], raw: dict[str, bytes]
+) -> list[dict[str, Any]]:
+    """The ConfigMap (plan.json, manifest.json, SHA256SUMS, one checksum list per stage) and the PVC."""
+    plan_file = manifest["plan_file"]
+    own = [f"{hashlib.sha256(data).hexdigest()}  {name}" for name, data in raw.items()]
+    data = {
+        "plan.json": raw[plan_file].decode("utf-8"),
+        "manifest.json": raw[MANIFEST_NAME].decode("utf-8"),
+        "SHA256SUMS": sha256sums(manifest, raw),
+    }
+    for built in manifest["stages"]:
+        artifact = built["artifact"]
+        data[stage_sums_key(built["stage"])] = (
+            "\n".join([*own, f"{artifact['sha256']}  {artifact['path']}"]) + "\n"
+        )
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{options.name}-plan",
+            "namespace": options.namespace,
+            "labels": labels(options, "config"),
+        },
+        "data": data,
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": options.artifacts_pvc,
+            "namespace": options.namespace,
+            "labels": labels(options, "build"),
+        },
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "resources": {"requests": {"storage": options.storage_size}},
+        },
+    }
+    return [config, pvc]
+
+
+def check_options(options: DeployOptions) -> None:
+    """One-line DeployError for names Kubernetes would refuse, and for what is not supported."""
+    check_label(options.name, "--name", MAX_NAME)
+    check_label(options.namespace, "--namespace")
+    check_label(options.artifacts_pvc, "--pvc")
+    if options.tls_secret is not None:
+        raise DeployError(
+            "--tls-secret: the stage workers and the endpoint do not speak TLS yet (their gRPC channels are "
+            "plaintext), so a mounted Secret would protect nothing; deploy without it and rely on the "
+            "NetworkPolicies, or use a service mesh for mTLS"
+        )
+
+
+def render(build_dir: Path, options: DeployOptions, ray: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Every object for the build, grouped by the file it goes into (file name -> documents)."""
+    check_options(options)
+    plan, manifest, raw = read_build(build_dir)
+    devices = {d["name"]: d for d in plan["cluster"]["devices"]}
+    files: dict[str, list[dict[str, Any]]] = {"config.yaml": shared_objects(options, plan, manifest, raw)}
+    if ray:
+        # The KubeRay variant replaces the per-stage Deployments: Ray places and restarts the stage workers.
+        from nndeploy.deploy import kuberay
+
+        files["kuberay.yaml"] = kuberay.render_kuberay(plan, manifest, options)
+        return files
+    files["endpoint.yaml"] = endpoint_objects(options, plan)
+    for stage in plan["stages"]:
+        files[f"stage-{stage['index']}.yaml"] = stage_objects(
+            options, plan, stage["index"], devices[stage["device"]]
+        )
+    return files
+
+
+def kustomization(options: DeployOptions, files: list[str]) -> dict[str, Any]:
+    """kustomization.yaml listing every file, for `kubectl apply -k`."""
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": options.namespace,
+        "resources": files,
+    }
+
+
+def dump_documents(documents: list[dict[str, Any]]) -> str:
+    """YAML text of several documents separated by `---`."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:  # plain YAML, no &anchors for shared label dicts
+            return True
+
+    return "---\n".join(yaml.dump(doc, Dumper=Dumper, sort_keys=False, width=1000) for doc in documents)
+
+
+def write_folder(files: dict[str, list[dict[str, Any]]], options: DeployOptions, output: Path) -> list[Path]:
+    """Write one YAML file per group, kustomization.yaml and README.md into `output`; returns the YAMLs."""
+    output.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, documents in files.items():
+        path = output / name
+        path.write_text(dump_documents(documents), encoding="utf-8")
+        paths.append(path)
+    kustomize = output / "kustomization.yaml"
+    kustomize.write_text(dump_documents([kustomization(options, list(files))]), encoding="utf-8")
+    (output / "README.md").write_text(readme(options, files), encoding="utf-8")
+    return [*paths, kustomize]
+
+
+def readme(options: DeployOptions, files: dict[str, list[dict[str, Any]]]) -> str:
+    """How to fill the build volume and apply the folder."""
+    ns, pvc, name = options.namespace, options.artifacts_pvc, options.name
+    stages = sorted(f for f in files if f.startswith("stage-"))
+    return f"""# Kubernetes manifests for `{name}` (written by `nndeploy deploy`)
+
+Objects: {", ".join(files)} and kustomization.yaml. Namespace `{ns}`.
+Each of the {len(stages)} stage(s) is a Deployment + ClusterIP Service (`{name}-stage-<i>`, port
+{WORKER_PORT}) running `nndeploy worker /build --stage <i>`, wired to the next stage's Service;
+`{name}-endpoint` serves KServe v2 gRPC on {ENDPOINT_PORT} (metrics on {METRICS_PORT}).
+
+## 1. Put the build folder on the volume
+
+The artifacts are not in a ConfigMap (too large, and binary): they live on the PersistentVolumeClaim
+`{pvc}` ({options.storage_size}, ReadOnlyMany: every stage pod mounts it read-only at {BUILD_MOUNT}, on
+different nodes, so it needs a storage class that supports ReadOnlyMany/ReadWriteMany, e.g. NFS,
+CephFS, Azure Files, GCP Filestore). Fill it once per build, before the pods start:
+
+```sh
+kubectl create namespace {ns} --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n {ns} apply -f config.yaml           # the ConfigMap and the PVC
+kubectl -n {ns} run {name}-fill --image=busybox:1.36 --restart=Never \\
+  --overrides='{{"spec": {{"containers": [{{"name": "fill", "image": "busybox:1.36",
+    "command": ["sleep", "3600"], "volumeMounts": [{{"name": "build", "mountPath": "/build"}}]}}],
+    "volumes": [{{"name": "build", "persistentVolumeClaim": {{"claimName": "{pvc}"}}}}]}}}}'
+kubectl -n {ns} wait --for=condition=Ready pod/{name}-fill
+kubectl -n {ns} cp build/. {name}-fill:/build/
+kubectl -n {ns} delete pod {name}-fill
+```
+
+(If your CSI driver mounts a ReadOnlyMany claim read-only even for this pod, copy the folder to the
+share directly, e.g. onto the NFS export behind the PersistentVolume.)
+
+Every pod's init container `verify-artifacts` runs `sha256sum --check` in {BUILD_MOUNT} against the
+checksums in the ConfigMap `{name}-plan` (mounted at {CONFIG_MOUNT}): the stage's artifact, plan.json
+and manifest.json must be byte-for-byte the build these manifests were made from, or the pod does not
+start (`kubectl -n {ns} logs <pod> -c verify-artifacts` says which file differs).
+
+## 2. Apply
+
+```sh
+kubectl apply -k .
+kubectl -n {ns} rollout status deploy/{name}-endpoint
+kubectl -n {ns} port-forward svc/{name}-endpoint {ENDPOINT_PORT}:{ENDPOINT_PORT} &
+nndeploy infer localhost:{ENDPOINT_PORT}
+```
+
+Stages are pinned to their devices' nodes by `nodeSelector` (the cluster.yaml `labels`); GPU stages ask
+for `nvidia.com/gpu: 1` (NVIDIA device plugin) and tolerate the `nvidia.com/gpu` taint. NetworkPolicies
+let each stage accept traffic only from its upstream stage (stage 0: from the endpoint) and from the
+endpoint (health and stats); the endpoint accepts clients on {ENDPOINT_PORT} and metrics scrapes on
+{METRICS_PORT}. Traffic between pods is plaintext gRPC (no TLS yet). Check the folder offline with
+`nndeploy deploy --check .`.
+"""
+
+
+def default_name(build_dir: Path) -> str:
+    """A DNS-1123 name from the build's model file name (camera_cnn.onnx -> camera-cnn)."""
+    try:
+        model = json.loads((build_dir / MANIFEST_NAME).read_text(encoding="utf-8"))["model_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "nndeploy"
+    name = re.sub(r"[^a-z0-9-]+", "-", Path(str(model)).stem.lower()).strip("-")[:MAX_NAME].strip("-")
+    return name or "nndeploy"
