@@ -18,6 +18,8 @@ from nndeploy.deploy.options import (
     BUILD_MOUNT,
     ENDPOINT_PORT,
     METRICS_PORT,
+    SINK_PORT,
+    TLS_MOUNT,
     WORKER_PORT,
     DeployOptions,
     image_for,
@@ -163,10 +165,18 @@ def stage_sums_key(index: int) -> str:
 
 
 def _volumes(options: DeployOptions) -> list[dict[str, Any]]:
-    return [
+    volumes = [
         {"name": "build", "persistentVolumeClaim": {"claimName": options.artifacts_pvc, "readOnly": True}},
         {"name": "config", "configMap": {"name": f"{options.name}-plan"}},
     ]
+    if options.tls_secret is not None:
+        volumes.append({"name": "tls", "secret": {"secretName": options.tls_secret}})
+    return volumes
+
+
+def _tls_mounts(options: DeployOptions) -> list[dict[str, Any]]:
+    """The TLS Secret (tls.crt, tls.key, ca.crt) in the worker and endpoint containers, when asked for."""
+    return [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}] if options.tls_secret else []
 
 
 def _mounts() -> list[dict[str, Any]]:
@@ -266,12 +276,16 @@ def stage_objects(
     command += ["--port", str(WORKER_PORT)]
     if index + 1 < len(stages):
         command += ["--downstream", service_dns(stage_name(options, index + 1), options, WORKER_PORT)]
+    if options.tls_secret:
+        command += ["--tls-dir", TLS_MOUNT]
     resources: dict[str, Any] = {
         "requests": {"cpu": "1", "memory": mebibytes(int(stage["mem_bytes"]) + RUNTIME_OVERHEAD_BYTES)}
     }
     if device["kind"] == "gpu":
         resources["limits"] = {"nvidia.com/gpu": "1"}
-    probe = {"grpc": {"port": WORKER_PORT}, "periodSeconds": 10, "timeoutSeconds": 5}
+    # The kubelet's gRPC probes cannot present a client certificate: with mutual TLS, probe the port.
+    check = {"tcpSocket": {"port": WORKER_PORT}} if options.tls_secret else {"grpc": {"port": WORKER_PORT}}
+    probe = {**check, "periodSeconds": 10, "timeoutSeconds": 5}
     image = image_for(options, image_variant(device))
     container = {
         "name": "worker",
@@ -279,7 +293,7 @@ def stage_objects(
         "command": command,
         "ports": [{"name": "grpc", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         "resources": resources,
-        "volumeMounts": _mounts(),
+        "volumeMounts": _mounts() + _tls_mounts(options),
         "readinessProbe": {**probe, "initialDelaySeconds": 2},
         "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 3},
         "lifecycle": _lifecycle(),
@@ -319,7 +333,10 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
     name, component = endpoint_name(options), "endpoint"
     command = ["nndeploy", "endpoint", BUILD_MOUNT, "--host", "0.0.0.0", "--port", str(ENDPOINT_PORT)]
     command += ["--metrics-port", str(METRICS_PORT)]
-    command += ["--advertise", service_dns(name, options, ENDPOINT_PORT)]
+    sink_port = SINK_PORT if options.tls_secret else ENDPOINT_PORT
+    command += ["--advertise", service_dns(name, options, sink_port)]
+    if options.tls_secret:
+        command += ["--tls-dir", TLS_MOUNT, "--sink-port", str(SINK_PORT)]
     for index in range(len(plan["stages"])):
         command += ["--stage", service_dns(stage_name(options, index), options, WORKER_PORT)]
     source = next(d for d in plan["cluster"]["devices"] if d["name"] == plan["cluster"]["source"])
@@ -331,9 +348,14 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
         "ports": [
             {"name": "grpc", "containerPort": ENDPOINT_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            *(
+                [{"name": "sink", "containerPort": SINK_PORT, "protocol": "TCP"}]
+                if options.tls_secret
+                else []
+            ),
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
-        "volumeMounts": _mounts(),
+        "volumeMounts": _mounts() + _tls_mounts(options),
         # Health is SERVING only while every stage is up: right for readiness; liveness only checks the
         # process answers (a stage restarting must not restart the endpoint too).
         "readinessProbe": {"grpc": {"port": ENDPOINT_PORT}, "periodSeconds": 5, "initialDelaySeconds": 2},
@@ -361,7 +383,7 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
                 {"ports": [{"protocol": "TCP", "port": ENDPOINT_PORT}]},
                 {
                     "from": [{"podSelector": {"matchLabels": selector(options, last)}}],
-                    "ports": [{"protocol": "TCP", "port": ENDPOINT_PORT}],
+                    "ports": [{"protocol": "TCP", "port": sink_port}],
                 },
                 {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
             ],
@@ -369,7 +391,17 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
     }
     return [
         _deployment(options, name, component, None, pod),
-        _service(options, name, component, None, [("grpc", ENDPOINT_PORT), ("metrics", METRICS_PORT)]),
+        _service(
+            options,
+            name,
+            component,
+            None,
+            [
+                ("grpc", ENDPOINT_PORT),
+                ("metrics", METRICS_PORT),
+                *([("sink", SINK_PORT)] if options.tls_secret else []),
+            ],
+        ),
         policy,
     ]
 
@@ -422,11 +454,7 @@ def check_options(options: DeployOptions) -> None:
     check_label(options.namespace, "--namespace")
     check_label(options.artifacts_pvc, "--pvc")
     if options.tls_secret is not None:
-        raise DeployError(
-            "--tls-secret: the stage workers and the endpoint do not speak TLS yet (their gRPC channels are "
-            "plaintext), so a mounted Secret would protect nothing; deploy without it and rely on the "
-            "NetworkPolicies, or use a service mesh for mTLS"
-        )
+        check_label(options.tls_secret, "--tls-secret", 253)
 
 
 def render(build_dir: Path, options: DeployOptions, ray: bool = False) -> dict[str, list[dict[str, Any]]]:
@@ -535,7 +563,9 @@ Stages are pinned to their devices' nodes by `nodeSelector` (the cluster.yaml `l
 for `nvidia.com/gpu: 1` (NVIDIA device plugin) and tolerate the `nvidia.com/gpu` taint. NetworkPolicies
 let each stage accept traffic only from its upstream stage (stage 0: from the endpoint) and from the
 endpoint (health and stats); the endpoint accepts clients on {ENDPOINT_PORT} and metrics scrapes on
-{METRICS_PORT}. Traffic between pods is plaintext gRPC (no TLS yet). Check the folder offline with
+{METRICS_PORT}. Between pods, gRPC is plaintext unless deployed with `--tls-secret NAME`: then every worker
+and the endpoint's result sink (port {SINK_PORT}) use mutual TLS with the Secret's tls.crt, tls.key and
+ca.crt (the certificate's SANs must cover `*.<namespace>.svc.cluster.local`). Check the folder offline with
 `nndeploy deploy --check .`.
 """
 

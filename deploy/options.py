@@ -10,6 +10,8 @@ from nndeploy.errors import NNDeployError
 WORKER_PORT = 50051
 ENDPOINT_PORT = 8001
 METRICS_PORT = 9001
+SINK_PORT = 8002  # with TLS: where stages deliver results to the endpoint, over mutual TLS
+TLS_MOUNT = "/etc/nndeploy-tls"
 BUILD_MOUNT = "/build"
 
 

@@ -40,7 +40,7 @@ def deploy_command(
     ] = "nndeploy-build",
     storage: Annotated[str, typer.Option("--storage", help="Size of that claim.")] = "2Gi",
     tls_secret: Annotated[
-        str | None, typer.Option("--tls-secret", help="Secret for TLS between stages (not supported yet).")
+        str | None, typer.Option("--tls-secret", help="Secret with tls.crt, tls.key, ca.crt: mutual TLS.")
     ] = None,
     kubernetes_version: Annotated[
         str, typer.Option("--kubernetes-version", help="API version the manifests are checked against.")

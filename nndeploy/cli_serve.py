@@ -138,6 +138,10 @@ def worker_command(
     downstream: Annotated[
         str | None, typer.Option("--downstream", help="host:port of the next stage (omit for the last).")
     ] = None,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option("--tls-dir", help="Folder with tls.crt, tls.key, ca.crt: mutual TLS between stages."),
+    ] = None,
 ) -> None:
     """Run one stage worker without Ray (what each Kubernetes stage pod runs); SIGTERM stops it."""
     from nndeploy.planfile import read_plan
@@ -147,7 +151,10 @@ def worker_command(
     manifest = read_manifest(build_dir)
     plan = read_plan(build_dir / manifest.plan_file)
     out.print(f"stage {stage} worker on {host}:{port} -> {downstream or 'endpoint'}", highlight=False)
-    asyncio.run(serve_one_stage(build_dir, plan, manifest, stage, port, host, downstream))
+    from nndeploy.runtime.tls import load_tls
+
+    tls = load_tls(tls_dir)
+    asyncio.run(serve_one_stage(build_dir, plan, manifest, stage, port, host, downstream, tls=tls))
 
 
 def endpoint_command(
@@ -161,6 +168,13 @@ def endpoint_command(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Prometheus /metrics port.")
     ] = 9001,
+    tls_dir: Annotated[
+        Path | None, typer.Option("--tls-dir", help="tls.crt, tls.key, ca.crt: mutual TLS with the stages.")
+    ] = None,
+    sink_port: Annotated[
+        int | None,
+        typer.Option("--sink-port", help="With --tls-dir: the TLS port stages deliver results to."),
+    ] = None,
 ) -> None:
     """Run the KServe v2 endpoint in front of stage workers started elsewhere (Kubernetes)."""
     from nndeploy.planfile import read_plan
@@ -170,4 +184,9 @@ def endpoint_command(
     manifest = read_manifest(build_dir)
     plan = read_plan(build_dir / manifest.plan_file)
     out.print(f"endpoint on {host}:{port} in front of {', '.join(stages)}", highlight=False)
-    asyncio.run(serve_endpoint(plan, stages, port, host, advertise, metrics_port))
+    from nndeploy.runtime.tls import load_tls
+
+    tls = load_tls(tls_dir)
+    asyncio.run(
+        serve_endpoint(plan, stages, port, host, advertise, metrics_port, tls=tls, sink_port=sink_port)
+    )

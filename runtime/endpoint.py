@@ -27,7 +27,7 @@ from nndeploy.proto import (
     stage_pb2,
     stage_pb2_grpc,
 )
-from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port
+from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port, open_channel
 from nndeploy.runtime.tensors import (
     dtype_to_kserve,
     numpy_to_infer_response_outputs,
@@ -35,6 +35,7 @@ from nndeploy.runtime.tensors import (
     request_inputs_to_numpy,
     tensors_to_proto,
 )
+from nndeploy.runtime.tls import TlsFiles
 from nndeploy.types import TensorSpec
 
 STATUS = {code.name: code for code in grpc.StatusCode}
@@ -59,11 +60,12 @@ class Endpoint(
 ):
     """KServe v2 servicer + result sink + health, sharing one pending-request table."""
 
-    def __init__(self, model: ModelSpec, address: str) -> None:
+    def __init__(self, model: ModelSpec, address: str, tls: TlsFiles | None = None) -> None:
         self.model = model
         self.address = address
+        self.tls = tls
         self.pending: dict[str, asyncio.Future[stage_pb2.StageReply]] = {}
-        self.links = Links()
+        self.links = Links(tls)
         self.stage_up = [True] * len(model.stages)
         self.stats: list[stage_pb2.StageStats | None] = [None] * len(model.stages)
         self.latencies_ms: list[float] = []
@@ -207,10 +209,7 @@ class Endpoint(
         """Ask every stage for its Stats; a stage that does not answer is down, and the requests in flight
         fail at once (they could otherwise wait for a result that will never come)."""
         if not self._channels:
-            self._channels = [
-                grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-                for _, address in self.model.stages
-            ]
+            self._channels = [open_channel(address, self.tls) for _, address in self.model.stages]
         for index, channel in enumerate(self._channels):
             try:
                 self.stats[index] = await stage_pb2_grpc.StageWorkerStub(channel).Stats(
@@ -257,14 +256,26 @@ class Endpoint(
 
 
 async def start_endpoint(
-    model: ModelSpec, port: int, host: str = "127.0.0.1", advertise: str | None = None
+    model: ModelSpec,
+    port: int,
+    host: str = "127.0.0.1",
+    advertise: str | None = None,
+    tls: TlsFiles | None = None,
+    sink_port: int | None = None,
 ) -> tuple[grpc.aio.Server, Endpoint, int]:
-    """Start the endpoint server; returns (server, servicer, bound port). `advertise` is the address the
-    last stage delivers results to (default: this host and port; set it behind a Kubernetes Service)."""
+    """Start the endpoint server; returns (server, servicer, bound client port). `advertise` is the address
+    the last stage delivers results to (default: this host and port). With `tls`, clients still use the
+    plaintext `port`, and stages deliver results over mutual TLS to `sink_port` (default: port + 1)."""
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     bound = bind_port(server, host, port)
-    local = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{bound}"
-    endpoint = Endpoint(model, advertise or local)
+    local_host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
+    local = f"{local_host}:{bound}"
+    if tls is not None:
+        sink = bind_port(
+            server, host, sink_port if sink_port is not None else (bound + 1 if port else 0), tls
+        )
+        local = f"{local_host}:{sink}"
+    endpoint = Endpoint(model, advertise or local, tls)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(endpoint, server)
     stage_pb2_grpc.add_ResultSinkServicer_to_server(endpoint, server)
     health_pb2_grpc.add_HealthServicer_to_server(endpoint, server)

@@ -13,6 +13,7 @@ import grpc
 
 from nndeploy.errors import NNDeployError
 from nndeploy.proto import stage_pb2_grpc
+from nndeploy.runtime.tls import TlsFiles
 
 MAX_MESSAGE_BYTES = 1 << 30
 CHANNEL_OPTIONS = [
@@ -29,9 +30,10 @@ class PeerUnavailable(Exception):
 class StreamLink:
     """One open client stream to `address` for `kind` ('process' to a worker, 'deliver' to a sink)."""
 
-    def __init__(self, address: str, kind: str, queue_size: int = 64) -> None:
+    def __init__(self, address: str, kind: str, queue_size: int = 64, tls: TlsFiles | None = None) -> None:
         self.address = address
         self.kind = kind
+        self.tls = tls
         self.queue_size = queue_size
         self._channel: grpc.aio.Channel | None = None
         self._outbox: asyncio.Queue[Any] | None = None
@@ -56,7 +58,7 @@ class StreamLink:
     async def _open(self, timeout: float) -> None:
         await self.close()
         self.broken = asyncio.Event()
-        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(self.address, self.tls)
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
         except TimeoutError:
@@ -101,14 +103,15 @@ class StreamLink:
 class Links:
     """Outgoing links by (address, kind), opened on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None) -> None:
         self._links: dict[tuple[str, str], StreamLink] = {}
+        self.tls = tls
 
     def get(self, address: str, kind: str) -> StreamLink:
         """The link to `address` for `kind`."""
         key = (address, kind)
         if key not in self._links:
-            self._links[key] = StreamLink(address, kind)
+            self._links[key] = StreamLink(address, kind, tls=self.tls)
         return self._links[key]
 
     async def close(self) -> None:
@@ -122,9 +125,19 @@ class PortInUse(NNDeployError):
     """A server could not listen where it was asked to."""
 
 
-def bind_port(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Listen on host:port (0: any free port); a one-line error if the address is taken or invalid."""
+def open_channel(address: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+    """A channel to a peer of the data plane (mutual TLS when `tls` is given)."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+
+
+def bind_port(server: grpc.aio.Server, host: str, port: int, tls: TlsFiles | None = None) -> int:
+    """Listen on host:port (0: any free port), with mutual TLS when `tls` is given; a one-line error if
+    the address is taken or invalid."""
     try:
+        if tls is not None:
+            return server.add_secure_port(f"{host}:{port}", tls.server_credentials())
         return server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:
         raise PortInUse(

@@ -14,6 +14,7 @@ from nndeploy.runtime.chain import free_ports, model_spec, stage_specs
 from nndeploy.runtime.endpoint import Endpoint, ModelSpec, start_endpoint
 from nndeploy.runtime.metrics import start_metrics_server
 from nndeploy.runtime.ray_cluster import RayStages, ServeError
+from nndeploy.runtime.tls import TlsFiles
 from nndeploy.targets.loader import why_not_runnable
 from nndeploy.targets.manifest import Manifest
 from nndeploy.types import Plan
@@ -97,6 +98,7 @@ async def serve_one_stage(
     host: str,
     downstream: str | None,
     stop: asyncio.Event | None = None,
+    tls: TlsFiles | None = None,
 ) -> None:
     """One stage worker in this process, without Ray (a Kubernetes pod), until SIGINT/SIGTERM."""
     from nndeploy.runtime.chain import artifact_executor
@@ -118,7 +120,7 @@ async def serve_one_stage(
     )
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    await serve_stage(spec, artifact_executor(build_dir, entries[stage]), port, host=host, stop=stop)
+    await serve_stage(spec, artifact_executor(build_dir, entries[stage]), port, host=host, stop=stop, tls=tls)
 
 
 async def serve_endpoint(
@@ -129,6 +131,8 @@ async def serve_endpoint(
     advertise: str | None,
     metrics_port: int | None,
     stop: asyncio.Event | None = None,
+    tls: TlsFiles | None = None,
+    sink_port: int | None = None,
 ) -> None:
     """The endpoint alone, in front of workers started elsewhere, until SIGINT/SIGTERM."""
     if len(stage_addresses) != len(plan.stages):
@@ -137,7 +141,9 @@ async def serve_endpoint(
         )
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    server, endpoint, _ = await start_endpoint(model_spec(plan, stage_addresses), port, host, advertise)
+    server, endpoint, _ = await start_endpoint(
+        model_spec(plan, stage_addresses), port, host, advertise, tls=tls, sink_port=sink_port
+    )
     metrics = start_metrics_server(endpoint, metrics_port, host) if metrics_port is not None else None
     try:
         await stop.wait()

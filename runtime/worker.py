@@ -25,6 +25,7 @@ import numpy as np
 from nndeploy.proto import health_pb2, health_pb2_grpc, stage_pb2, stage_pb2_grpc
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port
 from nndeploy.runtime.tensors import proto_to_tensors, tensors_to_proto
+from nndeploy.runtime.tls import TlsFiles
 
 MAX_CANCELLED = 10_000
 Execute = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -58,14 +59,14 @@ class Counters:
 class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServicer):
     """The servicer: a bounded queue, one executor thread, and the outgoing links."""
 
-    def __init__(self, spec: StageSpec, execute: Execute) -> None:
+    def __init__(self, spec: StageSpec, execute: Execute, tls: TlsFiles | None = None) -> None:
         self.spec = spec
         self.execute = execute
         self.counters = Counters()
         self.queue: asyncio.Queue[tuple[stage_pb2.StageRequest, asyncio.Queue | None]] = asyncio.Queue(
             spec.queue_size
         )
-        self.links = Links()
+        self.links = Links(tls)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{spec.index}")
         self.loop_task: asyncio.Task[None] | None = None
         # Ids of cancelled requests, oldest first, bounded: a cancellation for a request that already left
@@ -237,13 +238,15 @@ async def serve_stage(
     host: str = "127.0.0.1",
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    tls: TlsFiles | None = None,
 ) -> None:
-    """Run a StageWorker on host:port until `stop` is set (port 0 picks a free port, passed to `ready`)."""
+    """Run a StageWorker on host:port until `stop` is set (port 0 picks a free port, passed to `ready`);
+    with `tls`, it accepts and makes only mutually authenticated TLS connections."""
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    worker = StageWorker(spec, execute)
+    worker = StageWorker(spec, execute, tls)
     stage_pb2_grpc.add_StageWorkerServicer_to_server(worker, server)
     health_pb2_grpc.add_HealthServicer_to_server(worker, server)
-    bound = bind_port(server, host, port)
+    bound = bind_port(server, host, port, tls)
     await server.start()
     worker.start()
     if ready is not None:

@@ -237,7 +237,9 @@ def test_bad_inputs_are_one_line_errors(example_models, tmp_path: Path) -> None:
     build = fake_build(plan_path)
     assert_user_error(nndeploy("deploy", build, "-o", tmp_path / "k8s", "--name", "Bad_Name"), "--name")
     assert_user_error(nndeploy("deploy", build, "-o", tmp_path / "k8s", "--namespace", "-ml"), "--namespace")
-    assert_user_error(nndeploy("deploy", build, "-o", tmp_path / "k8s", "--tls-secret", "s"), "TLS")
+    assert_user_error(
+        nndeploy("deploy", build, "-o", tmp_path / "k8s", "--tls-secret", "Bad_Secret"), "--tls-secret"
+    )
     manifest = json.loads((build / "manifest.json").read_text())
     manifest["stages"][0]["artifact"] = None
     manifest["stages"][0]["status"] = "failed"
@@ -277,3 +279,41 @@ def test_ray_variant_replaces_the_stage_deployments(deployed, tmp_path: Path) ->
     assert len(groups) == len({s["device"] for s in plan["stages"]})
     listed = yaml.safe_load((ray_k8s / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(p.name for p in ray_k8s.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def test_tls_secret_wires_mutual_tls_between_stages(deployed, tmp_path: Path) -> None:
+    plan, k8s = deployed
+    tls_k8s = tmp_path / "k8s-tls"
+    done = nndeploy(
+        "deploy",
+        k8s.parent / "build",
+        "-o",
+        tls_k8s,
+        "--namespace",
+        "ml",
+        "--tls-secret",
+        "stage-tls",
+        "--check",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = documents(tls_k8s)
+    for (kind, _name), doc in docs.items():
+        if kind != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        assert {"name": "tls", "secret": {"secretName": "stage-tls"}} in pod["volumes"]
+        command = pod["containers"][0]["command"]
+        assert command[command.index("--tls-dir") + 1] == "/etc/nndeploy-tls"
+        if "--stage" in command and command[1] == "endpoint":
+            assert command[command.index("--advertise") + 1].endswith(":8002")
+    endpoint_service = next(
+        doc for (kind, name), doc in docs.items() if kind == "Service" and name.endswith("-endpoint")
+    )
+    assert {p["name"]: p["port"] for p in endpoint_service["spec"]["ports"]}["sink"] == 8002
+    policy = next(
+        doc for (kind, name), doc in docs.items() if kind == "NetworkPolicy" and name.endswith("-endpoint")
+    )
+    last = f"stage-{len(plan['stages']) - 1}"
+    from_last = [r for r in policy["spec"]["ingress"] if r.get("from")]
+    assert from_last[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == last
+    assert from_last[0]["ports"] == [{"protocol": "TCP", "port": 8002}]
