@@ -16,6 +16,7 @@ from typing import Any
 
 from nndeploy.deploy.options import (
     BUILD_MOUNT,
+    CONFIG_MOUNT,
     ENDPOINT_PORT,
     METRICS_PORT,
     SINK_PORT,
@@ -30,7 +31,6 @@ from nndeploy.errors import NNDeployError
 MANIFEST_NAME = "manifest.json"
 MIB = 1024**2
 RUNTIME_OVERHEAD_BYTES = 256 * MIB
-CONFIG_MOUNT = "/etc/nndeploy"
 GRACE_SECONDS = 30
 PRESTOP_SLEEP_SECONDS = 5
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -475,99 +475,6 @@ def render(build_dir: Path, options: DeployOptions, ray: bool = False) -> dict[s
             options, plan, stage["index"], devices[stage["device"]]
         )
     return files
-
-
-def kustomization(options: DeployOptions, files: list[str]) -> dict[str, Any]:
-    """kustomization.yaml listing every file, for `kubectl apply -k`."""
-    return {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "namespace": options.namespace,
-        "resources": files,
-    }
-
-
-def dump_documents(documents: list[dict[str, Any]]) -> str:
-    """YAML text of several documents separated by `---`."""
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        def ignore_aliases(self, data: Any) -> bool:  # plain YAML, no &anchors for shared label dicts
-            return True
-
-    return "---\n".join(yaml.dump(doc, Dumper=Dumper, sort_keys=False, width=1000) for doc in documents)
-
-
-def write_folder(files: dict[str, list[dict[str, Any]]], options: DeployOptions, output: Path) -> list[Path]:
-    """Write one YAML file per group, kustomization.yaml and README.md into `output`; returns the YAMLs."""
-    output.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, documents in files.items():
-        path = output / name
-        path.write_text(dump_documents(documents), encoding="utf-8")
-        paths.append(path)
-    kustomize = output / "kustomization.yaml"
-    kustomize.write_text(dump_documents([kustomization(options, list(files))]), encoding="utf-8")
-    (output / "README.md").write_text(readme(options, files), encoding="utf-8")
-    return [*paths, kustomize]
-
-
-def readme(options: DeployOptions, files: dict[str, list[dict[str, Any]]]) -> str:
-    """How to fill the build volume and apply the folder."""
-    ns, pvc, name = options.namespace, options.artifacts_pvc, options.name
-    stages = sorted(f for f in files if f.startswith("stage-"))
-    return f"""# Kubernetes manifests for `{name}` (written by `nndeploy deploy`)
-
-Objects: {", ".join(files)} and kustomization.yaml. Namespace `{ns}`.
-Each of the {len(stages)} stage(s) is a Deployment + ClusterIP Service (`{name}-stage-<i>`, port
-{WORKER_PORT}) running `nndeploy worker /build --stage <i>`, wired to the next stage's Service;
-`{name}-endpoint` serves KServe v2 gRPC on {ENDPOINT_PORT} (metrics on {METRICS_PORT}).
-
-## 1. Put the build folder on the volume
-
-The artifacts are not in a ConfigMap (too large, and binary): they live on the PersistentVolumeClaim
-`{pvc}` ({options.storage_size}, ReadOnlyMany: every stage pod mounts it read-only at {BUILD_MOUNT}, on
-different nodes, so it needs a storage class that supports ReadOnlyMany/ReadWriteMany, e.g. NFS,
-CephFS, Azure Files, GCP Filestore). Fill it once per build, before the pods start:
-
-```sh
-kubectl create namespace {ns} --dry-run=client -o yaml | kubectl apply -f -
-kubectl -n {ns} apply -f config.yaml           # the ConfigMap and the PVC
-kubectl -n {ns} run {name}-fill --image=busybox:1.36 --restart=Never \\
-  --overrides='{{"spec": {{"containers": [{{"name": "fill", "image": "busybox:1.36",
-    "command": ["sleep", "3600"], "volumeMounts": [{{"name": "build", "mountPath": "/build"}}]}}],
-    "volumes": [{{"name": "build", "persistentVolumeClaim": {{"claimName": "{pvc}"}}}}]}}}}'
-kubectl -n {ns} wait --for=condition=Ready pod/{name}-fill
-kubectl -n {ns} cp build/. {name}-fill:/build/
-kubectl -n {ns} delete pod {name}-fill
-```
-
-(If your CSI driver mounts a ReadOnlyMany claim read-only even for this pod, copy the folder to the
-share directly, e.g. onto the NFS export behind the PersistentVolume.)
-
-Every pod's init container `verify-artifacts` runs `sha256sum --check` in {BUILD_MOUNT} against the
-checksums in the ConfigMap `{name}-plan` (mounted at {CONFIG_MOUNT}): the stage's artifact, plan.json
-and manifest.json must be byte-for-byte the build these manifests were made from, or the pod does not
-start (`kubectl -n {ns} logs <pod> -c verify-artifacts` says which file differs).
-
-## 2. Apply
-
-```sh
-kubectl apply -k .
-kubectl -n {ns} rollout status deploy/{name}-endpoint
-kubectl -n {ns} port-forward svc/{name}-endpoint {ENDPOINT_PORT}:{ENDPOINT_PORT} &
-nndeploy infer localhost:{ENDPOINT_PORT}
-```
-
-Stages are pinned to their devices' nodes by `nodeSelector` (the cluster.yaml `labels`); GPU stages ask
-for `nvidia.com/gpu: 1` (NVIDIA device plugin) and tolerate the `nvidia.com/gpu` taint. NetworkPolicies
-let each stage accept traffic only from its upstream stage (stage 0: from the endpoint) and from the
-endpoint (health and stats); the endpoint accepts clients on {ENDPOINT_PORT} and metrics scrapes on
-{METRICS_PORT}. Between pods, gRPC is plaintext unless deployed with `--tls-secret NAME`: then every worker
-and the endpoint's result sink (port {SINK_PORT}) use mutual TLS with the Secret's tls.crt, tls.key and
-ca.crt (the certificate's SANs must cover `*.<namespace>.svc.cluster.local`). Check the folder offline with
-`nndeploy deploy --check .`.
-"""
 
 
 def default_name(build_dir: Path) -> str:

@@ -13,6 +13,7 @@ METRICS_PORT = 9001
 SINK_PORT = 8002  # with TLS: where stages deliver results to the endpoint, over mutual TLS
 TLS_MOUNT = "/etc/nndeploy-tls"
 BUILD_MOUNT = "/build"
+CONFIG_MOUNT = "/etc/nndeploy"  # the plan ConfigMap (plan.json, manifest.json, checksums)
 
 
 @dataclass(frozen=True)

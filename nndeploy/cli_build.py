@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nndeploy.cli_common import FallbackOption, err, out, write_stage_models
+from nndeploy.cli_common import FallbackOption, err, out, read_build, write_stage_models
 from nndeploy.errors import ArtifactError, BuildError, ModelError
 
 EXIT_MISMATCH = 1
@@ -118,12 +118,9 @@ def verify_command(
 ) -> None:
     """Compare every stage, and the whole chain, with onnxruntime; exit 1 on a mismatch."""
     from nndeploy.model_prep import file_sha256
-    from nndeploy.planfile import read_plan
-    from nndeploy.targets.manifest import read_manifest
     from nndeploy.targets.verify import VERIFY_TOLERANCES, verify_build
 
-    manifest = read_manifest(build_dir)
-    plan = read_plan(build_dir / manifest.plan_file)
+    manifest, plan = read_build(build_dir)
     model_path = Path(manifest.model_path)
     if not model_path.is_file():
         raise ModelError(f"{model_path}: the model this build was made from is missing")

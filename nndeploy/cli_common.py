@@ -6,13 +6,16 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from nndeploy.errors import ModelError
 from nndeploy.types import Plan
+
+if TYPE_CHECKING:
+    from nndeploy.targets.manifest import Manifest
 
 # Piped output keeps full-width tables instead of rich's 80-column default.
 _WIDTH = None if sys.stdout.isatty() else 200
@@ -69,3 +72,12 @@ def write_stage_models(
         )
     prepared = load_prepared_model(model_path, the_plan.input_shapes, None)
     return model_path, write_stages(split_model(prepared, the_plan), output)
+
+
+def read_build(build_dir: Path) -> tuple[Manifest, Plan]:
+    """A build folder's manifest and the plan it was compiled from (one-line errors if either is missing)."""
+    from nndeploy.planfile import read_plan
+    from nndeploy.targets.manifest import read_manifest
+
+    manifest = read_manifest(build_dir)
+    return manifest, read_plan(build_dir / manifest.plan_file)

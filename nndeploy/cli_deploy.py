@@ -51,7 +51,8 @@ def deploy_command(
     ] = False,
 ) -> list[Path]:
     """Write Kubernetes manifests for BUILD into a folder for `kubectl apply -k`; --check validates one."""
-    from nndeploy.deploy.manifests import DeployError, default_name, render, write_folder
+    from nndeploy.deploy.folder import write_folder
+    from nndeploy.deploy.manifests import DeployError, default_name, render
     from nndeploy.deploy.options import DeployOptions
 
     if output is None:

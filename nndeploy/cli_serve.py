@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from nndeploy.cli_common import out
+from nndeploy.cli_common import out, read_build
 
 
 def register(app: typer.Typer) -> None:
@@ -34,12 +34,9 @@ def serve_command(
     ] = None,
 ) -> None:
     """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint (Ctrl-C stops)."""
-    from nndeploy.planfile import read_plan
     from nndeploy.runtime.serve import Serving, serve_build
-    from nndeploy.targets.manifest import read_manifest
 
-    manifest = read_manifest(build_dir)
-    plan = read_plan(build_dir / manifest.plan_file)
+    manifest, plan = read_build(build_dir)
 
     def ready(serving: Serving) -> None:
         table = Table(title=f"serving model '{serving.model.name}' (version {serving.model.version})")
@@ -144,12 +141,9 @@ def worker_command(
     ] = None,
 ) -> None:
     """Run one stage worker without Ray (what each Kubernetes stage pod runs); SIGTERM stops it."""
-    from nndeploy.planfile import read_plan
     from nndeploy.runtime.serve import serve_one_stage
-    from nndeploy.targets.manifest import read_manifest
 
-    manifest = read_manifest(build_dir)
-    plan = read_plan(build_dir / manifest.plan_file)
+    manifest, plan = read_build(build_dir)
     out.print(f"stage {stage} worker on {host}:{port} -> {downstream or 'endpoint'}", highlight=False)
     from nndeploy.runtime.tls import load_tls
 
@@ -177,12 +171,9 @@ def endpoint_command(
     ] = None,
 ) -> None:
     """Run the KServe v2 endpoint in front of stage workers started elsewhere (Kubernetes)."""
-    from nndeploy.planfile import read_plan
     from nndeploy.runtime.serve import serve_endpoint
-    from nndeploy.targets.manifest import read_manifest
 
-    manifest = read_manifest(build_dir)
-    plan = read_plan(build_dir / manifest.plan_file)
+    _, plan = read_build(build_dir)
     out.print(f"endpoint on {host}:{port} in front of {', '.join(stages)}", highlight=False)
     from nndeploy.runtime.tls import load_tls
 

@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 
 from nndeploy.errors import BuildError
+from nndeploy.model_prep import file_sha256
 from nndeploy.types import Artifact, Device, TensorSpec
 
 BUILDER_VERSION = "4"  # bump when the pipeline changes, so cached builds are not reused
@@ -63,15 +64,6 @@ def build_key(stage_bytes: bytes, device: Device, options: dict[str, Any]) -> st
             [device.tvm_target, device.arch, options, tvm_version(), BUILDER_VERSION], sort_keys=True
         ).encode()
     )
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -114,7 +114,7 @@ def read_manifest(build_dir: str | Path) -> Manifest:
 
 def checked_artifact_path(build_dir: Path, artifact: Artifact) -> Path:
     """The artifact's file, after checking it exists and its sha256 matches the manifest."""
-    from nndeploy.targets.build import file_sha256
+    from nndeploy.model_prep import file_sha256
 
     path = build_dir / artifact.path
     if not path.is_file():

@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 from nndeploy.errors import ArtifactError
-from nndeploy.targets.build import build_stage, file_sha256
+from nndeploy.model_prep import file_sha256
+from nndeploy.targets.build import build_stage
 from nndeploy.targets.manifest import checked_artifact_path
 from nndeploy.targets.registry import device_from_profile, load_profiles
 
