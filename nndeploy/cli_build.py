@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from nndeploy.cli_common import FallbackOption, err, out, read_build, write_stage_models
+from nndeploy.cli_tune import tune_command
 from nndeploy.errors import ArtifactError, BuildError, ModelError
 
 EXIT_MISMATCH = 1
@@ -23,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command("compile")(compile_command)
     app.command("verify")(verify_command)
     app.command("inspect")(inspect_command)
+    app.command("tune")(tune_command)
     app.add_typer(emulator_app, name="emulator")
 
 
@@ -34,12 +36,28 @@ def compile_command(
     model: Annotated[
         Path | None, typer.Option("--model", help="The model, if it moved since planning.")
     ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option("--db", help="Tuning database (nndeploy tune): apply its schedules; nothing is tuned."),
+    ] = None,
+    best_of: Annotated[
+        bool,
+        typer.Option(
+            "--best-of",
+            help="With --db: also build untuned (and onnxruntime with --fallback), time each here, keep "
+            "the fastest.",
+        ),
+    ] = False,
 ) -> None:
     """Build every stage of PLAN with TVM for its device; write artifacts and manifest.json."""
     from nndeploy.planfile import read_plan, write_plan
     from nndeploy.targets.build import BuildRecord
     from nndeploy.targets.compile import compile_stages
 
+    if best_of and db is None:
+        raise BuildError("--best-of compares tuned and untuned builds: give the tuning database with --db")
+    if db is not None and not db.is_dir():
+        raise BuildError(f"--db {db}: no such tuning database folder; create it with nndeploy tune")
     plan = read_plan(plan_file)
     output.mkdir(parents=True, exist_ok=True)
     model_path, stage_models = write_stage_models(plan, plan_file, output / "stages", model)
@@ -62,6 +80,8 @@ def compile_command(
             fallback.value if fallback else None,
             done,
             model_path=str(model_path.resolve()),
+            tuning_db_root=db,
+            best_of=best_of,
         )
     table = Table(title=f"build {output} (TVM {manifest.tvm_version})")
     for column in ("stage", "device", "target", "status", "seconds", "artifact", "sha256"):
@@ -76,6 +96,10 @@ def compile_command(
             if artifact.fallback
             else "built"
         )
+        if artifact is not None and artifact.options.get("pipeline") == "llvm-metaschedule":
+            status += " (tuned)"
+        if artifact is not None and "selected" in artifact.options:
+            status = f"{status}, best of {_candidates_text(artifact.options['measured_ms'])}"
         if artifact is not None and entry.cached:
             status += " (cached)"
         table.add_row(
@@ -239,6 +263,10 @@ def emulator_status(
     missing = missing_prerequisites(arch)
     needs = f"; missing: {', '.join(missing)}" if missing else ""
     raise ArtifactError(f"{arch} emulator not set up{needs}; run nndeploy emulator setup {arch}")
+
+
+def _candidates_text(measured: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(measured.items(), key=lambda kv: kv[1]))
 
 
 def _target_text(target: dict) -> str:

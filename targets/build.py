@@ -20,6 +20,7 @@ import onnx
 
 from nndeploy.errors import BuildError
 from nndeploy.model_prep import file_sha256
+from nndeploy.targets.tuning_db import fingerprint
 from nndeploy.types import Artifact, Device, TensorSpec
 
 BUILDER_VERSION = "4"  # bump when the pipeline changes, so cached builds are not reused
@@ -68,20 +69,28 @@ def build_key(stage_bytes: bytes, device: Device, options: dict[str, Any]) -> st
 
 
 def build_stage(
-    stage_path: Path, index: int, device: Device, out_dir: Path, fallback: str | None = None
+    stage_path: Path,
+    index: int,
+    device: Device,
+    out_dir: Path,
+    fallback: str | None = None,
+    tuning_db_dir: Path | None = None,
 ) -> BuildRecord:
-    """Build the stage model at `stage_path` for `device` into `out_dir` (reusing a cached build)."""
+    """Build the stage model at `stage_path` for `device` into `out_dir` (reusing a cached build); with
+    `tuning_db_dir` (the target's folder of a tuning database) its tuned schedules are applied."""
     started = time.perf_counter()
     stage_bytes = stage_path.read_bytes()
     model = onnx.load_from_string(stage_bytes)
     inputs, outputs = _io_specs(model)
-    options = {"pipeline": _pipeline_name(device)}
+    options: dict[str, Any] = {"pipeline": _pipeline_name(device)}
+    if tuning_db_dir is not None:
+        options = {"pipeline": "llvm-metaschedule", "tuning_db": fingerprint(tuning_db_dir)}
     key = build_key(stage_bytes, device, options)
     cached = cache_dir() / key
     try:
         hit = (cached / "meta.json").is_file()
         if not hit:
-            _build_into(model, device, cached)
+            _build_into(model, device, cached, tuning_db_dir)
         files = json.loads((cached / "meta.json").read_text())
         out_dir.mkdir(parents=True, exist_ok=True)
         library = out_dir / f"stage_{index}.so"
@@ -113,6 +122,14 @@ def build_stage(
         fallback=None,
     )
     return BuildRecord(index, device.name, artifact, time.perf_counter() - started, hit, None, sources)
+
+
+def fallback_build(stage_path: Path, index: int, device: Device, out_dir: Path) -> BuildRecord:
+    """The stage as an onnxruntime artifact (a candidate for best-of selection)."""
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs, outputs = _io_specs(onnx.load(str(stage_path), load_external_data=False))
+    return _fallback_record(stage_path, index, device, out_dir, inputs, outputs, started, "")
 
 
 def _fallback_record(
@@ -162,7 +179,7 @@ def _io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[Ten
     )
 
 
-def _build_into(model: onnx.ModelProto, device: Device, folder: Path) -> None:
+def _build_into(model: onnx.ModelProto, device: Device, folder: Path, tuning_db_dir: Path | None) -> None:
     """Run the TVM build for `device` and leave library, sources and meta.json in `folder` (atomically)."""
     import tempfile
 
@@ -170,7 +187,12 @@ def _build_into(model: onnx.ModelProto, device: Device, folder: Path) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="build-", dir=folder.parent))
     try:
         started = time.perf_counter()
-        sources = _tvm_build(model, device, scratch)
+        if tuning_db_dir is not None:
+            from nndeploy.targets.tuning import build_tuned_llvm
+
+            sources = build_tuned_llvm(model, device, tuning_db_dir, scratch)
+        else:
+            sources = _tvm_build(model, device, scratch)
         meta = {"library": "stage.so", "sources": sources, "seconds": time.perf_counter() - started}
         (scratch / "meta.json").write_text(json.dumps(meta))
         if folder.exists():

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
-from nndeploy.targets.build import BuildRecord, build_stage, tvm_version
+from nndeploy.targets.best_of import choose
+from nndeploy.targets.build import BuildRecord, build_stage, fallback_build, tvm_version
 from nndeploy.targets.manifest import Manifest, StageBuild, write_manifest
-from nndeploy.types import Plan
+from nndeploy.targets.tune_plan import why_not_tunable
+from nndeploy.targets.tuning_db import has_records, target_db_dir
+from nndeploy.types import Device, Plan
 
 ProgressCallback = Callable[[BuildRecord], None]
 
@@ -24,22 +29,33 @@ def compile_stages(
     fallback: str | None = None,
     on_done: ProgressCallback | None = None,
     model_path: str | None = None,
+    tuning_db_root: Path | None = None,
+    best_of: bool = False,
 ) -> Manifest:
     """Build each stage model for its plan device into `out_dir` and write manifest.json.
 
     Builds run in worker processes (a crash in TVM cannot take the tool down with it); a stage that fails
-    is recorded with its reason and the others are still built."""
+    is recorded with its reason and the others are still built. With `tuning_db_root`, stages whose
+    target has tuning records get the tuned build; with `best_of`, such stages that this machine can run
+    are also built untuned (and for onnxruntime, if `fallback` allows it), timed, and the fastest kept."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    candidates_dir = out_dir / "candidates"
     records: dict[int, BuildRecord] = {}
+    alternatives: dict[int, dict[str, BuildRecord]] = {}
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) as pool:
-        futures = {
-            pool.submit(
-                build_stage, path, stage.index, plan.cluster.device(stage.device), out_dir, fallback
-            ): stage
-            for stage, path in zip(plan.stages, stage_models, strict=True)
-        }
+        futures = {}
+        for stage, path in zip(plan.stages, stage_models, strict=True):
+            device = plan.cluster.device(stage.device)
+            db_dir = _tuned_db_dir(tuning_db_root, device)
+            submit = partial(pool.submit, build_stage, path, stage.index, device)
+            futures[submit(out_dir, fallback, db_dir)] = (stage, "main")
+            if db_dir is not None and best_of and why_not_tunable(device) is None:
+                futures[submit(candidates_dir / "untuned")] = (stage, "tvm-untuned")
+                if fallback == "onnxruntime":
+                    ort = pool.submit(fallback_build, path, stage.index, device, candidates_dir / "ort")
+                    futures[ort] = (stage, "onnxruntime")
         for future in as_completed(futures):
-            stage = futures[future]
+            stage, role = futures[future]
             try:
                 record = future.result()
             except BrokenProcessPool:
@@ -48,9 +64,28 @@ def compile_stages(
                 )
             except Exception as exc:  # a bug in a build must not lose the other stages
                 record = BuildRecord(stage.index, stage.device, None, 0.0, False, f"build failed: {exc}")
+            if role != "main":
+                alternatives.setdefault(stage.index, {})[role] = record
+                continue
             records[stage.index] = record
             if on_done is not None:
                 on_done(record)
+    for index, others in sorted(alternatives.items()):
+        tuned = records[index]
+        untuned = others.get("tvm-untuned")
+        if tuned.artifact is None or untuned is None or untuned.artifact is None:
+            continue
+        records[index] = choose(
+            out_dir,
+            tuned,
+            untuned,
+            candidates_dir / "untuned",
+            others.get("onnxruntime"),
+            candidates_dir / "ort",
+            plan.cluster.device(tuned.device).arch,
+        )
+    if candidates_dir.exists():
+        shutil.rmtree(candidates_dir)
     manifest = Manifest(
         plan_file=plan_file,
         model_path=model_path or plan.model_path,
@@ -71,3 +106,11 @@ def compile_stages(
     )
     write_manifest(manifest, out_dir)
     return manifest
+
+
+def _tuned_db_dir(db_root: Path | None, device: Device) -> Path | None:
+    """The target's folder of the tuning database, if it has records for this (CPU) target."""
+    if db_root is None or device.tvm_target.get("kind") != "llvm":
+        return None
+    folder = target_db_dir(db_root, device.tvm_target)
+    return folder if has_records(folder) else None

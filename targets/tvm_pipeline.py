@@ -26,10 +26,14 @@ def build_llvm(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[st
     import tvm
 
     target = tvm.target.Target(device.tvm_target)
-    linker = _linker_for(device.tvm_target, device)
     mod = import_onnx(model, device)
-    executable = _compile(mod, target, "default")
-    _export(executable, scratch / "stage.so", linker)
+    return export_llvm(compile_module(mod, target, "default"), device, scratch)
+
+
+def export_llvm(executable: Any, device: Device, scratch: Path) -> dict[str, str]:
+    """Link a compiled CPU stage into scratch/stage.so (cross-linked for another CPU architecture) and keep
+    its LLVM IR and assembly beside it; returns {source kind: file name}."""
+    _export(executable, scratch / "stage.so", _linker_for(device.tvm_target, device))
     llvm = executable.mod.imports[0] if executable.mod.imports else executable.mod
     (scratch / "stage.ll").write_text(llvm.inspect_source("ll"))
     (scratch / "stage.s").write_text(llvm.inspect_source("asm"))
@@ -52,7 +56,7 @@ def build_cuda(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[st
     host = spec.setdefault("host", dict(X86_HOST))
     target = tvm.target.Target(spec)
     mod = import_onnx(model, device)
-    executable = _compile(mod, target, "default")
+    executable = compile_module(mod, target, "default")
     _export(executable, scratch / "stage.so", _linker_for(host, device))
     host_module = executable.mod.imports[0] if executable.mod.imports else executable.mod
     kernels = [m for m in host_module.imports if m.kind == "cuda"]
@@ -68,7 +72,7 @@ def build_cuda(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[st
                 ptx = nvcc.compile_cuda(source, target_format="ptx", arch=gencode, compiler="nvcc")
         except Exception as exc:  # nvcc's own message is the useful part
             raise BuildError(
-                f"device '{device.name}': nvcc failed on the generated kernels: {_first_line(exc)}"
+                f"device '{device.name}': nvcc failed on the generated kernels: {first_line(exc)}"
             ) from None
         (scratch / "stage.fatbin").write_bytes(bytes(fatbin))
         (scratch / "stage.ptx").write_bytes(bytes(ptx))
@@ -103,7 +107,7 @@ def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
     except Exception as exc:  # the frontend raises many types; find the node it chokes on
         node = _failing_node(model, shapes, dtypes)
         where = f"node '{node.name}' (op {node.op_type})" if node is not None else "the stage"
-        raise BuildError(f"device '{device.name}': TVM cannot import {where}: {_first_line(exc)}") from None
+        raise BuildError(f"device '{device.name}': TVM cannot import {where}: {first_line(exc)}") from None
 
 
 def _c_identifier_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -168,14 +172,15 @@ def _failing_node(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> onnx.No
     return None
 
 
-def _compile(mod: Any, target: Any, pipeline: Any) -> Any:
+def compile_module(mod: Any, target: Any, pipeline: Any) -> Any:
+    """tvm.compile with TVM's failure turned into a one-line BuildError."""
     import tvm
 
     try:
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:
         raise BuildError(
-            f"TVM failed to compile the stage for {target.kind.name}: {_first_line(exc)}"
+            f"TVM failed to compile the stage for {target.kind.name}: {first_line(exc)}"
         ) from None
 
 
@@ -205,10 +210,11 @@ def _export(executable: Any, path: Path, cross: str | None) -> None:
         else:
             executable.export_library(str(path), fcompile=cc.cross_compiler(cross))
     except Exception as exc:
-        raise BuildError(f"linking the stage library failed: {_first_line(exc)}") from None
+        raise BuildError(f"linking the stage library failed: {first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The most telling line of a (multi-line) TVM or compiler error message."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     meaningful = [line for line in lines if "Error" in line or "error" in line]
     return (meaningful[-1] if meaningful else lines[-1] if lines else type(exc).__name__)[:300]

@@ -1,0 +1,312 @@
+"""MetaSchedule tuning of CPU stages, and the tuned build that applies a tuning database.
+
+A stage is prepared the same way for tuning and for the tuned build (`tuning_module`): convolutions in
+NHWC, TVM's inference decompositions, operator fusion, and weights marked layout-free so the tuned
+schedules may pre-pack them at compile time. Tasks (fused TIR functions) are extracted per stage, merged
+across stages and models by workload, and tuned by MetaSchedule (XGBoost cost model + measurement on this
+machine) until the time budget is spent or every task has its trials; results go to the per-target JSON
+database of `tuning_db`, which `build_tuned_llvm` applies without running a single trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from nndeploy.errors import BuildError
+from nndeploy.targets import tuning_db
+from nndeploy.types import Device
+
+# MetaSchedule's layout rewrite reaches onnxruntime's speed on convolutions only in NHWC (measured: NCHW
+# stalls at 1.35-1.7x onnxruntime even at 256 trials, NHWC with pre-packing reaches ~1.0-1.2x).
+TUNED_LAYOUT = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
+TRIALS_PER_ITERATION = 64
+# The evolutionary search between batches took ~40 s per batch on 2 cores with MetaSchedule's defaults
+# (population 512, 4 generations); half of both leaves more of a short budget for measuring.
+SEARCH_POPULATION = 256
+SEARCH_ITERATIONS = 2
+EXHAUSTED = 1 << 30  # trials_done of a task whose search space has been measured completely
+
+
+@dataclass(frozen=True)
+class Task:
+    """One tuning task: a fused TIR workload, the stages it occurs in, and its share of their work."""
+
+    name: str
+    workload: str  # TVM structural hash, the database's key
+    weight: float  # how many times the workload runs per inference, over all stages
+    stages: tuple[int, ...]
+    trials_done: int
+    flops: float  # per run, TVM's estimate
+    extracted: Any  # the MetaSchedule ExtractedTask
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every measured batch of candidates."""
+
+    trials: int
+    elapsed_s: float
+    task: str
+    best_ms: float | None
+
+
+def tuning_module(model: onnx.ModelProto, device: Device) -> Any:
+    """The stage as the tuned build sees it: imported, NHWC, decomposed, fused, weights layout-free."""
+    import tvm
+    from tvm import relax
+
+    from nndeploy.targets.tvm_pipeline import import_onnx
+
+    mod = _nhwc_if_clean(import_onnx(model, device))
+    with tvm.target.Target(device.tvm_target):
+        return tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.pipeline.zero_pipeline(),
+                relax.transform.AttachAttrLayoutFreeBuffers(),
+            ]
+        )(mod)
+
+
+def _nhwc_if_clean(mod: Any) -> Any:
+    """The module with convolutions in NHWC, unless that wraps ops TVM cannot re-layout (for example
+    the frontend's Clip) in transposes of activations: then it stays NCHW."""
+    from tvm import relax
+
+    try:
+        converted = relax.transform.ConvertLayout(TUNED_LAYOUT)(mod)
+    except Exception:  # an op TVM cannot re-layout at all
+        return mod
+    before, after = _activation_transposes(mod), _activation_transposes(converted)
+    io = len(mod["main"].params) + 1
+    return converted if after - before <= 2 * io else mod
+
+
+def _activation_transposes(mod: Any) -> int:
+    """How many permute_dims of the main function move a computed tensor (not a constant weight)."""
+    import re
+
+    calls = re.findall(r"R\.permute_dims\(([^,]+),", mod["main"].script())
+    return sum(1 for argument in calls if not argument.strip().startswith("metadata["))
+
+
+def extract_tasks(models: Sequence[tuple[int, onnx.ModelProto]], device: Device, db_dir: Path) -> list[Task]:
+    """The tuning tasks of the given (stage index, stage model) pairs for `device`, one per workload."""
+    import tvm
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    target = tvm.target.Target(device.tvm_target)
+    done = tuning_db.trials_per_workload(db_dir)
+    for workload in tuning_db.exhausted_workloads(db_dir):
+        done[workload] = EXHAUSTED
+    merged: dict[str, dict[str, Any]] = {}
+    for index, model in models:
+        for task in ms.relax_integration.extract_tasks(tuning_module(model, device), target):
+            if task.mod.attrs is not None and task.mod.attrs.get("tirx.is_scheduled", False):
+                continue
+            workload = str(tvm_ffi.structural_hash(task.dispatched[0]))
+            entry = merged.setdefault(workload, {"task": task, "weight": 0.0, "stages": set()})
+            entry["weight"] += float(task.weight)
+            entry["stages"].add(index)
+    return [
+        Task(
+            name=entry["task"].task_name,
+            workload=workload,
+            weight=entry["weight"],
+            stages=tuple(sorted(entry["stages"])),
+            trials_done=done.get(workload, 0),
+            flops=_flops(entry["task"].dispatched[0]),
+            extracted=entry["task"],
+        )
+        for workload, entry in merged.items()
+    ]
+
+
+def tune_tasks(
+    tasks: Sequence[Task],
+    device: Device,
+    db_dir: Path,
+    budget_s: float,
+    trials_per_task: int,
+    on_progress: Callable[[Progress], None] | None = None,
+    seed: int = 0,
+) -> int:
+    """Tune the tasks that have fewer than `trials_per_task` trials in the database for at most
+    `budget_s` seconds; returns the number of trials measured.
+
+    One batch of candidates at a time goes to the task that costs the most time now (its best latency
+    so far times how often it runs; FLOPs before it has a measurement), so a short budget goes where it
+    pays. The XGBoost cost model, builder and runner live across batches. At least one batch is measured
+    and a batch is never cut short, so the budget may overrun by one batch. Every measurement is saved
+    as it comes: an interrupted run keeps its results and the next one continues from them."""
+    import tvm
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    todo = {t.workload: t for t in tasks if t.trials_done < trials_per_task}
+    if not todo or budget_s <= 0:
+        return 0
+    db_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_meta_schedule()
+    started = time.perf_counter()
+    done = {w: t.trials_done for w, t in todo.items()}
+    best: dict[str, float] = {}
+    stalls: dict[str, int] = dict.fromkeys(todo, 0)
+    measured = [0]
+    current = [""]
+
+    @derived_object
+    class _Record(PyMeasureCallback):
+        """Counts trials and keeps each task's best latency."""
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            workload = current[0]
+            measured[0] += len(runner_results)
+            done[workload] += len(runner_results)
+            latest = _best_ms(runner_results)
+            if latest is not None and latest < best.get(workload, float("inf")) * 0.99:
+                best[workload], stalls[workload] = latest, 0
+            else:
+                stalls[workload] += 1
+            if on_progress is not None:
+                elapsed = time.perf_counter() - started
+                on_progress(Progress(measured[0], elapsed, todo[workload].name, best.get(workload)))
+
+    work_dir = str(db_dir / "logs")
+    database = ms.database.JSONDatabase(
+        path_workload=str(db_dir / tuning_db.WORKLOADS), path_tuning_record=str(db_dir / tuning_db.RECORDS)
+    )
+    best.update(_known_best_ms(database, todo.values()))
+    builder = ms.Builder.create("local")
+    runner = ms.Runner.create("local")
+    cost_model = ms.CostModel.create("xgb", num_tuning_cores=2, tree_method="auto")
+    callbacks = [*ms.MeasureCallback.create("default"), _Record()]
+    contexts = dict(
+        zip(
+            todo,
+            ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [t.extracted for t in todo.values()],
+                work_dir,
+                strategy=ms.search_strategy.EvolutionarySearch(
+                    population_size=SEARCH_POPULATION, genetic_num_iters=SEARCH_ITERATIONS
+                ),
+                seed=seed,
+            )[0],
+            strict=True,
+        )
+    )
+    try:
+        with tvm.target.Target(device.tvm_target):
+            while measured[0] == 0 or time.perf_counter() - started < budget_s:
+                open_tasks = [w for w in todo if done[w] < trials_per_task and stalls[w] < 3]
+                if not open_tasks:
+                    break
+                workload = max(open_tasks, key=lambda w: _priority(todo[w], best.get(w), stalls[w]))
+                current[0] = workload
+                before = done[workload]
+                ms.tune_tasks(
+                    tasks=[contexts[workload]],
+                    task_weights=[todo[workload].weight],
+                    work_dir=work_dir,
+                    max_trials_global=min(TRIALS_PER_ITERATION, trials_per_task - done[workload]),
+                    num_trials_per_iter=TRIALS_PER_ITERATION,
+                    builder=builder,
+                    runner=runner,
+                    database=database,
+                    cost_model=cost_model,
+                    measure_callbacks=callbacks,
+                )
+                if done[workload] == before:  # its search space is used up
+                    done[workload] = EXHAUSTED
+                    tuning_db.mark_exhausted(db_dir, {workload})
+    except Exception as exc:  # MetaSchedule raises many types; one line for the user
+        from nndeploy.targets.tvm_pipeline import first_line
+
+        raise BuildError(f"tuning for device '{device.name}' failed: {first_line(exc)}") from None
+    return measured[0]
+
+
+def _priority(task: Task, best_ms: float | None, stalls: int) -> float:
+    """Time this task costs per inference now, halved for each batch that did not improve it; tasks
+    never measured come first, heaviest (by FLOPs) first."""
+    if best_ms is None:
+        return 1e12 + task.weight * task.flops
+    return task.weight * best_ms * 0.5**stalls
+
+
+def _known_best_ms(database: Any, tasks: Any) -> dict[str, float]:
+    """Best measured latency of each task already in the database."""
+    found = {}
+    for task in tasks:
+        module = task.extracted.dispatched[0]
+        if not database.has_workload(module):
+            continue
+        records = database.get_top_k(database.commit_workload(module), 1)
+        if records and records[0].run_secs:
+            secs = [float(s) for s in records[0].run_secs]
+            found[task.workload] = sum(secs) / len(secs) * 1e3
+    return found
+
+
+def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scratch: Path) -> dict[str, str]:
+    """CPU build with the tuned schedules of `db_dir` applied and weights pre-packed; no trials run.
+    Workloads the database does not know keep TVM's default (untuned) code."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from nndeploy.targets.tvm_pipeline import compile_module, export_llvm
+
+    if not tuning_db.has_records(db_dir):
+        raise BuildError(f"no tuning records for device '{device.name}' in {db_dir}")
+    target = tvm.target.Target(device.tvm_target)
+    mod = tuning_module(model, device)
+    database = ms.database.JSONDatabase(
+        path_workload=str(db_dir / tuning_db.WORKLOADS),
+        path_tuning_record=str(db_dir / tuning_db.RECORDS),
+        allow_missing=False,
+    )
+    with target, database:
+        mod = tvm.transform.Sequential(
+            [
+                relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
+                relax.transform.SplitLayoutRewritePreproc(),
+                relax.transform.LiftTransformParams(),
+                relax.transform.FoldConstant(),
+            ]
+        )(mod)
+    executable = compile_module(mod, target, "default")
+    return export_llvm(executable, device, scratch)
+
+
+def _flops(module: Any) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(module))
+    except Exception:  # opaque or dynamic loops: no estimate, the task goes last
+        return 0.0
+
+
+def _best_ms(runner_results: Sequence[Any]) -> float | None:
+    times = [
+        sum(float(s) for s in r.run_secs) / len(r.run_secs) * 1e3
+        for r in runner_results
+        if r.run_secs and not r.error_msg
+    ]
+    return min(times) if times else None
+
+
+def _quiet_meta_schedule() -> None:
+    """MetaSchedule prints task tables and XGBoost iterations; they go to its log files, not the terminal."""
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
