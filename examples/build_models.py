@@ -4,6 +4,8 @@
 
 * camera_cnn.onnx: a MobileNetV2-style image classifier (1x3x224x224 -> 1x1000): inverted residual blocks
   with depthwise convolutions, batch norm folded into the convolutions, ReLU6 (Clip), global pooling, Gemm.
+* small_unet.onnx: a U-Net-style segmenter (1x3x128x128 -> 1x2x128x128): three conv-conv-maxpool levels,
+  a bottleneck, and nearest-neighbour upsampling with skip concatenations back up.
 * tiny_bert.onnx: a 4-layer transformer encoder (batch and sequence length symbolic) with multi-head
   attention written as MatMul/Softmax, LayerNormalization and GELU (Erf); needs --input-shape.
 Weights are random (seeded): these models exist to be planned, split and compiled, not to classify.
@@ -109,6 +111,43 @@ def camera_cnn() -> onnx.ModelProto:
         "camera_cnn",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 224, 224])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 1000])],
+        b.inits,
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nndeploy-examples"
+    )
+
+
+def small_unet(size: int = 128, widths: tuple[int, ...] = (16, 32, 64, 128)) -> onnx.ModelProto:
+    """A U-Net-style segmenter: conv-conv-pool encoder, upsample-concat-conv-conv decoder."""
+    b = Builder(seed=3)
+
+    def double_conv(x: str, cin: int, cout: int) -> str:
+        for c_in in (cin, cout):
+            w, bias = b.weight("conv_w", (cout, c_in, 3, 3)), b.weight("conv_b", (cout,), 0.01)
+            x = b.op("Relu", [b.op("Conv", [x, w, bias], "conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
+        return x
+
+    x, cin, skips = "image", 3, []
+    for width in widths[:-1]:
+        x = double_conv(x, cin, width)
+        skips.append((x, width))
+        x = b.op("MaxPool", [x], "pool", kernel_shape=[2, 2], strides=[2, 2])
+        cin = width
+    x = double_conv(x, cin, widths[-1])
+    cin = widths[-1]
+    scales = b.const("scales", np.array([1, 1, 2, 2], np.float32))
+    for skip, width in reversed(skips):
+        up = b.op("Resize", [x, "", scales], "upsample", mode="nearest")
+        x = double_conv(b.op("Concat", [up, skip], "concat", axis=1), cin + width, width)
+        cin = width
+    head_w, head_b = b.weight("head_w", (2, cin, 1, 1)), b.weight("head_b", (2,), 0.01)
+    b.nodes.append(helper.make_node("Conv", [x, head_w, head_b], ["mask_logits"], name="head"))
+    graph = helper.make_graph(
+        b.nodes,
+        "small_unet",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("mask_logits", TensorProto.FLOAT, [1, 2, size, size])],
         b.inits,
     )
     return helper.make_model(
@@ -256,7 +295,11 @@ def tiny_bert(
 
 def main() -> None:
     HERE.mkdir(parents=True, exist_ok=True)
-    for name, model in (("camera_cnn", camera_cnn()), ("tiny_bert", tiny_bert())):
+    for name, model in (
+        ("camera_cnn", camera_cnn()),
+        ("tiny_bert", tiny_bert()),
+        ("small_unet", small_unet()),
+    ):
         onnx.checker.check_model(model, full_check=True)
         path = HERE / f"{name}.onnx"
         onnx.save(model, path)

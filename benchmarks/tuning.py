@@ -1,0 +1,320 @@
+"""Tuned TVM stages against onnxruntime and against untuned TVM, at stated tuning budgets, in one run.
+
+    python benchmarks/tuning.py                                   # resnet50, tiny_bert, small_unet at 5m
+    python benchmarks/tuning.py --models resnet50 --budgets 5m,30m --db bench-tuning --json out.json
+
+For each model, only through nndeploy's own functions:
+1. plan it on one CPU server (x86-avx512-server where this CPU has AVX-512, else x86-avx2-server) and cut
+   the one stage (write_stage_models);
+2. compile it untuned into a fresh build cache (compile_stages), timing the compile;
+3. for each budget (cumulative: "5m,30m" tunes 5 minutes, measures, then tunes 25 more): tune (tune_plan
+   into --db, shared by the models), compile with the database into a fresh cache, timing it and checking
+   that the database did not change (the compile ran no trials), then time the tuned artifact, the untuned
+   one and onnxruntime on the stage model with --threads threads, interleaved, one run of each in turn,
+   median of --repeats; print TVM / onnxruntime ratios, and per op family the time of the tuned tasks (the
+   tuner's own measurements, x how often each runs) against onnxruntime's profiler (per node, summed).
+
+TVM_NUM_THREADS is set from --threads before TVM loads, so both runtimes use the same thread count.
+Models: resnet50 is the onnx wheel's light_resnet50.onnx; tiny_bert (input 1x128) and small_unet come from
+examples/build_models.py (built if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nndeploy.targets.manifest import Manifest, StageBuild
+    from nndeploy.types import Device, Plan
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = (
+    ("conv2d", "Conv"),
+    ("matmul", "MatMul/Gemm"),
+    ("dense", "MatMul/Gemm"),
+    ("softmax", "Softmax"),
+    ("layer_norm", "LayerNorm"),
+    ("pool", "Pool"),
+    ("resize", "Resize"),
+)
+ORT_FAMILIES = {
+    "Conv": "Conv",
+    "FusedConv": "Conv",
+    "MatMul": "MatMul/Gemm",
+    "Gemm": "MatMul/Gemm",
+    "FusedMatMul": "MatMul/Gemm",
+    "FusedGemm": "MatMul/Gemm",
+    "Softmax": "Softmax",
+    "LayerNormalization": "LayerNorm",
+    "MaxPool": "Pool",
+    "AveragePool": "Pool",
+    "GlobalAveragePool": "Pool",
+    "Resize": "Resize",
+}
+
+
+def model_file(name: str) -> tuple[Path, dict[str, tuple[int, ...]]]:
+    """The model's path and the input shapes it is planned with."""
+    if name == "resnet50":
+        import onnx
+
+        light = Path(onnx.__file__).parent / "backend/test/data/light/light_resnet50.onnx"
+        return light, {}
+    path = ROOT / "examples/models" / f"{name}.onnx"
+    if not path.is_file():
+        subprocess.run([sys.executable, str(ROOT / "examples/build_models.py")], check=True)
+    if name == "tiny_bert":
+        return path, {"input_ids": (1, 128), "attention_mask": (1, 128)}
+    return path, {}
+
+
+def host_profile() -> str:
+    """The x86 server profile whose code this CPU can run."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return "x86-avx512-server" if "avx512f" in flags else "x86-avx2-server"
+
+
+def fresh_compile(
+    plan: Plan, stage_models: list[Path], out_dir: Path, db: Path | None
+) -> tuple[Manifest, float]:
+    """compile_stages into `out_dir` with an empty build cache; returns (manifest, seconds)."""
+    from nndeploy.targets.compile import compile_stages
+
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
+        os.environ["NNDEPLOY_CACHE_DIR"] = cache
+        started = time.perf_counter()
+        manifest = compile_stages(plan, "plan.json", stage_models, out_dir, tuning_db_root=db)
+        seconds = time.perf_counter() - started
+    os.environ.pop("NNDEPLOY_CACHE_DIR")
+    if not manifest.ok:
+        raise SystemExit(f"build failed: {[s.error for s in manifest.stages]}")
+    return manifest, seconds
+
+
+def time_side_by_side(
+    builds: dict[str, tuple[Path, StageBuild]], stage_model: Path, threads: int, repeats: int
+) -> dict[str, float]:
+    """Median ms of each build and of onnxruntime, one run of each in turn."""
+    import numpy as np
+
+    from nndeploy.oracle import session
+    from nndeploy.targets.loader import run_artifact
+    from nndeploy.targets.verify import random_inputs
+
+    first = next(iter(builds.values()))[1].artifact
+    feed = random_inputs(first.inputs, 0)
+    sess = session(str(stage_model), threads)
+    wanted = {i.name for i in sess.get_inputs()}
+    ort_feed = {k: v for k, v in feed.items() if k in wanted}
+    times: dict[str, list[float]] = {name: [] for name in [*builds, "onnxruntime"]}
+    for folder, entry in builds.values():
+        run_artifact(folder, entry, feed)
+    for _ in range(repeats):
+        for name, (folder, entry) in builds.items():
+            times[name].extend(run_artifact(folder, entry, feed, repeats=1)[1])
+        sess.run(None, ort_feed)  # an untimed run first: wake onnxruntime's threads
+        started = time.perf_counter()
+        sess.run(None, ort_feed)
+        times["onnxruntime"].append((time.perf_counter() - started) * 1e3)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def ort_ms_by_family(stage_model: Path, threads: int, runs: int = 10) -> dict[str, float]:
+    """onnxruntime's own per-node profile, summed per op family, ms per inference."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from nndeploy.targets.verify import random_inputs
+    from nndeploy.types import TensorSpec
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = str(Path(folder) / "prof")
+        sess = ort.InferenceSession(str(stage_model), options, providers=["CPUExecutionProvider"])
+        specs = tuple(
+            TensorSpec(i.name, tuple(i.shape), "int64" if "int64" in i.type else "float32")
+            for i in sess.get_inputs()
+        )
+        feed = random_inputs(specs, 0)
+        for _ in range(runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        family = ORT_FAMILIES.get(event["args"].get("op_name", ""), "other")
+        totals[family] = totals.get(family, 0.0) + event["dur"] / 1e3 / runs
+    return {k: float(np.round(v, 4)) for k, v in totals.items()}
+
+
+def tvm_ms_by_family(stage_model: Path, device: Device, db: Path) -> dict[str, float]:
+    """The tuned tasks' best measured latency x how often each runs, summed per op family."""
+    import onnx
+
+    from nndeploy.targets import tuning, tuning_db
+    from nndeploy.targets.tuning import _known_best_ms
+
+    db_dir = tuning_db.target_db_dir(db, device.tvm_target)
+    tasks = tuning.extract_tasks([(0, onnx.load(str(stage_model)))], device, db_dir)
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(
+        path_workload=str(db_dir / tuning_db.WORKLOADS), path_tuning_record=str(db_dir / tuning_db.RECORDS)
+    )
+    best = _known_best_ms(database, tasks)
+    totals: dict[str, float] = {}
+    untuned = 0
+    for task in tasks:
+        if task.workload not in best:
+            untuned += 1
+            continue
+        family = next((f for key, f in FAMILIES if key in task.name), "other")
+        totals[family] = totals.get(family, 0.0) + best[task.workload] * task.weight
+    return {**totals, "tasks_without_records": untuned}
+
+
+def run_model(
+    name: str, budgets: list[float], db: Path, threads: int, repeats: int, work: Path, already: float = 0.0
+) -> dict:
+    """Every measurement for one model (see the module docstring)."""
+    from nndeploy.cli_common import write_stage_models
+    from nndeploy.graph import load_graph
+    from nndeploy.partitioner.planner import plan as make_plan
+    from nndeploy.planfile import write_plan
+    from nndeploy.targets.cluster import parse_cluster
+    from nndeploy.targets.tune_plan import tune_plan
+    from nndeploy.targets.tuning_db import fingerprint, target_db_dir, trials_per_workload
+
+    path, shapes = model_file(name)
+    profile = host_profile()
+    cluster = parse_cluster(
+        {"name": "one", "devices": [{"name": "server", "profile": profile}]}, "bench", work, ()
+    )
+    graph = load_graph(path, shapes)
+    plan = make_plan(graph, cluster, "latency")
+    plan_file = work / name / "plan.json"
+    plan_file.parent.mkdir(parents=True, exist_ok=True)
+    write_plan(plan, plan_file)
+    _, stage_models = write_stage_models(plan, plan_file, work / name / "stages", None)
+    device = cluster.devices[0]
+    untuned_dir = work / name / "untuned"
+    untuned, untuned_s = fresh_compile(plan, stage_models, untuned_dir, None)
+    print(f"{name}: untuned compile {untuned_s:.1f} s", flush=True)
+    result = {"model": name, "profile": profile, "untuned_compile_s": untuned_s, "checkpoints": []}
+    tuned_so_far = already
+    for budget in budgets:
+        started = time.perf_counter()
+        report = tune_plan(plan, stage_models, db, budget - tuned_so_far, trials_per_task=256)
+        tuned_so_far = budget
+        tune_s = time.perf_counter() - started
+        db_dir = target_db_dir(db, device.tvm_target)
+        before = fingerprint(db_dir)
+        tuned_dir = work / name / f"tuned_{int(budget)}"
+        tuned, tuned_s = fresh_compile(plan, stage_models, tuned_dir, db)
+        unchanged = fingerprint(db_dir) == before
+        measured = time_side_by_side(
+            {"tvm-tuned": (tuned_dir, tuned.stages[0]), "tvm-untuned": (untuned_dir, untuned.stages[0])},
+            stage_models[0],
+            threads,
+            repeats,
+        )
+        counts = trials_per_workload(db_dir)
+        checkpoint = {
+            "budget_s": budget,
+            "tune_wall_s": tune_s,
+            "trials_this_run": report.trials,
+            "trials_in_db_for_target": sum(counts.values()),
+            "tasks": report.targets[0].tasks if report.targets else 0,
+            "tuned_compile_s": tuned_s,
+            "compile_ran_no_trials": unchanged,
+            "ms": measured,
+            "tuned_over_ort": measured["tvm-tuned"] / measured["onnxruntime"],
+            "untuned_over_ort": measured["tvm-untuned"] / measured["onnxruntime"],
+            "ort_ms_by_family": ort_ms_by_family(stage_models[0], threads),
+            "tvm_tuned_ms_by_family": tvm_ms_by_family(stage_models[0], device, db),
+        }
+        result["checkpoints"].append(checkpoint)
+        print(json.dumps({"model": name, **checkpoint}, indent=1), flush=True)
+    return result
+
+
+def print_summary(results: list[dict]) -> None:
+    """One table for every model and budget."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="tuned TVM vs onnxruntime (same threads, medians, one run)")
+    for column in (
+        "model",
+        "budget",
+        "trials",
+        "tuned ms",
+        "untuned ms",
+        "onnxruntime ms",
+        "tuned/ort",
+        "untuned/ort",
+        "compile untuned s",
+        "compile tuned s",
+        "no trials in compile",
+    ):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for result in results:
+        for c in result["checkpoints"]:
+            table.add_row(
+                result["model"],
+                f"{c['budget_s'] / 60:g} min",
+                str(c["trials_in_db_for_target"]),
+                f"{c['ms']['tvm-tuned']:.2f}",
+                f"{c['ms']['tvm-untuned']:.2f}",
+                f"{c['ms']['onnxruntime']:.2f}",
+                f"{c['tuned_over_ort']:.2f}x",
+                f"{c['untuned_over_ort']:.2f}x",
+                f"{result['untuned_compile_s']:.1f}",
+                f"{c['tuned_compile_s']:.1f}",
+                "yes" if c["compile_ran_no_trials"] else "NO",
+            )
+    Console(width=200).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="resnet50,tiny_bert,small_unet")
+    parser.add_argument("--budgets", default="5m", help="cumulative tuning budgets, e.g. 5m,30m")
+    parser.add_argument("--db", type=Path, default=None, help="tuning database (default: a fresh one)")
+    parser.add_argument(
+        "--tuned-before", default="0", help="tuning time --db already holds for these models (e.g. 5m)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from nndeploy.cli_tune import parse_duration
+
+    budgets = [parse_duration(b) for b in args.budgets.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-tuning-") as scratch:
+        db = args.db or Path(scratch) / "db"
+        for name in args.models.split(","):
+            already = parse_duration(args.tuned_before)
+            results.append(run_model(name, budgets, db, args.threads, args.repeats, Path(scratch), already))
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+    print_summary(results)
+
+
+if __name__ == "__main__":
+    main()

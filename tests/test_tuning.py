@@ -1,0 +1,178 @@
+"""nndeploy tune and compile --db: the tuning database, its reuse, and best-of selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_cli import assert_user_error, nndeploy
+
+from nndeploy.cli_tune import DurationError, parse_duration
+from nndeploy.errors import BuildError
+from nndeploy.targets import tuning_db
+
+ONE_SERVER = """
+name: one
+devices:
+  - {name: server, profile: x86-avx2-server}
+"""
+
+
+def matmul_model(seed: int, name: str) -> onnx.ModelProto:
+    """x[8,64] @ W[64,32] + b, then Relu: one fused TVM task. The same shapes with other weights and names
+    give the same workload."""
+    rng = np.random.default_rng(seed)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), f"{name}_w"),
+        numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), f"{name}_b"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", [f"{name}_x", f"{name}_w"], [f"{name}_m"]),
+        helper.make_node("Add", [f"{name}_m", f"{name}_b"], [f"{name}_a"]),
+        helper.make_node("Relu", [f"{name}_a"], [f"{name}_y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(f"{name}_x", TensorProto.FLOAT, [8, 64])],
+        [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [8, 32])],
+        weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def avx2_host() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return " avx2 " in flags and " fma " in flags
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("10m", 600), ("1h30m", 5400), ("45", 45), ("1.5m", 90)]
+)
+def test_budget_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten minutes", "10x", "m", "5m junk", ""])
+def test_bad_budget_is_refused(text: str) -> None:
+    with pytest.raises(DurationError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_database_folders_are_per_target() -> None:
+    avx2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
+    avx512 = {**avx2, "mcpu": "icelake-server"}
+    assert tuning_db.target_key(avx2) == tuning_db.target_key(dict(reversed(list(avx2.items()))))
+    assert tuning_db.target_key(avx2) != tuning_db.target_key(avx512)
+    assert tuning_db.target_key(avx2).startswith("llvm-haswell-")
+    assert tuning_db.target_key({**avx2, "num-cores": 2}) != tuning_db.target_key(avx2)
+
+
+def test_trials_are_counted_per_workload(tmp_path: Path) -> None:
+    (tmp_path / tuning_db.WORKLOADS).write_text('["111", "AAA"]\n["222", "BBB"]\n')
+    (tmp_path / tuning_db.RECORDS).write_text("[0, []]\n[1, []]\n[0, []]\n\n")
+    assert tuning_db.trials_per_workload(tmp_path) == {"111": 2, "222": 1}
+    assert tuning_db.has_records(tmp_path)
+    first = tuning_db.fingerprint(tmp_path)
+    (tmp_path / tuning_db.RECORDS).write_text("[0, []]\n")
+    assert tuning_db.fingerprint(tmp_path) != first
+    assert tuning_db.fingerprint(tmp_path / "absent") == ""
+
+
+def test_a_damaged_database_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / tuning_db.WORKLOADS).write_text('["111", "AAA"]\n')
+    (tmp_path / tuning_db.RECORDS).write_text("[0, []]\n{not json\n")
+    with pytest.raises(BuildError, match=r"database_tuning_record.json:2: .*damaged"):
+        tuning_db.trials_per_workload(tmp_path)
+    (tmp_path / tuning_db.RECORDS).write_text("[7, []]\n")  # points at a workload that is not there
+    with pytest.raises(BuildError, match="damaged"):
+        tuning_db.trials_per_workload(tmp_path)
+
+
+def test_devices_this_machine_cannot_measure_are_not_tuned(make_cluster) -> None:
+    from nndeploy.targets.tune_plan import why_not_tunable
+
+    cluster = make_cluster(
+        {
+            "devices": [
+                {"name": "pi", "profile": "raspberry-pi-5"},
+                {"name": "gpu", "profile": "nvidia-t4"},
+            ],
+            "default_link": {"gbps": 1, "latency_ms": 1},
+        }
+    )
+    assert "emulator say nothing" in why_not_tunable(cluster.device("pi"))
+    assert "CUDA" in why_not_tunable(cluster.device("gpu"))
+
+
+def test_compile_refuses_best_of_without_a_database(tmp_path: Path) -> None:
+    onnx.save(matmul_model(0, "m"), tmp_path / "m.onnx")
+    (tmp_path / "one.yaml").write_text(ONE_SERVER)
+    assert (
+        nndeploy(
+            "plan", tmp_path / "m.onnx", "--cluster", tmp_path / "one.yaml", "-o", tmp_path / "p.json"
+        ).returncode
+        == 0
+    )
+    assert_user_error(nndeploy("compile", tmp_path / "p.json", "--best-of"), "--db")
+    assert_user_error(nndeploy("compile", tmp_path / "p.json", "--db", tmp_path / "nowhere"), "nowhere")
+    assert_user_error(nndeploy("tune", tmp_path / "p.json", "--budget", "soon"), "--budget 'soon'")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not avx2_host(), reason="this CPU cannot run the AVX2 server's code")
+def test_tune_then_compile_reuses_the_database(tmp_path: Path) -> None:
+    (tmp_path / "one.yaml").write_text(ONE_SERVER)
+    db = tmp_path / "tuning"
+    plans = []
+    for seed, name in ((0, "first"), (1, "second")):
+        onnx.save(matmul_model(seed, name), tmp_path / f"{name}.onnx")
+        plan = tmp_path / f"{name}.json"
+        done = nndeploy("plan", tmp_path / f"{name}.onnx", "--cluster", tmp_path / "one.yaml", "-o", plan)
+        assert done.returncode == 0, done.stderr
+        plans.append(plan)
+
+    tuned = nndeploy("tune", plans[0], "--budget", "1s", "--db", db, "--trials-per-task", "4")
+    assert tuned.returncode == 0, tuned.stderr
+    assert "4 trials measured" in tuned.stdout
+    (folder,) = [p for p in db.iterdir() if p.is_dir()]
+    assert folder.name.startswith("llvm-haswell-")
+    counts = tuning_db.trials_per_workload(folder)
+    assert sorted(counts.values()) == [4]
+    fingerprint = tuning_db.fingerprint(folder)
+
+    # The same plan again, and another model with the same workload: nothing left to tune.
+    for plan in plans:
+        again = nndeploy("tune", plan, "--budget", "1s", "--db", db, "--trials-per-task", "4")
+        assert again.returncode == 0, again.stderr
+        assert "0 trials measured" in again.stdout
+    assert tuning_db.fingerprint(folder) == fingerprint
+
+    # compile --db applies the records and runs no trials; --best-of times every candidate.
+    build = tmp_path / "build"
+    done = nndeploy("compile", plans[1], "-o", build, "--db", db, "--best-of", "--fallback", "onnxruntime")
+    assert done.returncode == 0, done.stderr
+    assert tuning_db.fingerprint(folder) == fingerprint
+    entry = json.loads((build / "manifest.json").read_text())["stages"][0]
+    options = entry["artifact"]["options"]
+    assert set(options["measured_ms"]) == {"tvm-tuned", "tvm-untuned", "onnxruntime"}
+    assert all(ms > 0 for ms in options["measured_ms"].values())
+    assert options["selected"] == min(options["measured_ms"], key=options["measured_ms"].get)
+    assert (entry["status"] == "fallback") == (options["selected"] == "onnxruntime")
+    assert not (build / "candidates").exists()
+    verified = nndeploy("verify", build, "--samples", "1")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # Without --best-of the tuned build is used as it is.
+    tuned_build = tmp_path / "tuned_build"
+    done = nndeploy("compile", plans[1], "-o", tuned_build, "--db", db)
+    assert done.returncode == 0, done.stderr
+    entry = json.loads((tuned_build / "manifest.json").read_text())["stages"][0]
+    assert entry["artifact"]["options"]["pipeline"] == "llvm-metaschedule"
+    assert "(tuned)" in done.stdout
+    verified = nndeploy("verify", tuned_build, "--samples", "1")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
