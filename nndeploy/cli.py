@@ -103,7 +103,10 @@ def plan(
     the_graph = load_graph(model, parse_input_shapes(input_shape or []), batch)
     for warning in the_graph.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    the_plan = make_plan(the_graph, the_cluster, objective.value)
+    from nndeploy.cli_profile import measured_cost_model
+
+    costs = measured_cost_model(profiles or (), the_cluster)
+    the_plan = make_plan(the_graph, the_cluster, objective.value, costs)
     write_plan(the_plan, output)
     print_plan(the_graph, the_plan)
     out.print(f"plan written to {output}")
@@ -222,11 +225,12 @@ def print_plan(the_graph: Graph, the_plan: Plan) -> None:
     )
 
 
-from nndeploy import cli_build, cli_deploy, cli_serve  # noqa: E402  (they add their commands to `app`)
+from nndeploy import cli_build, cli_deploy, cli_profile, cli_serve  # noqa: E402  (they add their commands)
 
 cli_build.register(app)
 cli_serve.register(app)
 cli_deploy.register(app)
+cli_profile.register(app)
 
 
 def main() -> None:

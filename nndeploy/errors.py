@@ -40,3 +40,11 @@ class VerifyError(NNDeployError):
 
 class EmulatorError(NNDeployError):
     """The aarch64 emulator (qemu-user + an arm64 Python with TVM) cannot be set up or run."""
+
+
+class CalibrationError(NNDeployError):
+    """calibration.json (written by `nndeploy profile`) is missing, unreadable or malformed."""
+
+
+class ProfileError(NNDeployError):
+    """`nndeploy profile` cannot measure anything (no device of the cluster can run on this host)."""
