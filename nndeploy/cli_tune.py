@@ -51,6 +51,12 @@ def tune_command(
     model: Annotated[
         Path | None, typer.Option("--model", help="The model, if it moved since planning.")
     ] = None,
+    export_best: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-best", help="Then copy the database keeping only each workload's best record (to ship)."
+        ),
+    ] = None,
 ) -> None:
     """Tune PLAN's CPU stages with MetaSchedule, measuring on this machine; resumable, reuses the DB."""
     from nndeploy.planfile import read_plan
@@ -61,6 +67,12 @@ def tune_command(
         _, stage_models = write_stage_models(plan, plan_file, Path(scratch), model)
         report_ = _tune_with_progress(plan, stage_models, db, budget_s, budget, trials_per_task)
     _print_report(report_, plan_file, db)
+    if export_best is not None:
+        from nndeploy.targets.tuning_db import export_best as export
+
+        for folder in sorted(p for p in db.iterdir() if p.is_dir()) if db.is_dir() else []:
+            workloads, _ = export(folder, export_best / folder.name)
+            out.print(f"{export_best / folder.name}: best record of {workloads} workload(s)", highlight=False)
 
 
 def _tune_with_progress(

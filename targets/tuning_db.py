@@ -111,3 +111,33 @@ def mark_exhausted(db_dir: Path, workloads: set[str]) -> None:
     if workloads:
         path = db_dir / EXHAUSTED_FILE
         path.write_text(json.dumps(sorted(exhausted_workloads(db_dir) | workloads)))
+
+
+def export_best(db_dir: Path, out_dir: Path) -> tuple[int, int]:
+    """Copy `db_dir` into `out_dir` keeping only each workload's fastest record (all a build applies):
+    a database small enough to ship or commit. Returns (workloads, records) written. Workloads
+    without a successful measurement are left out."""
+    hashes = workload_hashes(db_dir)
+    lines = (db_dir / WORKLOADS).read_text().splitlines() if hashes else []
+    workload_lines = [line for line in lines if line.strip()]
+    best: dict[int, tuple[float, str]] = {}
+    records = db_dir / RECORDS
+    for line in records.read_text().splitlines() if records.is_file() else []:
+        if not line.strip():
+            continue
+        index, (_, run_secs, *_rest) = json.loads(line)
+        if not run_secs:
+            continue
+        seconds = sum(float(s) for s in run_secs) / len(run_secs)
+        if seconds < best.get(index, (float("inf"), ""))[0]:
+            best[index] = (seconds, line)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kept = sorted(best)
+    renumber = {old: new for new, old in enumerate(kept)}
+    (out_dir / WORKLOADS).write_text("".join(workload_lines[old] + "\n" for old in kept))
+    with (out_dir / RECORDS).open("w") as handle:
+        for old in kept:
+            record = json.loads(best[old][1])
+            record[0] = renumber[old]
+            handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+    return len(kept), len(kept)

@@ -83,6 +83,22 @@ def test_trials_are_counted_per_workload(tmp_path: Path) -> None:
     assert tuning_db.fingerprint(tmp_path / "absent") == ""
 
 
+def test_export_keeps_each_workloads_best_record(tmp_path: Path) -> None:
+    source, shipped = tmp_path / "db", tmp_path / "shipped"
+    source.mkdir()
+    (source / tuning_db.WORKLOADS).write_text('["111", "A"]\n["222", "B"]\n["333", "C"]\n')
+    (source / tuning_db.RECORDS).write_text(
+        '[0, [["slow"], [0.003, 0.003], {}, []]]\n'
+        '[1, [["only"], [0.5], {}, []]]\n'
+        '[0, [["fast"], [0.001, 0.002], {}, []]]\n'
+        '[2, [["failed"], [], {}, []]]\n'
+    )
+    assert tuning_db.export_best(source, shipped) == (2, 2)
+    assert tuning_db.trials_per_workload(shipped) == {"111": 1, "222": 1}
+    kept = [json.loads(line) for line in (shipped / tuning_db.RECORDS).read_text().splitlines()]
+    assert [(index, record[0]) for index, record in kept] == [(0, ["fast"]), (1, ["only"])]
+
+
 def test_a_damaged_database_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / tuning_db.WORKLOADS).write_text('["111", "AAA"]\n')
     (tmp_path / tuning_db.RECORDS).write_text("[0, []]\n{not json\n")
