@@ -88,6 +88,14 @@ def plan(
     ] = None,
     profiles: ProfilesOption = None,
     fallback: FallbackOption = None,
+    check_top: Annotated[
+        int | None,
+        typer.Option(
+            "--check-top",
+            min=1,
+            help="Time the top K candidate plans on this host and keep the best measured one.",
+        ),
+    ] = None,
 ) -> Plan:
     """Split MODEL into pipeline stages over the devices of a cluster; write plan.json."""
     from nndeploy.graph import load_graph
@@ -106,7 +114,12 @@ def plan(
     from nndeploy.cli_profile import measured_cost_model
 
     costs = measured_cost_model(profiles or (), the_cluster)
-    the_plan = make_plan(the_graph, the_cluster, objective.value, costs)
+    if check_top is None:
+        the_plan = make_plan(the_graph, the_cluster, objective.value, costs)
+    else:
+        from nndeploy.cli_plan_check import checked_plan
+
+        the_plan = checked_plan(model, the_graph, the_cluster, objective.value, costs, check_top)
     write_plan(the_plan, output)
     print_plan(the_graph, the_plan)
     out.print(f"plan written to {output}")

@@ -33,21 +33,40 @@ class Lifetimes:
         return [t for t, p in self.produced.items() if p < cut <= self.last_use[t]]
 
 
-def plan(
-    graph: Graph, cluster: Cluster, objective: str = "throughput", cost_model: CostModel | None = None
-) -> Plan:
-    """The best split of `graph` over `cluster` for `objective` ('throughput' or 'latency')."""
+@dataclass(frozen=True)
+class OrderProblem:
+    """The search's cost arrays for one candidate topological order (`name`: model, depth-first, ...)."""
+
+    name: str
+    order: tuple[int, ...]
+    lifetimes: Lifetimes
+    problem: Problem
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the search needs for one graph on one cluster: the cost model, per-device node times
+    (`node_ms[d, i]`) and one Problem per candidate topological order."""
+
+    graph: Graph
+    cluster: Cluster
+    model: CostModel
+    node_ms: np.ndarray
+    orders: tuple[OrderProblem, ...]
+
+
+def setup(graph: Graph, cluster: Cluster, objective: str, cost_model: CostModel | None = None) -> Setup:
+    """Check the request (objective, non-empty graph, op support) and build the cost arrays per order."""
     if objective not in OBJECTIVES:
         raise PlanError(f"unknown objective '{objective}'; use one of: {', '.join(OBJECTIVES)}")
     if not graph.nodes:
         raise PlanError(f"{graph.model_path}: the model has no operators to place")
-    started = time.perf_counter()
     model = cost_model or RooflineCostModel()
     _check_op_support(graph, cluster)
     node_ms = np.stack([model.node_ms(graph, device) for device in cluster.devices])
     latency, per_byte = _link_matrices(cluster, model)
     names = [d.name for d in cluster.devices]
-    best: tuple[tuple[float, ...], str, tuple[int, ...], Lifetimes, Solution] | None = None
+    orders = []
     for order_name, order in candidate_orders(graph).items():
         lifetimes = lifetimes_for(graph, order)
         problem = Problem(
@@ -63,22 +82,35 @@ def plan(
             source=names.index(cluster.source),
             sink=names.index(cluster.sink),
         )
-        solution = solve(problem, objective)
+        orders.append(OrderProblem(order_name, order, lifetimes, problem))
+    return Setup(graph, cluster, model, node_ms, tuple(orders))
+
+
+def objective_key(solution: Solution, objective: str) -> tuple[float, ...]:
+    """What `objective` minimises, in order: latency; or the bottleneck, then latency."""
+    if objective == "latency":
+        return (solution.latency_ms,)
+    return (solution.bottleneck_ms, solution.latency_ms)
+
+
+def plan(
+    graph: Graph, cluster: Cluster, objective: str = "throughput", cost_model: CostModel | None = None
+) -> Plan:
+    """The best split of `graph` over `cluster` for `objective` ('throughput' or 'latency')."""
+    started = time.perf_counter()
+    prepared = setup(graph, cluster, objective, cost_model)
+    best: tuple[tuple[float, ...], OrderProblem, Solution] | None = None
+    for candidate in prepared.orders:
+        solution = solve(candidate.problem, objective)
         if solution is None:
             continue
-        key = (
-            (solution.latency_ms,)
-            if objective == "latency"
-            else (solution.bottleneck_ms, solution.latency_ms)
-        )
+        key = objective_key(solution, objective)
         if best is None or key < best[0]:
-            best = (key, order_name, order, lifetimes, solution)
+            best = (key, candidate, solution)
     if best is None:
-        raise PlanError(_explain_no_fit(graph, cluster))
-    _, order_name, order, lifetimes, solution = best
-    return _build_plan(
-        graph, cluster, objective, node_ms, order_name, order, lifetimes, solution, model, started
-    )
+        raise PlanError(explain_no_fit(graph, cluster))
+    _, chosen, solution = best
+    return build_plan(prepared, objective, chosen, solution, started)
 
 
 def lifetimes_for(graph: Graph, order: tuple[int, ...]) -> Lifetimes:
@@ -138,7 +170,7 @@ def _check_op_support(graph: Graph, cluster: Cluster) -> None:
         )
 
 
-def _explain_no_fit(graph: Graph, cluster: Cluster) -> str:
+def explain_no_fit(graph: Graph, cluster: Cluster) -> str:
     """Why no plan exists once op support is known to be fine: memory."""
     biggest = max(cluster.devices, key=lambda d: d.mem_bytes)
     total = graph.total_param_bytes
@@ -150,19 +182,13 @@ def _explain_no_fit(graph: Graph, cluster: Cluster) -> str:
     )
 
 
-def _build_plan(
-    graph: Graph,
-    cluster: Cluster,
-    objective: str,
-    node_ms: np.ndarray,
-    order_name: str,
-    order: tuple[int, ...],
-    lifetimes: Lifetimes,
-    solution: Solution,
-    model: CostModel,
-    started: float,
+def build_plan(
+    prepared: Setup, objective: str, chosen: OrderProblem, solution: Solution, started: float
 ) -> Plan:
-    """Turn the chosen segments into Stages and the Plan with its predictions."""
+    """Turn a solution's segments (on `chosen`'s order) into Stages and the Plan with its predictions;
+    `started` (a time.perf_counter() value) dates the planning time it reports."""
+    graph, cluster, model, node_ms = prepared.graph, prepared.cluster, prepared.model, prepared.node_ms
+    order, lifetimes, order_name = chosen.order, chosen.lifetimes, chosen.name
     names = [d.name for d in cluster.devices]
     stages: list[Stage] = []
     for index, (start, end, device) in enumerate(solution.segments):
