@@ -23,7 +23,7 @@ from nndeploy.model_prep import file_sha256
 from nndeploy.targets.tuning_db import fingerprint
 from nndeploy.types import Artifact, Device, TensorSpec
 
-BUILDER_VERSION = "4"  # bump when the pipeline changes, so cached builds are not reused
+BUILDER_VERSION = "5"  # bump when the pipeline changes, so cached builds are not reused
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ def build_stage(
             "build_seconds": files["seconds"],
             "sources": sources,
             "device_arch": device.arch,
+            **({"kernels_sha256": file_sha256(out_dir / sources["kernels"])} if "kernels" in sources else {}),
         },
         fallback=None,
     )

@@ -27,10 +27,10 @@ def run(library: str, inputs_path: str, outputs_path: str, order: str, repeats: 
     """Load `library`, call main once for the outputs, then `repeats` more times for the timings."""
     import numpy as np
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
 
     device = tvm.cpu()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(library), device)
+    vm = VirtualMachine(tvm.runtime.load_module(library), device)
     make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
     with np.load(inputs_path) as data:
         args = [make(np.ascontiguousarray(data[key]), device) for key in order.split(",") if key]
@@ -49,10 +49,10 @@ def serve(library: str, order: str) -> int:
     """Answer requests from stdin with the library loaded once (a stage worker's long-lived executor)."""
     import numpy as np
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
 
     device = tvm.cpu()
-    main = relax.VirtualMachine(tvm.runtime.load_module(library), device)["main"]
+    main = VirtualMachine(tvm.runtime.load_module(library), device)["main"]
     make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
     print("ready", flush=True)
     for line in sys.stdin:

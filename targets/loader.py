@@ -107,6 +107,8 @@ def _run_tvm(
     import tvm
 
     device = tvm.cuda(0) if artifact.target.get("kind") == "cuda" else tvm.cpu(0)
+    if artifact.target.get("kind") == "cuda":
+        offer_prebuilt_kernels(path.parent, artifact)
     vm = _virtual_machine(str(path), artifact.target.get("kind", "llvm"))
     args = [tvm.runtime.tensor(x, device) for x in feed]
     result = vm["main"](*args)
@@ -117,6 +119,52 @@ def _run_tvm(
         _as_list(vm["main"](*args))[-1].numpy()
         times.append((time.perf_counter() - started) * 1e3)
     return {name: out.numpy() for name, out in zip(names, outputs, strict=True)}, times
+
+
+_PREBUILT_KERNELS: dict[str, bytes] = {}
+
+
+def offer_prebuilt_kernels(build_dir: Path, artifact: Artifact) -> None:
+    """Make TVM load a CUDA stage's kernels from the fatbins nvcc built at compile time (sha256-checked)
+    instead of compiling their source when the library loads: TVM keeps CUDA source in the library and
+    by default compiles it then with NVRTC, which a serving machine need not have."""
+    import hashlib
+    import json
+
+    from nndeploy.errors import ArtifactError
+    from nndeploy.model_prep import file_sha256
+
+    table_name = artifact.options.get("sources", {}).get("kernels")
+    if not table_name:
+        return
+    table_path = build_dir / table_name
+    if not table_path.is_file() or file_sha256(table_path) != artifact.options.get("kernels_sha256"):
+        raise ArtifactError(f"{table_path}: missing or not the one the manifest names; compile again")
+    stem = Path(artifact.path).stem
+    for digest, entry in json.loads(table_path.read_text())["kernels"].items():
+        fatbin = (build_dir / f"{stem}.{entry['file']}").read_bytes()
+        if hashlib.sha256(fatbin).hexdigest() != entry["sha256"]:
+            raise ArtifactError(f"{build_dir / (stem + '.' + entry['file'])}: sha256 mismatch; compile again")
+        _PREBUILT_KERNELS[digest] = fatbin
+    _register_kernel_callback()
+
+
+@cache
+def _register_kernel_callback() -> None:
+    import hashlib
+
+    import tvm_ffi
+
+    fallback = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def _prebuilt(code: str) -> bytearray:
+        found = _PREBUILT_KERNELS.get(hashlib.sha256(code.encode()).hexdigest())
+        if found is not None:
+            return bytearray(found)
+        if fallback is None:
+            raise RuntimeError("a CUDA kernel of the library is not among the build's fatbins; compile again")
+        return fallback(code)
 
 
 @cache
@@ -136,10 +184,10 @@ def _emulated_session(path: str, sha256: str, order: tuple[str, ...], names: tup
 @cache
 def _virtual_machine(path: str, kind: str) -> Any:
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
 
     device = tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
-    return relax.VirtualMachine(tvm.runtime.load_module(path), device)
+    return VirtualMachine(tvm.runtime.load_module(path), device)
 
 
 def _as_list(result: Any) -> list[Any]:
@@ -176,7 +224,10 @@ def _cuda_problem() -> str | None:
         if not tvm.cuda(0).exist:
             return "no NVIDIA GPU on this machine (CUDA stages are built, not executed)"
     except Exception:
-        return "this TVM runtime has no CUDA support (CUDA stages are built, not executed)"
+        return (
+            "TVM's CUDA runtime did not start: it needs the NVIDIA driver (libcuda.so.1) and the CUDA 13 "
+            "runtime (libcudart.so.13) on the library path"
+        )
     return None
 
 

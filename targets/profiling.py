@@ -119,8 +119,8 @@ def why_not_runnable(device: Device, flags: frozenset[str] | None = None) -> str
     target_kind = device.tvm_target.get("kind")
     if device.kind == "gpu" or target_kind not in ("llvm", "c"):
         return (
-            f"GPU profile (tvm_target kind {target_kind}): no CUDA runtime in this install, so its "
-            "kernels cannot be timed here"
+            f"GPU profile (tvm_target kind {target_kind}): profile times ops with onnxruntime's CPU "
+            "provider, so GPU kernels are not profiled (nndeploy verify times CUDA stages on a GPU)"
         )
     machine = host_machine()
     if device.arch != machine:

@@ -43,7 +43,6 @@ def export_llvm(executable: Any, device: Device, scratch: Path) -> dict[str, str
 def build_cuda(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[str, str]:
     """CUDA build: TVM's CUDA pipeline (dlight GPU schedules); kernels compiled by nvcc for the sm_XX."""
     import tvm
-    from tvm.support import nvcc
 
     if shutil.which("nvcc") is None:
         raise BuildError(
@@ -59,25 +58,48 @@ def build_cuda(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[st
     executable = compile_module(mod, target, "default")
     _export(executable, scratch / "stage.so", _linker_for(host, device))
     host_module = executable.mod.imports[0] if executable.mod.imports else executable.mod
-    kernels = [m for m in host_module.imports if m.kind == "cuda"]
-    source = "\n".join(m.inspect_source("") for m in kernels)
+    kernels = [m.inspect_source("") for m in host_module.imports if m.kind == "cuda"]
+    source = "\n".join(kernels)
     (scratch / "stage.cu").write_text(source)
     (scratch / "stage.s").write_text(host_module.inspect_source("asm"))
     sources = {"cuda": "stage.cu", "asm": "stage.s"}
     if source.strip():
-        gencode = ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
-        try:
-            with target:
-                fatbin = nvcc.compile_cuda(source, target_format="fatbin", arch=gencode, compiler="nvcc")
-                ptx = nvcc.compile_cuda(source, target_format="ptx", arch=gencode, compiler="nvcc")
-        except Exception as exc:  # nvcc's own message is the useful part
-            raise BuildError(
-                f"device '{device.name}': nvcc failed on the generated kernels: {first_line(exc)}"
-            ) from None
-        (scratch / "stage.fatbin").write_bytes(bytes(fatbin))
-        (scratch / "stage.ptx").write_bytes(bytes(ptx))
-        sources.update(fatbin="stage.fatbin", ptx="stage.ptx")
+        sources.update(_nvcc_kernels(kernels, target, arch, device, scratch))
     return sources
+
+
+def _nvcc_kernels(
+    kernels: list[str], target: Any, arch: str, device: Device, scratch: Path
+) -> dict[str, str]:
+    """Compile each CUDA kernel module with nvcc to a fatbin (and the first to PTX for `inspect`), and
+    write stage.kernels.json mapping each module source's sha256 to its fatbin. TVM keeps CUDA source in
+    the library and compiles it when the library is loaded (NVRTC by default); the loader hands it these
+    fatbins instead, so a machine that runs the stage needs neither a compiler nor NVRTC."""
+    import hashlib
+    import json
+
+    from tvm.support import nvcc
+
+    gencode = ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
+    table = {}
+    names = {}
+    try:
+        with target:
+            for index, code in enumerate(kernels):
+                fatbin = nvcc.compile_cuda(code, target_format="fatbin", arch=gencode, compiler="nvcc")
+                suffix = "fatbin" if len(kernels) == 1 else f"k{index}.fatbin"
+                (scratch / f"stage.{suffix}").write_bytes(bytes(fatbin))
+                digest = hashlib.sha256(code.encode()).hexdigest()
+                table[digest] = {"file": suffix, "sha256": hashlib.sha256(bytes(fatbin)).hexdigest()}
+                names[suffix.replace(".fatbin", "") if index else "fatbin"] = f"stage.{suffix}"
+            ptx = nvcc.compile_cuda(kernels[0], target_format="ptx", arch=gencode, compiler="nvcc")
+    except Exception as exc:  # nvcc's own message is the useful part
+        raise BuildError(
+            f"device '{device.name}': nvcc failed on the generated kernels: {first_line(exc)}"
+        ) from None
+    (scratch / "stage.ptx").write_bytes(bytes(ptx))
+    (scratch / "stage.kernels.json").write_text(json.dumps({"arch": arch, "kernels": table}, indent=1))
+    return {**names, "ptx": "stage.ptx", "kernels": "stage.kernels.json"}
 
 
 def import_onnx(model: onnx.ModelProto, device: Device) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -64,6 +66,10 @@ def test_every_target_kind_builds(kind: str, builder, tmp_path: Path) -> None:
     if kind in ("cuda", "jetson"):
         assert "__global__" in (tmp_path / sources["cuda"]).read_text()
         assert (tmp_path / sources["fatbin"]).stat().st_size > 1000
+        table = json.loads((tmp_path / sources["kernels"]).read_text())
+        source_digest = hashlib.sha256((tmp_path / sources["cuda"]).read_bytes()).hexdigest()
+        assert table["kernels"][source_digest]["sha256"] == file_sha256(tmp_path / sources["fatbin"])
+        assert artifact.options["kernels_sha256"] == file_sha256(tmp_path / sources["kernels"])
         ptx = (tmp_path / sources["ptx"]).read_text()
         arch = PROFILES[TARGETS[kind]].tvm_target["arch"]
         assert f".target {arch}" in ptx and "fma.rn" in ptx
@@ -174,3 +180,48 @@ def test_input_names_that_are_not_c_identifiers_build_for_cuda(tmp_path: Path) -
     record = build_stage(save(model, tmp_path), 0, device("cuda"), tmp_path)
     assert record.error is None, record.error
     assert record.artifact.inputs[0].name == "gpu_0/data_0"  # the artifact's interface keeps the real name
+
+
+def test_cuda_kernels_load_from_the_builds_fatbins_after_a_sha256_check(tmp_path: Path) -> None:
+    import tvm_ffi
+
+    from nndeploy.errors import ArtifactError
+    from nndeploy.targets.loader import offer_prebuilt_kernels
+    from nndeploy.types import Artifact
+
+    source = 'extern "C" __global__ void add_kernel(float* x) { x[threadIdx.x] += 1.0f; }'
+    (tmp_path / "stage_3.fatbin").write_bytes(b"prebuilt kernels")
+    table = {
+        "arch": "sm_90",
+        "kernels": {
+            hashlib.sha256(source.encode()).hexdigest(): {
+                "file": "fatbin",
+                "sha256": hashlib.sha256(b"prebuilt kernels").hexdigest(),
+            }
+        },
+    }
+    (tmp_path / "stage_3.kernels.json").write_text(json.dumps(table))
+    artifact = Artifact(
+        stage=3,
+        target={"kind": "cuda", "arch": "sm_90"},
+        path="stage_3.so",
+        sha256="",
+        inputs=(),
+        outputs=(),
+        tvm_version="0.27",
+        options={
+            "sources": {"kernels": "stage_3.kernels.json"},
+            "kernels_sha256": file_sha256(tmp_path / "stage_3.kernels.json"),
+        },
+        fallback=None,
+    )
+    offer_prebuilt_kernels(tmp_path, artifact)
+    compile_at_load = tvm_ffi.get_global_func("tvm_callback_cuda_compile")
+    assert bytes(compile_at_load(source)) == b"prebuilt kernels"
+
+    (tmp_path / "stage_3.fatbin").write_bytes(b"tampered kernels")
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        offer_prebuilt_kernels(tmp_path, artifact)
+    (tmp_path / "stage_3.kernels.json").write_text(json.dumps({"arch": "sm_90", "kernels": {}}))
+    with pytest.raises(ArtifactError, match="not the one the manifest names"):
+        offer_prebuilt_kernels(tmp_path, artifact)

@@ -47,7 +47,7 @@ def test_foreign_architectures_and_gpus_are_not_runnable() -> None:
     assert reason is not None and "run `nndeploy profile` on the device itself" in reason
     if device(foreign).arch == "aarch64":
         assert "qemu" in reason
-    assert "no CUDA runtime" in (profiling.why_not_runnable(device("nvidia-t4")) or "")
+    assert "GPU kernels are not profiled" in (profiling.why_not_runnable(device("nvidia-t4")) or "")
 
 
 @pytest.mark.skipif(profiling.host_machine() != "x86_64", reason="x86-64 mcpu checks")
