@@ -27,6 +27,9 @@ from nndeploy.types import Device
 # stalls at 1.35-1.7x onnxruntime even at 256 trials, NHWC with pre-packing reaches ~1.0-1.2x).
 TUNED_LAYOUT = {"relax.nn.conv2d": ["NHWC", "OHWI"]}
 TRIALS_PER_ITERATION = 64
+# A task's first batch is small: untuned (naive, single-threaded) code is often 50-100x slower than a few
+# measured candidates, so a short budget gains most by reaching every heavy task once before refining any.
+FIRST_BATCH = 16
 # The evolutionary search between batches took ~40 s per batch on 2 cores with MetaSchedule's defaults
 # (population 512, 4 generations); half of both leaves more of a short budget for measuring.
 SEARCH_POPULATION = 256
@@ -144,10 +147,11 @@ def tune_tasks(
     `budget_s` seconds; returns the number of trials measured.
 
     One batch of candidates at a time goes to the task that costs the most time now (its best latency
-    so far times how often it runs; FLOPs before it has a measurement), so a short budget goes where it
-    pays. The XGBoost cost model, builder and runner live across batches. At least one batch is measured
-    and a batch is never cut short, so the budget may overrun by one batch. Every measurement is saved
-    as it comes: an interrupted run keeps its results and the next one continues from them."""
+    so far times how often it runs; FLOPs before it has a measurement, and then a small first batch),
+    so a short budget goes where it pays. The XGBoost cost model, builder and runner live across
+    batches. At least one batch is measured and a batch is never cut short, so the budget may overrun by
+    one batch. Every measurement is saved as it comes: an interrupted run keeps its results and the
+    next one continues from them."""
     import tvm
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -214,12 +218,13 @@ def tune_tasks(
                 workload = max(open_tasks, key=lambda w: _priority(todo[w], best.get(w), stalls[w]))
                 current[0] = workload
                 before = done[workload]
+                batch = FIRST_BATCH if done[workload] == 0 else TRIALS_PER_ITERATION
                 ms.tune_tasks(
                     tasks=[contexts[workload]],
                     task_weights=[todo[workload].weight],
                     work_dir=work_dir,
-                    max_trials_global=min(TRIALS_PER_ITERATION, trials_per_task - done[workload]),
-                    num_trials_per_iter=TRIALS_PER_ITERATION,
+                    max_trials_global=min(batch, trials_per_task - done[workload]),
+                    num_trials_per_iter=batch,
                     builder=builder,
                     runner=runner,
                     database=database,
