@@ -65,7 +65,14 @@ def tune_command(
     plan = read_plan(plan_file)
     with tempfile.TemporaryDirectory(prefix="nndeploy-tune-") as scratch:
         _, stage_models = write_stage_models(plan, plan_file, Path(scratch), model)
-        report_ = _tune_with_progress(plan, stage_models, db, budget_s, budget, trials_per_task)
+        try:
+            report_ = _tune_with_progress(plan, stage_models, db, budget_s, budget, trials_per_task)
+        except KeyboardInterrupt:
+            err.print(
+                f"interrupted: every trial measured so far is in {db}; tune again to continue",
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
     _print_report(report_, plan_file, db)
     if export_best is not None:
         from nndeploy.targets.tuning_db import export_best as export

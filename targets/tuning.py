@@ -209,9 +209,12 @@ def tune_tasks(
             strict=True,
         )
     )
+    interrupted = _StopOnInterrupt()
     try:
-        with tvm.target.Target(device.tvm_target):
-            while measured[0] == 0 or time.perf_counter() - started < budget_s:
+        with tvm.target.Target(device.tvm_target), interrupted:
+            while not interrupted.requested and (
+                measured[0] == 0 or time.perf_counter() - started < budget_s
+            ):
                 open_tasks = [w for w in todo if done[w] < trials_per_task and stalls[w] < 3]
                 if not open_tasks:
                     break
@@ -238,7 +241,44 @@ def tune_tasks(
         from nndeploy.targets.tvm_pipeline import first_line
 
         raise BuildError(f"tuning for device '{device.name}' failed: {first_line(exc)}") from None
+    if interrupted.requested:
+        raise KeyboardInterrupt
     return measured[0]
+
+
+class _StopOnInterrupt:
+    """Ctrl-C while MetaSchedule runs: a KeyboardInterrupt raised inside TVM's C++ loop is lost, so the
+    first Ctrl-C only asks the loop to stop after the running batch (whose results are kept); a second
+    one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopOnInterrupt:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        import signal
+        import sys
+
+        if self.requested:
+            signal.default_int_handler(signum, frame)
+        self.requested = True
+        print(
+            "stopping after the batch being measured (Ctrl-C again to stop now)", file=sys.stderr, flush=True
+        )
 
 
 def _priority(task: Task, best_ms: float | None, stalls: int) -> float:
