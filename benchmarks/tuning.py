@@ -11,8 +11,9 @@ For each model, only through nndeploy's own functions:
    into --db, shared by the models), compile with the database into a fresh cache, timing it and checking
    that the database did not change (the compile ran no trials), then time the tuned artifact, the untuned
    one and onnxruntime on the stage model with --threads threads, interleaved, one run of each in turn,
-   median of --repeats; print TVM / onnxruntime ratios, and per op family the time of the tuned tasks (the
-   tuner's own measurements, x how often each runs) against onnxruntime's profiler (per node, summed).
+   median of --repeats; print TVM / onnxruntime ratios, and per op family the tuned artifact's own kernel
+   times (every VM call timed through the VM's instrument hook) against onnxruntime's profiler (per node,
+   summed), worst ratio first.
 
 TVM_NUM_THREADS is set from --threads before TVM loads, so both runtimes use the same thread count.
 Models: resnet50 is the onnx wheel's light_resnet50.onnx; tiny_bert (input 1x128) and small_unet come from
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from nndeploy.targets.manifest import Manifest, StageBuild
-    from nndeploy.types import Device, Plan
+    from nndeploy.types import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = (
@@ -54,6 +55,8 @@ ORT_FAMILIES = {
     "FusedGemm": "MatMul/Gemm",
     "Softmax": "Softmax",
     "LayerNormalization": "LayerNorm",
+    "SkipLayerNormalization": "LayerNorm",
+    "SimplifiedLayerNormalization": "LayerNorm",
     "MaxPool": "Pool",
     "AveragePool": "Pool",
     "GlobalAveragePool": "Pool",
@@ -158,30 +161,37 @@ def ort_ms_by_family(stage_model: Path, threads: int, runs: int = 10) -> dict[st
     return {k: float(np.round(v, 4)) for k, v in totals.items()}
 
 
-def tvm_ms_by_family(stage_model: Path, device: Device, db: Path) -> dict[str, float]:
-    """The tuned tasks' best measured latency x how often each runs, summed per op family."""
-    import onnx
+def tvm_ms_by_family(build_dir: Path, entry: StageBuild, runs: int = 5) -> dict[str, float]:
+    """The compiled artifact's own time per op family: every kernel call of the VM timed (VM
+    instrumentation), summed per family, ms per inference (median over runs)."""
+    import numpy as np
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
 
-    from nndeploy.targets import tuning, tuning_db
-    from nndeploy.targets.tuning import _known_best_ms
+    from nndeploy.targets.verify import random_inputs
 
-    db_dir = tuning_db.target_db_dir(db, device.tvm_target)
-    tasks = tuning.extract_tasks([(0, onnx.load(str(stage_model)))], device, db_dir)
-    from tvm.s_tir import meta_schedule as ms
-
-    database = ms.database.JSONDatabase(
-        path_workload=str(db_dir / tuning_db.WORKLOADS), path_tuning_record=str(db_dir / tuning_db.RECORDS)
-    )
-    best = _known_best_ms(database, tasks)
+    assert entry.artifact is not None
+    vm = VirtualMachine(tvm.runtime.load_module(str(build_dir / entry.artifact.path)), tvm.cpu(0))
+    args = [tvm.runtime.tensor(v) for v in random_inputs(entry.artifact.inputs, 0).values()]
+    started: dict[str, float] = {}
     totals: dict[str, float] = {}
-    untuned = 0
-    for task in tasks:
-        if task.workload not in best:
-            untuned += 1
-            continue
-        family = next((f for key, f in FAMILIES if key in task.name), "other")
-        totals[family] = totals.get(family, 0.0) + best[task.workload] * task.weight
-    return {**totals, "tasks_without_records": untuned}
+
+    def instrument(func: object, symbol: str, before_run: bool, ret_value: object, *call_args: object) -> int:
+        if before_run:
+            started[symbol] = time.perf_counter()
+        elif symbol in started:
+            family = next((f for key, f in FAMILIES if key in symbol), "other")
+            totals[family] = totals.get(family, 0.0) + (time.perf_counter() - started.pop(symbol)) * 1e3
+        return 0
+
+    vm["main"](*args)
+    per_run = []
+    vm.set_instrument(instrument)
+    for _ in range(runs):
+        totals.clear()
+        vm["main"](*args)
+        per_run.append(dict(totals))
+    return {k: round(float(np.median([r.get(k, 0.0) for r in per_run])), 4) for k in per_run[-1]}
 
 
 def run_model(
@@ -242,7 +252,7 @@ def run_model(
             "tuned_over_ort": measured["tvm-tuned"] / measured["onnxruntime"],
             "untuned_over_ort": measured["tvm-untuned"] / measured["onnxruntime"],
             "ort_ms_by_family": ort_ms_by_family(stage_models[0], threads),
-            "tvm_tuned_ms_by_family": tvm_ms_by_family(stage_models[0], device, db),
+            "tvm_tuned_ms_by_family": tvm_ms_by_family(tuned_dir, tuned.stages[0]),
         }
         result["checkpoints"].append(checkpoint)
         print(json.dumps({"model": name, **checkpoint}, indent=1), flush=True)
@@ -284,7 +294,20 @@ def print_summary(results: list[dict]) -> None:
                 f"{c['tuned_compile_s']:.1f}",
                 "yes" if c["compile_ran_no_trials"] else "NO",
             )
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    ops = Table(title="per op family at the last budget: tuned TVM kernels vs onnxruntime nodes (ms per run)")
+    for column in ("model", "family", "TVM ms", "onnxruntime ms", "TVM/ort"):
+        ops.add_column(column, justify="left" if column in ("model", "family") else "right")
+    for result in results:
+        last = result["checkpoints"][-1]
+        tvm_ms, ort_ms = last["tvm_tuned_ms_by_family"], last["ort_ms_by_family"]
+        rows = [(f, tvm_ms.get(f, 0.0), ort_ms.get(f, 0.0)) for f in sorted(set(tvm_ms) | set(ort_ms))]
+        rows.sort(key=lambda r: -(r[1] / r[2]) if r[2] > 0 else 0.0)
+        for family, t, o in rows:
+            ratio = f"{t / o:.2f}x" if o > 0 else "-"
+            ops.add_row(result["model"], family, f"{t:.3f}", f"{o:.3f}", ratio)
+    console.print(ops)
 
 
 def main() -> None:

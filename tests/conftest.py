@@ -39,7 +39,11 @@ def example_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     folder = tmp_path_factory.mktemp("example_models")
     paths = {}
-    for name, build in (("camera_cnn", module.camera_cnn), ("tiny_bert", module.tiny_bert)):
+    for name, build in (
+        ("camera_cnn", module.camera_cnn),
+        ("tiny_bert", module.tiny_bert),
+        ("small_unet", module.small_unet),
+    ):
         paths[name] = folder / f"{name}.onnx"
         onnx.save(build(), paths[name])
     return paths

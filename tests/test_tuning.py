@@ -192,3 +192,28 @@ def test_tune_then_compile_reuses_the_database(tmp_path: Path) -> None:
     assert "(tuned)" in done.stdout
     verified = nndeploy("verify", tuned_build, "--samples", "1")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.slow
+def test_the_shipped_database_tunes_the_quickstart_server_stage(example_models, tmp_path: Path) -> None:
+    """examples/tuning/ was tuned for the quickstart's plan: compiling it applies the records, no trials."""
+    shipped = Path(__file__).parents[1] / "examples" / "tuning"
+    plan = tmp_path / "plan.json"
+    cluster = Path(__file__).parents[1] / "examples" / "clusters" / "edge-camera-server.yaml"
+    assert nndeploy("plan", example_models["camera_cnn"], "--cluster", cluster, "-o", plan).returncode == 0
+    before = {p: p.read_bytes() for p in shipped.rglob("*.json")}
+    build = tmp_path / "build"
+    done = nndeploy("compile", plan, "-o", build, "--db", shipped, "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    assert {p: p.read_bytes() for p in shipped.rglob("*.json")} == before
+    stages = {s["device"]: s for s in json.loads((build / "manifest.json").read_text())["stages"]}
+    assert stages["server"]["artifact"]["options"]["pipeline"] == "llvm-metaschedule"
+    assert stages["camera"]["artifact"]["options"]["pipeline"] == "llvm-default"  # aarch64: not tuned here
+    from nndeploy.targets.registry import device_from_profile, load_profiles
+    from nndeploy.targets.tuning import extract_tasks
+
+    server = device_from_profile(load_profiles()["x86-avx512-server"], "server")
+    stage_model = onnx.load(str(build / "stages" / f"stage_{stages['server']['stage']}.onnx"))
+    tasks = extract_tasks([(1, stage_model)], server, tuning_db.target_db_dir(shipped, server.tvm_target))
+    untuned = [task.name for task in tasks if task.trials_done == 0]
+    assert tasks and not untuned, untuned
