@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the shipped example, end to end: build the example models, plan the camera classifier
 # over a Raspberry Pi 5 camera + an AVX-512 server, compile both stages with TVM (aarch64 cross-compiled,
-# x86-64 native), set up the emulated aarch64 environment (once; needs root for apt-get), and verify every
-# stage and the whole chain against onnxruntime.
+# x86-64 native and tuned from the shipped database), set up the emulated aarch64 environment (once; needs
+# root for apt-get), and verify every stage and the whole chain against onnxruntime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-quickstart}
@@ -11,7 +11,9 @@ mkdir -p "$out"
 python examples/build_models.py
 nndeploy plan examples/models/camera_cnn.onnx --cluster examples/clusters/edge-camera-server.yaml \
     -o "$out/plan.json" --graph "$out/plan.svg"
-nndeploy compile "$out/plan.json" -o "$out/build" --jobs 2
+# examples/tuning/ holds MetaSchedule schedules tuned for the server stage (nndeploy tune ... --export-best),
+# so the server stage is built tuned without tuning first.
+nndeploy compile "$out/plan.json" -o "$out/build" --jobs 2 --db examples/tuning
 nndeploy emulator setup aarch64
 nndeploy verify "$out/build" --samples 2
 nndeploy inspect "$out/build" --stage 0
