@@ -404,3 +404,19 @@ class Artifact:
         kwargs["inputs"] = tuple(TensorSpec.from_dict(t) for t in data["inputs"])
         kwargs["outputs"] = tuple(TensorSpec.from_dict(t) for t in data["outputs"])
         return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class OpSample:
+    """One timed node: its cost features (as the planner's Graph gives them) and measured milliseconds.
+    `source` is 'sweep' or the model's file name; `label` says which case or node it was."""
+
+    op_type: str
+    flops: float
+    bytes: float
+    param_bytes: float
+    out_bytes: float
+    ms: float
+    dtype: str = "float32"
+    source: str = "sweep"
+    label: str = ""

@@ -14,13 +14,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from nndeploy.errors import CalibrationError
 from nndeploy.partitioner.cost import CostModel, RooflineCostModel, supports
-from nndeploy.types import DTYPE_BYTES, Device, Graph, Link, Node
+from nndeploy.types import DTYPE_BYTES, Device, Graph, Link, Node, OpSample
 
 SCHEMA_VERSION = "1.0"
 CALIBRATION_FILE = "calibration.json"
@@ -31,31 +31,6 @@ DEPTHWISE_MACS = 16
 # Per-op features, in the units the coefficients are stored in: ms per GFLOP, per GB moved (read +
 # written), per GB of weights, per GB of output, and a fixed ms per node.
 FEATURES = ("ms_per_gflop", "ms_per_gb", "ms_per_gb_weights", "ms_per_gb_out", "fixed_ms")
-
-
-class SampleLike(Protocol):
-    """One timed node (e.g. nndeploy.targets.profiling.OpSample): its cost features and milliseconds."""
-
-    op_type: str
-    flops: float
-    bytes: float
-    param_bytes: float
-    out_bytes: float
-    dtype: str
-    ms: float
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A plain SampleLike (tests and JSON)."""
-
-    op_type: str
-    flops: float
-    bytes: float
-    param_bytes: float
-    out_bytes: float
-    ms: float
-    dtype: str = "float32"
 
 
 def cost_class(op_type: str, flops: float, out_bytes: float, dtype: str = "float32") -> str:
@@ -295,7 +270,7 @@ _BASIC_COLUMNS = (0, 1, 4)
 
 
 def fit_device(
-    samples: Iterable[SampleLike],
+    samples: Iterable[OpSample],
     peak_gflops: float,
     mem_bw_gbps: float,
     profile: str,

@@ -27,7 +27,7 @@ from nndeploy.errors import ModelError
 from nndeploy.graph import analyze
 from nndeploy.model_prep import file_sha256, load_model, prepare_model, real_inputs
 from nndeploy.targets.op_sweep import sweep_cases
-from nndeploy.types import Device, Graph, Node
+from nndeploy.types import Device, Graph, Node, OpSample
 
 # onnxruntime graph optimisation used for every timing. "basic" folds constants and fuses a few neighbours
 # (Conv+BatchNormalization, Conv+Add) but changes no layout, so a stage takes about the sum of its nodes'
@@ -42,22 +42,6 @@ MCPU_FLAGS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(_AVX2, ("avx2", "fma")),
 }
 _MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-@dataclass(frozen=True)
-class OpSample:
-    """One timed node: its cost features (as the planner's Graph gives them) and measured milliseconds
-    (the time of a run minus the time of an empty run). `source` is 'sweep' or the model's file name."""
-
-    op_type: str
-    flops: float
-    bytes: float
-    param_bytes: float
-    out_bytes: float
-    dtype: str
-    ms: float
-    source: str = "sweep"
-    label: str = ""
 
 
 @dataclass(frozen=True)

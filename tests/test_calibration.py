@@ -17,19 +17,19 @@ from nndeploy.partitioner.calibration import (
     FEATURES,
     CalibratedCostModel,
     Calibration,
-    Sample,
     cost_class,
     fit_device,
     nnls,
 )
 from nndeploy.partitioner.cost import RooflineCostModel
 from nndeploy.partitioner.planner import plan
+from nndeploy.types import OpSample
 
 from conftest import servers
 from models import chain_model, conv_model
 
 
-def synthetic(op: str, count: int, seed: int, gflop_ms: float, gb_ms: float, fixed: float) -> list[Sample]:
+def synthetic(op: str, count: int, seed: int, gflop_ms: float, gb_ms: float, fixed: float) -> list[OpSample]:
     """Samples whose time is exactly gflop_ms x GFLOPs + gb_ms x GB + fixed (features drawn at random)."""
     rng = np.random.default_rng(seed)
     samples = []
@@ -38,7 +38,7 @@ def synthetic(op: str, count: int, seed: int, gflop_ms: float, gb_ms: float, fix
         flops = float(rng.uniform(64, 4096)) * out_bytes / 4  # dense: many MACs per output
         nbytes = float(rng.uniform(1e4, 8e6))
         ms = gflop_ms * flops / 1e9 + gb_ms * nbytes / 1e9 + fixed
-        samples.append(Sample(op, flops, nbytes, float(rng.uniform(0, 1e6)), out_bytes, ms))
+        samples.append(OpSample(op, flops, nbytes, float(rng.uniform(0, 1e6)), out_bytes, ms))
     return samples
 
 
@@ -72,7 +72,7 @@ def test_depthwise_convolutions_are_their_own_cost_class() -> None:
     depthwise = []
     for _ in range(6):
         out = float(rng.uniform(1e5, 2e6))
-        depthwise.append(Sample("Conv", 19 * out / 4, 2 * out, 4e3, out, 400.0 * out / 1e9 + 0.05))
+        depthwise.append(OpSample("Conv", 19 * out / 4, 2 * out, 4e3, out, 400.0 * out / 1e9 + 0.05))
     fitted = fit_device(dense + depthwise, 100.0, 20.0, "cpu")
     assert set(fitted.ops) == {"Conv", "Conv:depthwise"}
     row = np.array([19 * 1e6 / 4 / 1e9, 2e6 / 1e9, 4e3 / 1e9, 1e6 / 1e9, 1.0])
