@@ -118,8 +118,11 @@ def time_side_by_side(
     wanted = {i.name for i in sess.get_inputs()}
     ort_feed = {k: v for k, v in feed.items() if k in wanted}
     times: dict[str, list[float]] = {name: [] for name in [*builds, "onnxruntime"]}
-    for folder, entry in builds.values():
-        run_artifact(folder, entry, feed)
+    expected = sess.run(None, ort_feed)
+    for name, (folder, entry) in builds.items():
+        got, _ = run_artifact(folder, entry, feed)
+        error = max(float(np.max(np.abs(g - e))) for g, e in zip(got.values(), expected, strict=True))
+        times[f"{name} max abs error vs onnxruntime"] = [error]
     for _ in range(repeats):
         for name, (folder, entry) in builds.items():
             times[name].extend(run_artifact(folder, entry, feed, repeats=1)[1])

@@ -23,7 +23,7 @@ from nndeploy.model_prep import file_sha256
 from nndeploy.targets.tuning_db import fingerprint
 from nndeploy.types import Artifact, Device, TensorSpec
 
-BUILDER_VERSION = "6"  # bump when the pipeline changes, so cached builds are not reused
+BUILDER_VERSION = "7"  # bump when the pipeline changes, so cached builds are not reused
 
 
 @dataclass(frozen=True)

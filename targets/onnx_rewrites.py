@@ -1,5 +1,9 @@
 """ONNX-level rewrites applied to a stage model just before TVM imports it (numpy only, no TVM).
 
+sums_to_adds: a variadic Sum becomes a chain of Adds. TVM imports Sum as a stack of its inputs (one more
+dimension) and a reduction: a copy of every input at run time, and a 5-D tensor in a CNN that stops
+ConvertLayout from moving convolutions to NHWC (resnet50's residual joins are Sums).
+
 fold_batch_norms: an inference BatchNormalization right after a Conv whose weights are constants becomes
 part of that Conv's weights and bias, as onnxruntime does when it builds a session. Without it TVM computes
 the normalisation at run time and, before that, spends seconds folding its constant parts (resnet50:
@@ -92,3 +96,25 @@ def _unique(name: str, taken: set[str]) -> str:
         candidate = f"{name}_{index}"
     taken.add(candidate)
     return candidate
+
+
+def sums_to_adds(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with every Sum of two or more inputs written as Adds (the same broadcasting)."""
+    if not any(node.op_type == "Sum" and len(node.input) >= 2 for node in model.graph.node):
+        return model
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    del rewritten.graph.node[:]
+    taken = {out for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.op_type != "Sum" or len(node.input) < 2:
+            rewritten.graph.node.add().CopyFrom(node)
+            continue
+        total = node.input[0]
+        for index, addend in enumerate(node.input[1:], 1):
+            last = index == len(node.input) - 1
+            out = node.output[0] if last else _unique(f"{node.output[0]}_partial{index}", taken)
+            name = node.name if last else _unique(f"{node.name or node.output[0]}_add{index}", taken)
+            rewritten.graph.node.append(onnx.helper.make_node("Add", [total, addend], [out], name=name))
+            total = out
+    return rewritten

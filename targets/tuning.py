@@ -90,15 +90,70 @@ def _nhwc_if_clean(mod: Any) -> Any:
         return mod
     before, after = _activation_transposes(mod), _activation_transposes(converted)
     io = len(mod["main"].params) + 1
-    return converted if after - before <= 2 * io else mod
+    return _fold_layout_of_constants(converted) if after - before <= 2 * io else mod
+
+
+def _fold_layout_of_constants(mod: Any) -> Any:
+    """Transposes and reshapes of constants (the weights ConvertLayout re-lays) computed with numpy. TVM's
+    FoldConstant compiles a kernel for each: 5.8 s for resnet50's 160, against 0.05 s here."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Fold(PyExprMutator):
+        def visit_call_(self, call: Any) -> Any:
+            call = self.visit_expr_post_order(call)
+            name = getattr(call.op, "name", "")
+            if name not in ("relax.permute_dims", "relax.reshape"):
+                return call
+            argument = call.args[0]
+            if isinstance(argument, relax.Var):
+                bound = self.lookup_binding(argument)
+                argument = argument if bound is None else bound
+            if not isinstance(argument, tvm.ir.Constant):
+                return call
+            data = argument.value.numpy()
+            if name == "relax.reshape":
+                if not isinstance(call.args[1], relax.ShapeExpr):
+                    return call
+                return relax.const(np.ascontiguousarray(data.reshape([int(v) for v in call.args[1].values])))
+            axes = None if call.attrs.axes is None else [int(a) for a in call.attrs.axes]
+            return relax.const(np.ascontiguousarray(np.transpose(data, axes)))
+
+    folder = _Fold(mod)
+    for global_var, function in list(mod.functions_items()):
+        if isinstance(function, relax.Function):
+            mod[global_var] = folder.visit_expr(function)
+    return relax.transform.CanonicalizeBindings()(mod)
 
 
 def _activation_transposes(mod: Any) -> int:
-    """How many permute_dims of the main function move a computed tensor (not a constant weight)."""
-    import re
+    """How many permute_dims of the main function move a computed tensor: not a constant, nor anything
+    computed from constants alone (weights and biases, which are folded at compile time)."""
+    import tvm
+    from tvm import relax
 
-    calls = re.findall(r"R\.permute_dims\(([^,]+),", mod["main"].script())
-    return sum(1 for argument in calls if not argument.strip().startswith("metadata["))
+    def constant(expr: Any, known: set[Any]) -> bool:
+        if isinstance(expr, tvm.ir.Constant | relax.ShapeExpr) or type(expr).__name__ == "PrimValue":
+            return True
+        if isinstance(expr, relax.Tuple):
+            return all(constant(field, known) for field in expr.fields)
+        return isinstance(expr, relax.Var) and expr in known
+
+    known: set[Any] = set()
+    count = 0
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not isinstance(value, relax.Call):
+                continue
+            if all(constant(arg, known) for arg in value.args):
+                known.add(binding.var)
+            elif getattr(value.op, "name", "") == "relax.permute_dims":
+                count += 1
+    return count
 
 
 def extract_tasks(models: Sequence[tuple[int, onnx.ModelProto]], device: Device, db_dir: Path) -> list[Task]:

@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 
 from nndeploy.errors import BuildError
-from nndeploy.targets.onnx_rewrites import fold_batch_norms
+from nndeploy.targets.onnx_rewrites import fold_batch_norms, sums_to_adds
 from nndeploy.types import Device
 
 X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
@@ -116,7 +116,7 @@ def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
                 f"device '{device.name}': node '{node.name}' (op {node.op_type}) cannot be imported by TVM's "
                 "ONNX frontend; use --fallback onnxruntime or place it on another device"
             )
-    model = _c_identifier_inputs(fold_batch_norms(model))
+    model = _c_identifier_inputs(sums_to_adds(fold_batch_norms(model)))
     shapes, dtypes = {}, {}
     inits = {init.name for init in model.graph.initializer}
     for vi in model.graph.input:

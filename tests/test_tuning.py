@@ -15,6 +15,8 @@ from nndeploy.cli_tune import DurationError, parse_duration
 from nndeploy.errors import BuildError
 from nndeploy.targets import tuning_db
 
+from models import conv_model
+
 ONE_SERVER = """
 name: one
 devices:
@@ -191,6 +193,17 @@ def test_tune_then_compile_reuses_the_database(tmp_path: Path) -> None:
     assert entry["artifact"]["options"]["pipeline"] == "llvm-metaschedule"
     assert "(tuned)" in done.stdout
     verified = nndeploy("verify", tuned_build, "--samples", "1")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # A CNN through the tuned pipeline (BatchNorm folded, NHWC, weights re-laid by numpy) keeps its answer.
+    onnx.save(conv_model(), tmp_path / "cnn.onnx")
+    cnn_plan = tmp_path / "cnn.json"
+    done = nndeploy("plan", tmp_path / "cnn.onnx", "--cluster", tmp_path / "one.yaml", "-o", cnn_plan)
+    assert done.returncode == 0, done.stderr
+    cnn_build = tmp_path / "cnn_build"
+    done = nndeploy("compile", cnn_plan, "-o", cnn_build, "--db", db)
+    assert done.returncode == 0, done.stderr
+    verified = nndeploy("verify", cnn_build, "--samples", "2")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
