@@ -13,7 +13,8 @@ For each model, only through nndeploy's own functions:
    one and onnxruntime on the stage model with --threads threads, interleaved, one run of each in turn,
    median of --repeats; print TVM / onnxruntime ratios, and per op family the tuned artifact's own kernel
    times (every VM call timed through the VM's instrument hook) against onnxruntime's profiler (per node,
-   summed), worst ratio first.
+   summed), worst ratio first. "alone": the tuned artifact and onnxruntime again, each timed in a fresh
+   process of its own (alternating, 3 rounds of 10 runs): no other runtime's thread pool shares the process.
 
 TVM_NUM_THREADS is set from --threads before TVM loads, so both runtimes use the same thread count.
 Models: resnet50 is the onnx wheel's light_resnet50.onnx; tiny_bert (input 1x128) and small_unet come from
@@ -131,6 +132,71 @@ def time_side_by_side(
         sess.run(None, ort_feed)
         times["onnxruntime"].append((time.perf_counter() - started) * 1e3)
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def time_isolated(
+    builds: dict[str, tuple[Path, StageBuild]],
+    stage_model: Path,
+    threads: int,
+    rounds: int = 3,
+    runs: int = 10,
+) -> dict[str, float]:
+    """Median ms of each build and of onnxruntime, each timed alone in a fresh process (no other runtime's
+    thread pool in the process), the processes alternating; median over rounds of each one's median."""
+    import numpy as np
+
+    jobs = {name: ["--time-one", str(folder), str(entry.stage)] for name, (folder, entry) in builds.items()}
+    jobs["onnxruntime"] = ["--time-ort", str(stage_model)]
+    found: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            done = subprocess.run(
+                [sys.executable, __file__, *job, "--threads", str(threads), "--repeats", str(runs)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "TVM_NUM_THREADS": str(threads)},
+            )
+            found[name].append(float(done.stdout.strip().splitlines()[-1]))
+    return {name: float(np.median(values)) for name, values in found.items()}
+
+
+def _time_one(build_dir: Path, stage: int, runs: int) -> float:
+    """Median ms of one built stage, alone in this process."""
+    import numpy as np
+
+    from nndeploy.targets.loader import run_artifact
+    from nndeploy.targets.manifest import read_manifest
+    from nndeploy.targets.verify import random_inputs
+
+    entry = read_manifest(build_dir).stages[stage]
+    assert entry.artifact is not None
+    feed = random_inputs(entry.artifact.inputs, 0)
+    return float(np.median(run_artifact(build_dir, entry, feed, repeats=runs + 2)[1][2:]))
+
+
+def _time_ort(stage_model: Path, threads: int, runs: int) -> float:
+    """Median ms of onnxruntime on a stage model, alone in this process."""
+    import numpy as np
+
+    from nndeploy.oracle import session
+    from nndeploy.targets.verify import random_inputs
+    from nndeploy.types import TensorSpec
+
+    sess = session(str(stage_model), threads)
+    specs = tuple(
+        TensorSpec(i.name, tuple(i.shape), "int64" if "int64" in i.type else "float32")
+        for i in sess.get_inputs()
+    )
+    feed = random_inputs(specs, 0)
+    for _ in range(3):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - started) * 1e3)
+    return float(np.median(times))
 
 
 def ort_ms_by_family(stage_model: Path, threads: int, runs: int = 10) -> dict[str, float]:
@@ -253,6 +319,12 @@ def run_model(
             "compile_ran_no_trials": unchanged,
             "ms": measured,
             "tuned_over_ort": measured["tvm-tuned"] / measured["onnxruntime"],
+            "ms_isolated": (
+                isolated := time_isolated(
+                    {"tvm-tuned": (tuned_dir, tuned.stages[0])}, stage_models[0], threads
+                )
+            ),
+            "tuned_over_ort_isolated": isolated["tvm-tuned"] / isolated["onnxruntime"],
             "untuned_over_ort": measured["tvm-untuned"] / measured["onnxruntime"],
             "ort_ms_by_family": ort_ms_by_family(stage_models[0], threads),
             "tvm_tuned_ms_by_family": tvm_ms_by_family(tuned_dir, tuned.stages[0]),
@@ -276,6 +348,7 @@ def print_summary(results: list[dict]) -> None:
         "untuned ms",
         "onnxruntime ms",
         "tuned/ort",
+        "tuned/ort alone",
         "untuned/ort",
         "compile untuned s",
         "compile tuned s",
@@ -292,6 +365,7 @@ def print_summary(results: list[dict]) -> None:
                 f"{c['ms']['tvm-untuned']:.2f}",
                 f"{c['ms']['onnxruntime']:.2f}",
                 f"{c['tuned_over_ort']:.2f}x",
+                f"{c['tuned_over_ort_isolated']:.2f}x",
                 f"{c['untuned_over_ort']:.2f}x",
                 f"{result['untuned_compile_s']:.1f}",
                 f"{c['tuned_compile_s']:.1f}",
@@ -326,8 +400,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--time-one", nargs=2, metavar=("BUILD", "STAGE"), help=argparse.SUPPRESS)
+    parser.add_argument("--time-ort", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    if args.time_one:
+        print(_time_one(Path(args.time_one[0]), int(args.time_one[1]), args.repeats))
+        return
+    if args.time_ort:
+        print(_time_ort(args.time_ort, args.threads, args.repeats))
+        return
     from nndeploy.cli_tune import parse_duration
 
     budgets = [parse_duration(b) for b in args.budgets.split(",")]
