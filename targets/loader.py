@@ -33,7 +33,7 @@ def why_not_runnable(entry: StageBuild) -> str | None:
     if artifact.fallback == "onnxruntime":
         return None
     if artifact.target.get("kind") == "cuda":
-        return _cuda_problem()
+        return cuda_problem()
     triple = str(artifact.target.get("mtriple", ""))
     if triple.startswith("aarch64") and not platform.machine().startswith("aarch64"):
         from nndeploy.targets.emulate import find_emulator
@@ -41,7 +41,7 @@ def why_not_runnable(entry: StageBuild) -> str | None:
         if find_emulator("aarch64") is None:
             return "the aarch64 emulator is not set up: run nndeploy emulator setup aarch64"
         return None
-    missing = _missing_cpu_features(artifact.target)
+    missing = missing_cpu_features(artifact.target)
     if missing:
         return (
             f"this CPU lacks {', '.join(sorted(missing))} needed by the '{artifact.target.get('mcpu')}' build"
@@ -217,7 +217,8 @@ def _run_onnxruntime(
 
 
 @cache
-def _cuda_problem() -> str | None:
+def cuda_problem() -> str | None:
+    """None if TVM can run CUDA code here, else why not (no GPU, or its runtime libraries missing)."""
     import tvm
 
     try:
@@ -231,7 +232,7 @@ def _cuda_problem() -> str | None:
     return None
 
 
-def _missing_cpu_features(target: dict[str, Any]) -> set[str]:
+def missing_cpu_features(target: dict[str, Any]) -> set[str]:
     """Instruction-set features the build's CPU has and this machine's CPU does not."""
     import tvm
     from tvm.target import codegen

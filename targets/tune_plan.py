@@ -50,11 +50,11 @@ class TuneReport:
 
 def why_not_tunable(device: Device) -> str | None:
     """None if this machine can measure code for `device`, else the reason (one line)."""
-    from nndeploy.targets.loader import _cuda_problem, _missing_cpu_features
+    from nndeploy.targets.loader import cuda_problem, missing_cpu_features
 
     kind = device.tvm_target.get("kind")
     if kind == "cuda":
-        problem = _cuda_problem()
+        problem = cuda_problem()
         return (
             f"CUDA tuning measures kernels on the GPU: {problem}"
             if problem
@@ -62,7 +62,7 @@ def why_not_tunable(device: Device) -> str | None:
         )
     if kind != "llvm":
         return f"TVM target kind '{kind}' cannot be tuned"
-    missing = _missing_cpu_features(device.tvm_target)
+    missing = missing_cpu_features(device.tvm_target)
     if not missing:
         return None
     if any(m.startswith("the ") for m in missing):
