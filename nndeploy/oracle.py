@@ -33,8 +33,10 @@ class Comparison:
     ok: bool  # |got - want| <= atol + rtol * |want| everywhere (np.allclose's test), same shape, NaNs alike
 
 
-def session(model: onnx.ModelProto | str, threads: int | None = None):
-    """An onnxruntime CPU InferenceSession for a ModelProto or a file path."""
+def session(model: onnx.ModelProto | str, threads: int | None = None, optimization: str | None = None):
+    """An onnxruntime CPU InferenceSession for a ModelProto or a file path; with `threads`, that many
+    intra-op threads, one inter-op thread and sequential execution; with `optimization` ("none", "basic"
+    or "all"), that graph optimisation level instead of onnxruntime's default."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -42,6 +44,13 @@ def session(model: onnx.ModelProto | str, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if optimization is not None:
+        options.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
     payload = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
 

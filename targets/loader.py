@@ -232,8 +232,9 @@ def cuda_problem() -> str | None:
     return None
 
 
-def missing_cpu_features(target: dict[str, Any]) -> set[str]:
-    """Instruction-set features the build's CPU has and this machine's CPU does not."""
+def missing_cpu_features(target: dict[str, Any], host_features: frozenset[str] | None = None) -> set[str]:
+    """Instruction-set features the build's CPU has and this machine's CPU does not (or, given
+    `host_features`, LLVM's names of another host's features, that host)."""
     import tvm
     from tvm.target import codegen
 
@@ -248,5 +249,5 @@ def missing_cpu_features(target: dict[str, Any]) -> set[str]:
         return {str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(spec))}
 
     wanted = features(str(target["mcpu"])) | {str(a).lstrip("+") for a in target.get("mattr", [])}
-    have = features(str(codegen.llvm_get_system_cpu()))
+    have = set(host_features) if host_features is not None else features(str(codegen.llvm_get_system_cpu()))
     return {f for f in wanted - have if f.startswith(ISA_PREFIXES)}

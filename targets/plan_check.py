@@ -50,7 +50,7 @@ def stage_threads(device: Device) -> int:
 
 def refuse_unrunnable(plans: Sequence[Plan], flags: frozenset[str] | None = None) -> None:
     """Raise PlanCheckError, in one line naming every such device and why, if a stage of any plan is on a
-    device this host cannot run natively (`flags`: CPU feature flags, default this host's)."""
+    device this host cannot run natively (`flags`: CPU features in LLVM's spelling, default this host's)."""
     reasons: dict[str, str] = {}
     for the_plan in plans:
         for stage in the_plan.stages:

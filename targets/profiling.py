@@ -33,14 +33,6 @@ from nndeploy.types import Device, Graph, Node, OpSample
 # (Conv+BatchNormalization, Conv+Add) but changes no layout, so a stage takes about the sum of its nodes'
 # times; "all" (NCHWc layouts) makes whole CNN stages up to ~25% faster than that sum on x86.
 OPTIMIZATION = "basic"
-_AVX512 = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client")
-_AVX512 += ("icelake-server", "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids")
-_AVX512 += ("graniterapids", "znver4", "znver5")
-_AVX2 = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "znver1", "znver2", "znver3")
-MCPU_FLAGS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(_AVX512, ("avx512f",)),
-    **dict.fromkeys(_AVX2, ("avx2", "fma")),
-}
 _MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
@@ -66,19 +58,6 @@ def host_machine() -> str:
     return _MACHINES.get(machine, machine)
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of /proc/cpuinfo ('flags' on x86, 'Features' on Arm); empty if unknown."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
 def host_description() -> dict[str, str]:
     """Host name, architecture, CPU model and core count, for the record."""
     model = platform.processor() or ""
@@ -99,7 +78,9 @@ def host_description() -> dict[str, str]:
 
 def why_not_runnable(device: Device, flags: frozenset[str] | None = None) -> str | None:
     """None if this host can run `device`'s code natively (so timing it here means something), else the
-    reason in one line."""
+    reason in one line. `flags`: another host's CPU features in LLVM's spelling (default: this host's)."""
+    from nndeploy.targets.loader import missing_cpu_features
+
     target_kind = device.tvm_target.get("kind")
     if device.kind == "gpu" or target_kind not in ("llvm", "c"):
         return (
@@ -113,32 +94,22 @@ def why_not_runnable(device: Device, flags: frozenset[str] | None = None) -> str
             f"{device.arch} device on an {machine} host: timings{emulated} say nothing about the real "
             "board: run `nndeploy profile` on the device itself"
         )
-    mcpu = str(device.tvm_target.get("mcpu", ""))
-    needed = MCPU_FLAGS.get(mcpu, ())
-    have = cpu_flags() if flags is None else flags
-    missing = [flag for flag in needed if flag not in have]
+    missing = missing_cpu_features(device.tvm_target, flags)
     if missing:
-        lacks = "which this CPU lacks" if have else "and this host's CPU flags are unknown (no /proc/cpuinfo)"
-        needs = ", ".join(missing)
-        return f"mcpu '{mcpu}' needs {needs}, {lacks}: run `nndeploy profile` on a machine of that kind"
+        mcpu = device.tvm_target.get("mcpu", "")
+        return (
+            f"mcpu '{mcpu}' needs {', '.join(sorted(missing))}, which this CPU lacks: "
+            "run `nndeploy profile` on a machine of that kind"
+        )
     return None
 
 
 def session(model: onnx.ModelProto, threads: int) -> Any:
-    """An onnxruntime CPU session: `threads` intra-op threads, one inter-op, sequential execution."""
-    import onnxruntime as ort
+    """An onnxruntime CPU session as profiling times it: `threads` intra-op threads, one inter-op,
+    sequential execution, graph optimisation OPTIMIZATION."""
+    from nndeploy import oracle
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = {
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[OPTIMIZATION]
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return oracle.session(model, threads, OPTIMIZATION)
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:

@@ -34,6 +34,9 @@ FIRST_BATCH = 16
 # (population 512, 4 generations); half of both leaves more of a short budget for measuring.
 SEARCH_POPULATION = 256
 SEARCH_ITERATIONS = 2
+# The plain schedule of functions without a tuned one: MetaSchedule's CPU defaults for both.
+PARALLEL_JOBS_PER_CORE = 16
+MAX_VECTOR_EXTENT = 64
 EXHAUSTED = 1 << 30  # trials_done of a task whose search space has been measured completely
 
 
@@ -72,6 +75,9 @@ def tuning_module(model: onnx.ModelProto, device: Device) -> Any:
         return tvm.transform.Sequential(
             [
                 relax.transform.DecomposeOpsForInference(),
+                # exp, erf and tanh as polynomials TVM can vectorise: libm's scalar calls left a tuned
+                # attention softmax at 23x onnxruntime's (1.25 against 0.054 ms in tiny_bert).
+                relax.transform.FastMathTransform(),
                 relax.transform.CanonicalizeBindings(),
                 relax.pipeline.zero_pipeline(),
                 relax.transform.AttachAttrLayoutFreeBuffers(),
@@ -385,8 +391,48 @@ def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scrat
                 relax.transform.FoldConstant(),
             ]
         )(mod)
+    mod = schedule_untuned(mod, device)
     executable = compile_module(mod, target, "default")
     return export_llvm(executable, device, scratch)
+
+
+def schedule_untuned(mod: Any, device: Device) -> Any:
+    """The module with every TIR function that has no tuned schedule given a plain one: outer loops
+    parallel over the device's cores, inner loops vectorised (MetaSchedule's own rewrite, no search).
+    TVM's default leaves such functions single-threaded and scalar; this made them 2.6x faster on the
+    example CNN, and keeps a short tuning budget from leaving whole ops at naive speed."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    cores = max(1, int(device.tvm_target.get("num-cores", 0) or _cpu_count()))
+    postprocs = (
+        ms.postproc.DisallowDynamicLoop(),
+        ms.postproc.RewriteParallelVectorizeUnroll(),
+        ms.postproc.RewriteReductionBlock(),
+    )
+    for global_var, function in list(mod.functions_items()):
+        if not isinstance(function, tvm.tirx.PrimFunc) or _is_scheduled(function):
+            continue
+        schedule = tvm.s_tir.Schedule(tvm.IRModule({"main": function}))
+        try:
+            root = schedule.get_sblock("root")
+        except Exception:  # no root block (an opaque function): keep TVM's default
+            continue
+        schedule.annotate(root, "meta_schedule.parallel", PARALLEL_JOBS_PER_CORE * cores)
+        schedule.annotate(root, "meta_schedule.vectorize", MAX_VECTOR_EXTENT)
+        if all(postproc.apply(schedule) for postproc in postprocs):
+            mod[global_var] = schedule.mod["main"].with_attr("tirx.is_scheduled", True)
+    return mod
+
+
+def _is_scheduled(function: Any) -> bool:
+    return function.attrs is not None and bool(function.attrs.get("tirx.is_scheduled", False))
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
 
 
 def _flops(module: Any) -> float:
