@@ -23,7 +23,7 @@ from nndeploy.model_prep import file_sha256
 from nndeploy.targets.tuning_db import fingerprint
 from nndeploy.types import Artifact, Device, TensorSpec
 
-BUILDER_VERSION = "7"  # bump when the pipeline changes, so cached builds are not reused
+BUILDER_VERSION = "8"  # bump when the pipeline changes, so cached builds are not reused
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def _build_into(model: onnx.ModelProto, device: Device, folder: Path, tuning_db_
     try:
         started = time.perf_counter()
         if tuning_db_dir is not None:
-            from nndeploy.targets.tuning import build_tuned_llvm
+            from nndeploy.targets.tuned_build import build_tuned_llvm
 
             sources = build_tuned_llvm(model, device, _best_records(tuning_db_dir), scratch)
         else:

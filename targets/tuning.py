@@ -5,7 +5,7 @@ NHWC, TVM's inference decompositions, operator fusion, and weights marked layout
 schedules may pre-pack them at compile time. Tasks (fused TIR functions) are extracted per stage, merged
 across stages and models by workload, and tuned by MetaSchedule (XGBoost cost model + measurement on this
 machine) until the time budget is spent or every task has its trials; results go to the per-target JSON
-database of `tuning_db`, which `build_tuned_llvm` applies without running a single trial.
+database of `tuning_db`, which `tuned_build` applies without running a single trial.
 """
 
 from __future__ import annotations
@@ -34,9 +34,6 @@ FIRST_BATCH = 16
 # (population 512, 4 generations); half of both leaves more of a short budget for measuring.
 SEARCH_POPULATION = 256
 SEARCH_ITERATIONS = 2
-# The plain schedule of functions without a tuned one: MetaSchedule's CPU defaults for both.
-PARALLEL_JOBS_PER_CORE = 16
-MAX_VECTOR_EXTENT = 64
 EXHAUSTED = 1 << 30  # trials_done of a task whose search space has been measured completely
 
 
@@ -362,77 +359,6 @@ def _known_best_ms(database: Any, tasks: Any) -> dict[str, float]:
             secs = [float(s) for s in records[0].run_secs]
             found[task.workload] = sum(secs) / len(secs) * 1e3
     return found
-
-
-def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scratch: Path) -> dict[str, str]:
-    """CPU build with the tuned schedules of `db_dir` applied and weights pre-packed; no trials run.
-    Workloads the database does not know keep TVM's default (untuned) code."""
-    import tvm
-    from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
-
-    from nndeploy.targets.tvm_pipeline import compile_module, export_llvm
-
-    if not tuning_db.has_records(db_dir):
-        raise BuildError(f"no tuning records for device '{device.name}' in {db_dir}")
-    target = tvm.target.Target(device.tvm_target)
-    mod = tuning_module(model, device)
-    database = ms.database.JSONDatabase(
-        path_workload=str(db_dir / tuning_db.WORKLOADS),
-        path_tuning_record=str(db_dir / tuning_db.RECORDS),
-        allow_missing=False,
-    )
-    with target, database:
-        mod = tvm.transform.Sequential(
-            [
-                relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
-                relax.transform.SplitLayoutRewritePreproc(),
-                relax.transform.LiftTransformParams(),
-                relax.transform.FoldConstant(),
-            ]
-        )(mod)
-    mod = schedule_untuned(mod, device)
-    executable = compile_module(mod, target, "default")
-    return export_llvm(executable, device, scratch)
-
-
-def schedule_untuned(mod: Any, device: Device) -> Any:
-    """The module with every TIR function that has no tuned schedule given a plain one: outer loops
-    parallel over the device's cores, inner loops vectorised (MetaSchedule's own rewrite, no search).
-    TVM's default leaves such functions single-threaded and scalar; this made them 2.6x faster on the
-    example CNN, and keeps a short tuning budget from leaving whole ops at naive speed."""
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-
-    cores = max(1, int(device.tvm_target.get("num-cores", 0) or _cpu_count()))
-    postprocs = (
-        ms.postproc.DisallowDynamicLoop(),
-        ms.postproc.RewriteParallelVectorizeUnroll(),
-        ms.postproc.RewriteReductionBlock(),
-    )
-    for global_var, function in list(mod.functions_items()):
-        if not isinstance(function, tvm.tirx.PrimFunc) or _is_scheduled(function):
-            continue
-        schedule = tvm.s_tir.Schedule(tvm.IRModule({"main": function}))
-        try:
-            root = schedule.get_sblock("root")
-        except Exception:  # no root block (an opaque function): keep TVM's default
-            continue
-        schedule.annotate(root, "meta_schedule.parallel", PARALLEL_JOBS_PER_CORE * cores)
-        schedule.annotate(root, "meta_schedule.vectorize", MAX_VECTOR_EXTENT)
-        if all(postproc.apply(schedule) for postproc in postprocs):
-            mod[global_var] = schedule.mod["main"].with_attr("tirx.is_scheduled", True)
-    return mod
-
-
-def _is_scheduled(function: Any) -> bool:
-    return function.attrs is not None and bool(function.attrs.get("tirx.is_scheduled", False))
-
-
-def _cpu_count() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 def _flops(module: Any) -> float:

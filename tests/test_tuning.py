@@ -15,7 +15,7 @@ from nndeploy.cli_tune import DurationError, parse_duration
 from nndeploy.errors import BuildError
 from nndeploy.targets import tuning_db
 
-from models import conv_model
+from models import attention_model, conv_model, random_inputs
 
 ONE_SERVER = """
 name: one
@@ -230,3 +230,61 @@ def test_the_shipped_database_tunes_the_quickstart_server_stage(example_models, 
     tasks = extract_tasks([(1, stage_model)], server, tuning_db.target_db_dir(shipped, server.tvm_target))
     untuned = [task.name for task in tasks if task.trials_done == 0]
     assert tasks and not untuned, untuned
+
+
+@pytest.mark.parametrize("build_model", [attention_model, conv_model], ids=["attention", "cnn"])
+def test_functions_without_records_get_a_parallel_vectorised_schedule(build_model) -> None:  # type: ignore[no-untyped-def]
+    """Without tuning records every TIR function is still scheduled (parallel outer loops), and the
+    result keeps onnxruntime's answer, fast-math exp included."""
+    import tvm
+    from tvm import relax
+
+    from nndeploy.oracle import run_model
+    from nndeploy.targets.registry import device_from_profile, load_profiles
+    from nndeploy.targets.tuned_build import schedule_untuned
+    from nndeploy.targets.tuning import tuning_module
+    from nndeploy.targets.tvm_pipeline import compile_module
+
+    model = build_model()
+    device = device_from_profile(load_profiles()["x86-avx2-server"], "server")
+    mod = schedule_untuned(tuning_module(model, device), device)
+    functions = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert functions and all(f.attrs["tirx.is_scheduled"] for f in functions)
+    executable = compile_module(mod, tvm.target.Target(device.tvm_target), "default")
+    assert "TVMBackendParallelLaunch" in executable.mod.imports[0].inspect_source("ll")
+    if not avx2_host():
+        pytest.skip("this CPU cannot run the AVX2 build")
+    feeds = random_inputs(model)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(v) for v in feeds.values()])
+    expected = next(iter(run_model(model, feeds).values()))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_rewrites_are_computed_once_at_compile_time() -> None:
+    """TIR calls on constants (chained ones too) become constants holding their results; calls on the
+    input stay."""
+    import tvm
+    from tvm import relax, topi
+
+    from nndeploy.targets.tuned_build import fold_constant_calls
+
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4)
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([4, 3], "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            once = builder.emit(builder.call_te(topi.transpose, relax.const(weight), [1, 0]))
+            twice = builder.emit(builder.call_te(topi.add, once, relax.const(np.float32(1.0))))
+            out = builder.emit_output(builder.call_te(topi.add, x, twice))
+        builder.emit_func_output(out)
+    folded = fold_constant_calls(builder.get())
+    calls = [
+        b.value
+        for block in folded["main"].body.blocks
+        for b in block.bindings
+        if isinstance(b.value, relax.Call)
+    ]
+    assert len(calls) == 1  # only x + (weight.T + 1) is left
+    constant = next(a for a in calls[0].args[1].fields if isinstance(a, tvm.ir.Constant))
+    np.testing.assert_array_equal(constant.value.numpy(), weight.T + 1)
