@@ -238,12 +238,13 @@ def print_plan(the_graph: Graph, the_plan: Plan) -> None:
     )
 
 
-from nndeploy import cli_build, cli_deploy, cli_profile, cli_serve  # noqa: E402  (they add their commands)
+from nndeploy import cli_build, cli_certs, cli_deploy, cli_profile, cli_serve  # noqa: E402  (they add their commands)
 
 cli_build.register(app)
 cli_serve.register(app)
 cli_deploy.register(app)
 cli_profile.register(app)
+cli_certs.register(app)
 
 
 def main() -> None:

@@ -32,10 +32,24 @@ def serve_command(
     address: Annotated[
         str | None, typer.Option("--address", help="Join this Ray cluster (default: local Ray).")
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate: clients connect over TLS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    client_ca: Annotated[
+        Path | None,
+        typer.Option("--client-ca", help="PEM CA: clients must present a certificate it signed."),
+    ] = None,
+    auth_token_file: Annotated[
+        Path | None,
+        typer.Option("--auth-token-file", help="File holding the bearer token clients must send."),
+    ] = None,
 ) -> None:
     """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint (Ctrl-C stops)."""
+    from nndeploy.runtime.access import server_access
     from nndeploy.runtime.serve import Serving, serve_build
 
+    access = server_access(tls_cert, tls_key, client_ca, auth_token_file)
     manifest, plan = read_build(build_dir)
 
     def ready(serving: Serving) -> None:
@@ -47,12 +61,15 @@ def serve_command(
         ):
             table.add_row(str(index), device, address, str(pid))
         out.print(table)
-        out.print(f"KServe v2 gRPC endpoint listening on {serving.endpoint}", highlight=False)
+        secured = _security_words(access)
+        out.print(f"KServe v2 gRPC endpoint listening on {serving.endpoint}{secured}", highlight=False)
         if serving.metrics:
             out.print(f"Prometheus metrics on {serving.metrics}", highlight=False)
         out.print("press Ctrl-C to stop", highlight=False)
 
-    asyncio.run(serve_build(build_dir, plan, manifest, port, host, metrics_port, address, ready))
+    asyncio.run(
+        serve_build(build_dir, plan, manifest, port, host, metrics_port, address, ready, access=access)
+    )
     out.print("stopped; all stage workers shut down")
 
 
@@ -67,11 +84,22 @@ def infer_command(
         str | None, typer.Option("--model", help="Model name (default: the server's only model).")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Save the outputs as .npz.")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option("--tls-ca", help="PEM CA that signed the server's certificate: use TLS.")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM client certificate, for servers that need one.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="File holding the bearer token to send.")
+    ] = None,
 ) -> None:
     """Send one request and print the outputs."""
+    from nndeploy.runtime.access import client_access
     from nndeploy.runtime.client import Client
 
-    with Client(target) as client:
+    with Client(target, access=client_access(tls_ca, tls_cert, tls_key, token_file)) as client:
         meta = client.metadata(model)
         arrays = client.inputs_from_files(meta, inputs or [])
         result = client.infer(meta.name, arrays)
@@ -97,21 +125,43 @@ def infer_command(
 def bench_command(
     target: Annotated[str, typer.Argument(metavar="HOST:PORT", help="A running nndeploy endpoint.")],
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 8,
-    requests: Annotated[int, typer.Option("--requests", min=1)] = 200,
+    requests: Annotated[
+        int | None,
+        typer.Option("--requests", min=1, help="How many (default 200; no limit with --duration)."),
+    ] = None,
+    duration: Annotated[
+        str | None, typer.Option("--duration", help="Stop after this long, e.g. 60s or 10m.")
+    ] = None,
     model: Annotated[str | None, typer.Option("--model")] = None,
     metrics: Annotated[
         str | None, typer.Option("--metrics", help="The server's /metrics URL, for per-stage figures.")
     ] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option("--tls-ca", help="PEM CA that signed the server's certificate: use TLS.")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM client certificate, for servers that need one.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="File holding the bearer token to send.")
+    ] = None,
 ) -> None:
     """Drive the endpoint with concurrent requests; print throughput, p50/p99 latency, per-stage figures."""
+    from nndeploy.cli_tune import parse_duration
+    from nndeploy.runtime.access import client_access
     from nndeploy.runtime.client import Client, run_bench
 
-    with Client(target) as client:
+    access = client_access(tls_ca, tls_cert, tls_key, token_file)
+    duration_s = parse_duration(duration, "--duration") if duration is not None else None
+    count = requests if requests is not None else (200 if duration_s is None else 1 << 62)
+    with Client(target, access=access) as client:
         meta = client.metadata(model)
-    report = run_bench(target, meta, concurrency, requests)
+    report = run_bench(target, meta, concurrency, count, access=access, duration_s=duration_s)
     failures = ", ".join(f"{code} x{n}" for code, n in sorted(report.error_codes.items()))
     out.print(
-        f"{report.ok}/{requests} ok, {report.errors} failed{f' ({failures})' if failures else ''}; "
+        f"{report.ok}/{report.ok + report.errors} ok, {report.errors} failed"
+        f"{f' ({failures})' if failures else ''}; "
         f"{report.throughput:.1f} req/s; latency p50 "
         f"{report.p50_ms:.2f} ms, p99 {report.p99_ms:.2f} ms (concurrency {concurrency})",
         highlight=False,
@@ -167,17 +217,45 @@ def endpoint_command(
     ] = None,
     sink_port: Annotated[
         int | None,
-        typer.Option("--sink-port", help="With --tls-dir: the TLS port stages deliver results to."),
+        typer.Option("--sink-port", help="With --tls-dir or --tls-cert: the port stages deliver results to."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate: clients connect over TLS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    client_ca: Annotated[
+        Path | None,
+        typer.Option("--client-ca", help="PEM CA: clients must present a certificate it signed."),
+    ] = None,
+    auth_token_file: Annotated[
+        Path | None,
+        typer.Option("--auth-token-file", help="File holding the bearer token clients must send."),
     ] = None,
 ) -> None:
     """Run the KServe v2 endpoint in front of stage workers started elsewhere (Kubernetes)."""
+    from nndeploy.runtime.access import server_access
     from nndeploy.runtime.serve import serve_endpoint
 
+    access = server_access(tls_cert, tls_key, client_ca, auth_token_file)
     _, plan = read_build(build_dir)
     out.print(f"endpoint on {host}:{port} in front of {', '.join(stages)}", highlight=False)
     from nndeploy.runtime.tls import load_tls
 
     tls = load_tls(tls_dir)
     asyncio.run(
-        serve_endpoint(plan, stages, port, host, advertise, metrics_port, tls=tls, sink_port=sink_port)
+        serve_endpoint(
+            plan, stages, port, host, advertise, metrics_port, tls=tls, sink_port=sink_port, access=access
+        )
     )
+
+
+def _security_words(access: object) -> str:
+    """' (TLS, client certificates, bearer token)' as far as `access` turns them on."""
+    if access is None:
+        return " (plaintext, no token)"
+    words = ["TLS"] if getattr(access, "cert", None) else ["plaintext"]
+    if getattr(access, "client_ca", None):
+        words.append("client certificates required")
+    if getattr(access, "token", None):
+        words.append("bearer token required")
+    return f" ({', '.join(words)})"

@@ -22,17 +22,17 @@ DEFAULT_DB = Path("tuning")
 
 
 class DurationError(NNDeployError):
-    """A --budget that is not a duration."""
+    """A --budget or --duration that is not a duration."""
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in '90s', '10m', '1h30m' or a bare number of seconds."""
+def parse_duration(text: str, option: str = "--budget") -> float:
+    """Seconds in '90s', '10m', '1h30m' or a bare number of seconds (`option` names it in errors)."""
     cleaned = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", cleaned):
         return float(cleaned)
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|m|s)", cleaned)
     if not parts or re.sub(r"\d+(?:\.\d+)?\s*[hms]", "", cleaned).strip():
-        raise DurationError(f"--budget '{text}' is not a duration; write e.g. 90s, 10m or 1h30m")
+        raise DurationError(f"{option} '{text}' is not a duration; write e.g. 90s, 10m or 1h30m")
     unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
     return sum(float(value) * unit[u] for value, u in parts)
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from nndeploy.errors import NNDeployError
 from nndeploy.proto import inference_pb2, inference_pb2_grpc
+from nndeploy.runtime.access import ClientAccess
 from nndeploy.runtime.links import CHANNEL_OPTIONS
 from nndeploy.runtime.tensors import (
     kserve_to_dtype,
@@ -37,10 +38,11 @@ class Metadata:
 class Client:
     """Blocking client over one channel."""
 
-    def __init__(self, target: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, target: str, timeout_s: float = 60.0, access: ClientAccess | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.access = access or ClientAccess()
+        self.channel = self.access.channel(target, CHANNEL_OPTIONS)
         self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def __enter__(self) -> Client:
@@ -55,9 +57,15 @@ class Client:
         try:
             if not name:
                 # nndeploy serves one model; an empty name is answered with NOT_FOUND naming it.
-                self.stub.ModelMetadata(inference_pb2.ModelMetadataRequest(name=""), timeout=self.timeout_s)
+                self.stub.ModelMetadata(
+                    inference_pb2.ModelMetadataRequest(name=""),
+                    timeout=self.timeout_s,
+                    metadata=self.access.metadata(),
+                )
             meta = self.stub.ModelMetadata(
-                inference_pb2.ModelMetadataRequest(name=name), timeout=self.timeout_s
+                inference_pb2.ModelMetadataRequest(name=name),
+                timeout=self.timeout_s,
+                metadata=self.access.metadata(),
             )
         except grpc.RpcError as exc:
             if not name and exc.code() == grpc.StatusCode.NOT_FOUND and "serves '" in (exc.details() or ""):
@@ -88,7 +96,7 @@ class Client:
         request = inference_pb2.ModelInferRequest(model_name=model)
         numpy_to_infer_request_inputs(arrays, request)
         try:
-            response = self.stub.ModelInfer(request, timeout=self.timeout_s)
+            response = self.stub.ModelInfer(request, timeout=self.timeout_s, metadata=self.access.metadata())
         except grpc.RpcError as exc:
             raise ClientError(f"{self.target}: {exc.code().name}: {exc.details()}") from None
         return response_outputs_to_numpy(response)
@@ -131,9 +139,17 @@ class BenchReport:
 
 
 def run_bench(
-    target: str, meta: Metadata, concurrency: int, requests: int, timeout_s: float = 60.0
+    target: str,
+    meta: Metadata,
+    concurrency: int,
+    requests: int,
+    timeout_s: float = 60.0,
+    access: ClientAccess | None = None,
+    duration_s: float | None = None,
 ) -> BenchReport:
-    """Send `requests` requests with `concurrency` in flight; bounded in count and time."""
+    """Send `requests` requests with `concurrency` in flight, stopping early once `duration_s` has
+    passed; bounded in count and time."""
+    access = access or ClientAccess()
     arrays = {name: random_tensor(dtype, shape) for name, (dtype, shape) in meta.inputs.items()}
     request = inference_pb2.ModelInferRequest(model_name=meta.name)
     numpy_to_infer_request_inputs(arrays, request)
@@ -143,16 +159,17 @@ def run_bench(
         errors = 0
         codes: dict[str, int] = {}
         remaining = requests
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        async with access.channel(target, CHANNEL_OPTIONS, aio=True) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            until = None if duration_s is None else time.perf_counter() + duration_s
 
             async def worker() -> None:
                 nonlocal remaining, errors
-                while remaining > 0:
+                while remaining > 0 and (until is None or time.perf_counter() < until):
                     remaining -= 1
                     started = time.perf_counter()
                     try:
-                        await stub.ModelInfer(request, timeout=timeout_s)
+                        await stub.ModelInfer(request, timeout=timeout_s, metadata=access.metadata())
                         latencies.append((time.perf_counter() - started) * 1e3)
                     except grpc.aio.AioRpcError as exc:
                         errors += 1

@@ -27,6 +27,7 @@ from nndeploy.proto import (
     stage_pb2,
     stage_pb2_grpc,
 )
+from nndeploy.runtime.access import ServerAccess
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port, open_channel
 from nndeploy.runtime.tensors import (
     dtype_to_kserve,
@@ -262,15 +263,19 @@ async def start_endpoint(
     advertise: str | None = None,
     tls: TlsFiles | None = None,
     sink_port: int | None = None,
+    access: ServerAccess | None = None,
 ) -> tuple[grpc.aio.Server, Endpoint, int]:
     """Start the endpoint server; returns (server, servicer, bound client port). `advertise` is the address
-    the last stage delivers results to (default: this host and port). With `tls`, clients still use the
-    plaintext `port`, and stages deliver results over mutual TLS to `sink_port` (default: port + 1)."""
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    bound = bind_port(server, host, port)
+    the last stage delivers results to (default: this host and port). `access` secures the client port
+    (TLS, client certificates, bearer token). With `tls` (mutual TLS between stages), or with TLS on the
+    client port, stages deliver results to a port of their own, `sink_port` (default: port + 1), over
+    mutual TLS when `tls` is given."""
+    access = access or ServerAccess()
+    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=access.interceptors())
+    bound = bind_port(server, host, port, credentials=access.credentials())
     local_host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
     local = f"{local_host}:{bound}"
-    if tls is not None:
+    if tls is not None or access.tls:
         sink = bind_port(
             server, host, sink_port if sink_port is not None else (bound + 1 if port else 0), tls
         )

@@ -132,12 +132,20 @@ def open_channel(address: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, tls.channel_credentials(), options=CHANNEL_OPTIONS)
 
 
-def bind_port(server: grpc.aio.Server, host: str, port: int, tls: TlsFiles | None = None) -> int:
-    """Listen on host:port (0: any free port), with mutual TLS when `tls` is given; a one-line error if
-    the address is taken or invalid."""
+def bind_port(
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    tls: TlsFiles | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Listen on host:port (0: any free port), with mutual TLS when `tls` is given (or with
+    `credentials`); a one-line error if the address is taken or invalid."""
+    if tls is not None:
+        credentials = tls.server_credentials()
     try:
-        if tls is not None:
-            return server.add_secure_port(f"{host}:{port}", tls.server_credentials())
+        if credentials is not None:
+            return server.add_secure_port(f"{host}:{port}", credentials)
         return server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:
         raise PortInUse(

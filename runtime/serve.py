@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nndeploy.runtime.access import ServerAccess
 from nndeploy.runtime.chain import free_ports, model_spec, stage_specs
 from nndeploy.runtime.endpoint import Endpoint, ModelSpec, start_endpoint
 from nndeploy.runtime.metrics import start_metrics_server
@@ -41,6 +42,7 @@ async def serve_build(
     on_ready: Callable[[Serving], None] | None = None,
     stop: asyncio.Event | None = None,
     worker_port: int = 50100,
+    access: ServerAccess | None = None,
 ) -> None:
     """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM."""
     problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
@@ -68,7 +70,7 @@ async def serve_build(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
         model = model_spec(plan, addresses)
-        server, endpoint, bound = await start_endpoint(model, port, host)
+        server, endpoint, bound = await start_endpoint(model, port, host, access=access)
         if metrics_port is not None:
             metrics = start_metrics_server(endpoint, metrics_port, host)
         if on_ready is not None:
@@ -133,6 +135,7 @@ async def serve_endpoint(
     stop: asyncio.Event | None = None,
     tls: TlsFiles | None = None,
     sink_port: int | None = None,
+    access: ServerAccess | None = None,
 ) -> None:
     """The endpoint alone, in front of workers started elsewhere, until SIGINT/SIGTERM."""
     if len(stage_addresses) != len(plan.stages):
@@ -142,7 +145,7 @@ async def serve_endpoint(
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     server, endpoint, _ = await start_endpoint(
-        model_spec(plan, stage_addresses), port, host, advertise, tls=tls, sink_port=sink_port
+        model_spec(plan, stage_addresses), port, host, advertise, tls=tls, sink_port=sink_port, access=access
     )
     metrics = start_metrics_server(endpoint, metrics_port, host) if metrics_port is not None else None
     try:
