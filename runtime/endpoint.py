@@ -36,7 +36,7 @@ from nndeploy.runtime.tensors import (
     request_inputs_to_numpy,
     tensors_to_proto,
 )
-from nndeploy.runtime.tls import TlsFiles
+from nndeploy.runtime.tls import TlsFiles, stage_identity
 from nndeploy.types import TensorSpec
 
 STATUS = {code.name: code for code in grpc.StatusCode}
@@ -175,6 +175,10 @@ class Endpoint(
         self, request_iterator: AsyncIterator[stage_pb2.StageReply], context: Any
     ) -> AsyncIterator[stage_pb2.Ack]:
         """Results (or failures) from the stages, matched to waiting requests."""
+        last = stage_identity(len(self.model.stages) - 1)
+        refused = self.tls.peer_refused(context, last) if self.tls is not None else None
+        if refused:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         async for reply in request_iterator:
             future = self.pending.get(reply.request_id)
             accepted = future is not None and not future.done()

@@ -1,17 +1,33 @@
 """Mutual TLS between stages: every worker and the endpoint's result sink present a certificate signed by
 one CA and accept only peers that do the same. The files are those of a Kubernetes TLS Secret with a CA
-(tls.crt, tls.key, ca.crt); the certificate's SANs must cover the addresses peers dial."""
+(tls.crt, tls.key, ca.crt); the certificate's SANs must cover the addresses peers dial.
+
+With one certificate per process (`nndeploy certs make`: common names nndeploy-endpoint and
+nndeploy-stage-N), each process also checks who the peer is: a stage takes requests only from its
+upstream (the endpoint for stage 0), its counters only from the endpoint, and the endpoint takes results
+only from the last stage. A certificate shared by every process (one Secret) cannot tell them apart, so
+then any peer the CA signed is accepted."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from nndeploy.errors import NNDeployError
 
 FILES = ("tls.crt", "tls.key", "ca.crt")
+ENDPOINT_IDENTITY = "nndeploy-endpoint"
+PER_PROCESS_IDENTITY = re.compile(r"^nndeploy-(endpoint|stage-\d+)$")
+
+
+def stage_identity(index: int) -> str:
+    """The common name of stage `index`'s own certificate."""
+    return f"nndeploy-stage-{index}"
 
 
 @dataclass(frozen=True)
@@ -27,6 +43,30 @@ class TlsFiles:
         return grpc.ssl_server_credentials(
             [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
         )
+
+    @cached_property
+    def identity(self) -> str:
+        """The common name of this process's certificate ('' if it has none)."""
+        from cryptography import x509
+
+        try:
+            names = x509.load_pem_x509_certificate(self.cert).subject.get_attributes_for_oid(
+                x509.oid.NameOID.COMMON_NAME
+            )
+        except ValueError:
+            return ""
+        return str(names[0].value) if names else ""
+
+    def peer_refused(self, context: Any, expected: str) -> str | None:
+        """None if the peer of `context` may make this call, else why not. Enforced only when this
+        process holds a per-process certificate; a shared one cannot tell peers apart."""
+        if not PER_PROCESS_IDENTITY.match(self.identity):
+            return None
+        names = context.auth_context().get("x509_common_name") or [b""]
+        peer = names[0].decode(errors="replace")
+        if peer == expected:
+            return None
+        return f"{self.identity} accepts this call only from {expected}, not from '{peer or 'unknown'}'"
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """Credentials for a channel that verifies the server against the CA and presents our certificate."""

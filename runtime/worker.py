@@ -25,7 +25,7 @@ import numpy as np
 from nndeploy.proto import health_pb2, health_pb2_grpc, stage_pb2, stage_pb2_grpc
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port
 from nndeploy.runtime.tensors import proto_to_tensors, tensors_to_proto
-from nndeploy.runtime.tls import TlsFiles
+from nndeploy.runtime.tls import ENDPOINT_IDENTITY, TlsFiles, stage_identity
 
 MAX_CANCELLED = 10_000
 Execute = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -66,6 +66,7 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
         self.queue: asyncio.Queue[tuple[stage_pb2.StageRequest, asyncio.Queue | None]] = asyncio.Queue(
             spec.queue_size
         )
+        self.tls = tls
         self.links = Links(tls)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{spec.index}")
         self.loop_task: asyncio.Task[None] | None = None
@@ -88,6 +89,10 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
         self, request_iterator: AsyncIterator[stage_pb2.StageRequest], context: Any
     ) -> AsyncIterator[stage_pb2.StageReply]:
         """Receive requests from upstream; replies for requests without reply_to come back on this stream."""
+        upstream = ENDPOINT_IDENTITY if self.spec.index == 0 else stage_identity(self.spec.index - 1)
+        refused = self.tls.peer_refused(context, upstream) if self.tls is not None else None
+        if refused:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         local: asyncio.Queue[stage_pb2.StageReply | None] = asyncio.Queue()
 
         async def pump() -> None:
@@ -110,6 +115,9 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
 
     async def Stats(self, request: stage_pb2.StatsRequest, context: Any) -> stage_pb2.StageStats:
         """This stage's counters."""
+        refused = self.tls.peer_refused(context, ENDPOINT_IDENTITY) if self.tls is not None else None
+        if refused:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         c = self.counters
         return stage_pb2.StageStats(
             stage=self.spec.index,
