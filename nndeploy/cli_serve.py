@@ -44,6 +44,12 @@ def serve_command(
         Path | None,
         typer.Option("--auth-token-file", help="File holding the bearer token clients must send."),
     ] = None,
+    max_in_flight: Annotated[
+        int,
+        typer.Option(
+            "--max-in-flight", min=1, help="Requests in flight at once; more get RESOURCE_EXHAUSTED."
+        ),
+    ] = 256,
 ) -> None:
     """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint (Ctrl-C stops)."""
     from nndeploy.runtime.access import server_access
@@ -68,7 +74,18 @@ def serve_command(
         out.print("press Ctrl-C to stop", highlight=False)
 
     asyncio.run(
-        serve_build(build_dir, plan, manifest, port, host, metrics_port, address, ready, access=access)
+        serve_build(
+            build_dir,
+            plan,
+            manifest,
+            port,
+            host,
+            metrics_port,
+            address,
+            ready,
+            access=access,
+            max_in_flight=max_in_flight,
+        )
     )
     out.print("stopped; all stage workers shut down")
 
@@ -231,6 +248,12 @@ def endpoint_command(
         Path | None,
         typer.Option("--auth-token-file", help="File holding the bearer token clients must send."),
     ] = None,
+    max_in_flight: Annotated[
+        int,
+        typer.Option(
+            "--max-in-flight", min=1, help="Requests in flight at once; more get RESOURCE_EXHAUSTED."
+        ),
+    ] = 256,
 ) -> None:
     """Run the KServe v2 endpoint in front of stage workers started elsewhere (Kubernetes)."""
     from nndeploy.runtime.access import server_access
@@ -244,7 +267,16 @@ def endpoint_command(
     tls = load_tls(tls_dir)
     asyncio.run(
         serve_endpoint(
-            plan, stages, port, host, advertise, metrics_port, tls=tls, sink_port=sink_port, access=access
+            plan,
+            stages,
+            port,
+            host,
+            advertise,
+            metrics_port,
+            tls=tls,
+            sink_port=sink_port,
+            access=access,
+            max_in_flight=max_in_flight,
         )
     )
 

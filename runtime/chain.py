@@ -30,7 +30,9 @@ def stage_specs(plan: Plan, addresses: list[str], queue_size: int = 16) -> list[
     ]
 
 
-def model_spec(plan: Plan, addresses: list[str], timeout_s: float = 60.0) -> ModelSpec:
+def model_spec(
+    plan: Plan, addresses: list[str], timeout_s: float = 60.0, max_in_flight: int = 256
+) -> ModelSpec:
     """What the endpoint serves: the model's name (its file's stem), inputs, outputs and first hop."""
     return ModelSpec(
         name=Path(plan.model_path).stem,
@@ -39,6 +41,7 @@ def model_spec(plan: Plan, addresses: list[str], timeout_s: float = 60.0) -> Mod
         outputs=plan.outputs,
         stages=tuple((stage.device, address) for stage, address in zip(plan.stages, addresses, strict=True)),
         timeout_s=timeout_s,
+        max_in_flight=max_in_flight,
     )
 
 

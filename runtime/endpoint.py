@@ -52,6 +52,9 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     stages: tuple[tuple[str, str], ...]  # (device, worker address) per stage, in order
     timeout_s: float = 60.0
+    # Requests waiting for the chain at once; more are refused with RESOURCE_EXHAUSTED straight away
+    # instead of queueing without bound.
+    max_in_flight: int = 256
 
 
 class Endpoint(
@@ -124,6 +127,12 @@ class Endpoint(
         if not all(self.stage_up):
             down = [f"stage {i} ({self.model.stages[i][0]})" for i, up in enumerate(self.stage_up) if not up]
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{', '.join(down)} is down; retry shortly")
+        if len(self.pending) >= self.model.max_in_flight:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(self.pending)} requests in flight, the endpoint's limit (--max-in-flight); "
+                "retry shortly",
+            )
         remaining = context.time_remaining()
         timeout = min(self.model.timeout_s, remaining) if remaining is not None else self.model.timeout_s
         request_id = uuid.uuid4().hex

@@ -43,6 +43,7 @@ async def serve_build(
     stop: asyncio.Event | None = None,
     worker_port: int = 50100,
     access: ServerAccess | None = None,
+    max_in_flight: int = 256,
 ) -> None:
     """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM."""
     problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
@@ -69,7 +70,7 @@ async def serve_build(
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
-        model = model_spec(plan, addresses)
+        model = model_spec(plan, addresses, max_in_flight=max_in_flight)
         server, endpoint, bound = await start_endpoint(model, port, host, access=access)
         if metrics_port is not None:
             metrics = start_metrics_server(endpoint, metrics_port, host)
@@ -136,6 +137,7 @@ async def serve_endpoint(
     tls: TlsFiles | None = None,
     sink_port: int | None = None,
     access: ServerAccess | None = None,
+    max_in_flight: int = 256,
 ) -> None:
     """The endpoint alone, in front of workers started elsewhere, until SIGINT/SIGTERM."""
     if len(stage_addresses) != len(plan.stages):
@@ -145,7 +147,13 @@ async def serve_endpoint(
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     server, endpoint, _ = await start_endpoint(
-        model_spec(plan, stage_addresses), port, host, advertise, tls=tls, sink_port=sink_port, access=access
+        model_spec(plan, stage_addresses, max_in_flight=max_in_flight),
+        port,
+        host,
+        advertise,
+        tls=tls,
+        sink_port=sink_port,
+        access=access,
     )
     metrics = start_metrics_server(endpoint, metrics_port, host) if metrics_port is not None else None
     try:

@@ -1,0 +1,59 @@
+"""Overload: the endpoint refuses what it cannot hold at once with RESOURCE_EXHAUSTED, and every request
+sent ends in exactly one answer or one error."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from nndeploy.runtime.chain import free_ports
+from nndeploy.runtime.client import Metadata, run_bench
+from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.worker import StageSpec, serve_stage
+from nndeploy.types import TensorSpec
+
+
+def slow(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    time.sleep(0.2)
+    return {"y": tensors["x"] + 1}
+
+
+def test_requests_beyond_the_in_flight_limit_are_refused_at_once() -> None:
+    stage_port, client_port = free_ports(2)
+    model = ModelSpec(
+        "m",
+        "1",
+        (TensorSpec("x", (4,), "float32"),),
+        (TensorSpec("y", (4,), "float32"),),
+        (("cpu", f"127.0.0.1:{stage_port}"),),
+        max_in_flight=2,
+    )
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            serve_stage(StageSpec(0, "cpu", ("x",), ("y",), None), slow, stage_port, stop=stop)
+        )
+        server, endpoint, _ = await start_endpoint(model, client_port)
+        try:
+            for _ in range(100):
+                if all(endpoint.stage_up) and all(endpoint.stats):
+                    break
+                await asyncio.sleep(0.1)
+            meta = Metadata("m", {"x": (np.dtype("float32"), (4,))})
+            report = await asyncio.to_thread(run_bench, f"127.0.0.1:{client_port}", meta, 8, 24, 30.0)
+            return report, len(endpoint.pending)
+        finally:
+            stop.set()
+            await server.stop(grace=1.0)
+            await worker
+
+    report, left = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert report.ok + report.errors == 24  # each request ended exactly once
+    assert report.ok >= 2 and report.errors > 0
+    assert set(report.error_codes) == {"RESOURCE_EXHAUSTED"}
+    assert left == 0  # nothing left waiting in the endpoint
+    # Only admitted requests waited for the 0.2 s stage; the refused ones did not queue behind them.
+    assert report.seconds < (report.ok + 2) * 0.2 + 1.0
