@@ -27,6 +27,7 @@ from nndeploy.deploy.options import (
     image_variant,
 )
 from nndeploy.errors import NNDeployError
+from nndeploy.paths import inside
 
 MANIFEST_NAME = "manifest.json"
 MIB = 1024**2
@@ -109,8 +110,8 @@ def read_build(build_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
         stages = manifest["stages"]
     except (ValueError, KeyError, TypeError) as exc:
         raise DeployError(f"{manifest_path}: not a valid nndeploy manifest ({exc}); compile again") from None
-    plan_path = build_dir / plan_file
-    if Path(plan_file).is_absolute() or ".." in Path(plan_file).parts or not plan_path.is_file():
+    plan_path = inside(build_dir, plan_file)
+    if plan_path is None or not plan_path.is_file():
         raise DeployError(f"{manifest_path}: plan file '{plan_file}' is not inside {build_dir}")
     raw[plan_file] = plan_path.read_bytes()
     try:

@@ -50,6 +50,12 @@ def serve_command(
             "--max-in-flight", min=1, help="Requests in flight at once; more get RESOURCE_EXHAUSTED."
         ),
     ] = 256,
+    max_request_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-request-mb", min=0.001, help="Largest request in MiB; larger get RESOURCE_EXHAUSTED."
+        ),
+    ] = 1024.0,
 ) -> None:
     """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint (Ctrl-C stops)."""
     from nndeploy.runtime.access import server_access
@@ -85,6 +91,7 @@ def serve_command(
             ready,
             access=access,
             max_in_flight=max_in_flight,
+            max_request_bytes=int(max_request_mb * (1 << 20)),
         )
     )
     out.print("stopped; all stage workers shut down")
@@ -254,6 +261,12 @@ def endpoint_command(
             "--max-in-flight", min=1, help="Requests in flight at once; more get RESOURCE_EXHAUSTED."
         ),
     ] = 256,
+    max_request_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-request-mb", min=0.001, help="Largest request in MiB; larger get RESOURCE_EXHAUSTED."
+        ),
+    ] = 1024.0,
 ) -> None:
     """Run the KServe v2 endpoint in front of stage workers started elsewhere (Kubernetes)."""
     from nndeploy.runtime.access import server_access
@@ -277,6 +290,7 @@ def endpoint_command(
             sink_port=sink_port,
             access=access,
             max_in_flight=max_in_flight,
+            max_request_bytes=int(max_request_mb * (1 << 20)),
         )
     )
 

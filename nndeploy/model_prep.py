@@ -25,6 +25,7 @@ from nndeploy.constant_folding import (
     value_dims,
 )
 from nndeploy.errors import ModelError
+from nndeploy.paths import inside
 
 _KEEP_INIT_ELEMS = 4096  # initializers up to this size stay in the copy given to shape inference
 
@@ -58,11 +59,23 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     for tensor in onnx.external_data_helper._get_all_tensors(model):
         if onnx.external_data_helper.uses_external_data(tensor):
             info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            if inside(base, info.location) is None:
+                raise ModelError(
+                    f"{path}: external data location '{info.location}' for tensor '{tensor.name}' is outside "
+                    f"the model's folder {base}; refusing to read it (keep the data files beside the model)"
+                )
             if not (base / info.location).is_file():
                 raise ModelError(
                     f"{path}: external data file '{info.location}' for tensor '{tensor.name}' "
                     f"is missing (looked in {base})"
                 )
+    unproduced = _unproduced_inputs(model)
+    if unproduced:
+        shown = ", ".join(f"'{t}' (read by {n})" for t, n in unproduced[:5])
+        raise ModelError(
+            f"{path}: {len(unproduced)} tensor(s) that no node, initializer or graph input provides: "
+            f"{shown}; the model file is incomplete (a weight missing?)"
+        )
     try:
         onnx.checker.check_model(str(p))
     except Exception as e:
@@ -79,6 +92,20 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     except Exception as e:
         raise ModelError(f"{path}: cannot read external data ({_first_line(e)})") from None
     return model
+
+
+def _unproduced_inputs(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(tensor, reading node) for every top-level node input nothing in the graph provides."""
+    graph = model.graph
+    available = {vi.name for vi in graph.input} | {t.name for t in graph.initializer}
+    available |= {t.name for t in graph.sparse_initializer}
+    available |= {out for node in graph.node for out in node.output}
+    return [
+        (name, f"{node.op_type} node '{node.name or index}'")
+        for index, node in enumerate(graph.node)
+        for name in node.input
+        if name and name not in available
+    ]
 
 
 def _first_line(err: BaseException) -> str:
@@ -137,6 +164,13 @@ def _bind(
             tt.shape.dim[0].Clear()
             tt.shape.dim[0].dim_value = batch
         dims = value_dims(vi) or []
+        negative = [d for d in dims if isinstance(d, int) and d < 0]
+        if negative:
+            raise ModelError(
+                f"{name}: input '{vi.name}' declares negative dimension(s) {negative} in "
+                f"{_shape_text(dims)}; the model file is broken (re-export it, or pass --input-shape "
+                f"{vi.name}=...)"
+            )
         dynamic = [d if d is not None else "?" for d in dims if not isinstance(d, int) or d <= 0]
         if dynamic:
             first_dim_dynamic |= not isinstance(dims[0], int)

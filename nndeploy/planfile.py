@@ -13,21 +13,35 @@ from nndeploy.types import Plan
 
 
 @cache
+def schema(name: str) -> dict[str, Any]:
+    """A JSON Schema shipped in nndeploy/schemas (plan, manifest)."""
+    text = resources.files("nndeploy").joinpath(f"schemas/{name}.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
 def plan_schema() -> dict[str, Any]:
     """The JSON Schema every plan.json must satisfy."""
-    text = resources.files("nndeploy").joinpath("schemas/plan.schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    return schema("plan")
+
+
+def schema_problem(data: Any, name: str) -> str | None:
+    """'field.path: what is wrong' (one line) if `data` breaks schema `name`, else None."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema(name))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return None
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    message = " ".join(error.message.split())
+    return f"{where or '(top level)'}: {message[:200]}{'...' if len(message) > 200 else ''}"
 
 
 def validate_plan_dict(data: Any, source: str = "plan.json") -> None:
     """Raise PlanError naming the first offending field if `data` breaks the plan schema."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(plan_schema())
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is not None:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
-        raise PlanError(f"{source}: {where or '(top level)'}: {error.message}")
+    problem = schema_problem(data, "plan")
+    if problem is not None:
+        raise PlanError(f"{source}: {problem}")
     devices = {d["name"] for d in data["cluster"]["devices"]}
     for stage in data["stages"]:
         if stage["device"] not in devices:
@@ -57,7 +71,14 @@ def read_plan(path: str | Path) -> Plan:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PlanError(f"{path}: not valid JSON ({exc}); create one with nndeploy plan") from None
     validate_plan_dict(data, str(path))
-    return Plan.from_dict(data)
+    try:
+        return Plan.from_dict(data)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        # The schema checks shapes and types; what it lets through and the types still refuse lands here.
+        raise PlanError(
+            f"{path}: not a valid plan ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+            "create one with nndeploy plan"
+        ) from None
 
 
 def resolve_model_path(plan: Plan, plan_path: str | Path) -> Path:

@@ -277,14 +277,20 @@ async def start_endpoint(
     tls: TlsFiles | None = None,
     sink_port: int | None = None,
     access: ServerAccess | None = None,
+    max_request_bytes: int | None = None,
 ) -> tuple[grpc.aio.Server, Endpoint, int]:
     """Start the endpoint server; returns (server, servicer, bound client port). `advertise` is the address
     the last stage delivers results to (default: this host and port). `access` secures the client port
     (TLS, client certificates, bearer token). With `tls` (mutual TLS between stages), or with TLS on the
     client port, stages deliver results to a port of their own, `sink_port` (default: port + 1), over
-    mutual TLS when `tls` is given."""
+    mutual TLS when `tls` is given. Messages over `max_request_bytes` (requests, and results delivered
+    to this server) are refused by gRPC with RESOURCE_EXHAUSTED."""
     access = access or ServerAccess()
-    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=access.interceptors())
+    options = list(CHANNEL_OPTIONS)
+    if max_request_bytes is not None:
+        options = [o for o in options if o[0] != "grpc.max_receive_message_length"]
+        options.append(("grpc.max_receive_message_length", max_request_bytes))
+    server = grpc.aio.server(options=options, interceptors=access.interceptors())
     bound = bind_port(server, host, port, credentials=access.credentials())
     local_host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
     local = f"{local_host}:{bound}"

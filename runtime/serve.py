@@ -44,6 +44,7 @@ async def serve_build(
     worker_port: int = 50100,
     access: ServerAccess | None = None,
     max_in_flight: int = 256,
+    max_request_bytes: int | None = None,
 ) -> None:
     """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM."""
     problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
@@ -71,7 +72,9 @@ async def serve_build(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
         model = model_spec(plan, addresses, max_in_flight=max_in_flight)
-        server, endpoint, bound = await start_endpoint(model, port, host, access=access)
+        server, endpoint, bound = await start_endpoint(
+            model, port, host, access=access, max_request_bytes=max_request_bytes
+        )
         if metrics_port is not None:
             metrics = start_metrics_server(endpoint, metrics_port, host)
         if on_ready is not None:
@@ -138,6 +141,7 @@ async def serve_endpoint(
     sink_port: int | None = None,
     access: ServerAccess | None = None,
     max_in_flight: int = 256,
+    max_request_bytes: int | None = None,
 ) -> None:
     """The endpoint alone, in front of workers started elsewhere, until SIGINT/SIGTERM."""
     if len(stage_addresses) != len(plan.stages):
@@ -154,6 +158,7 @@ async def serve_endpoint(
         tls=tls,
         sink_port=sink_port,
         access=access,
+        max_request_bytes=max_request_bytes,
     )
     metrics = start_metrics_server(endpoint, metrics_port, host) if metrics_port is not None else None
     try:

@@ -133,6 +133,7 @@ def offer_prebuilt_kernels(build_dir: Path, artifact: Artifact) -> None:
 
     from nndeploy.errors import ArtifactError
     from nndeploy.model_prep import file_sha256
+    from nndeploy.paths import inside
 
     table_name = artifact.options.get("sources", {}).get("kernels")
     if not table_name:
@@ -142,7 +143,10 @@ def offer_prebuilt_kernels(build_dir: Path, artifact: Artifact) -> None:
         raise ArtifactError(f"{table_path}: missing or not the one the manifest names; compile again")
     stem = Path(artifact.path).stem
     for digest, entry in json.loads(table_path.read_text())["kernels"].items():
-        fatbin = (build_dir / f"{stem}.{entry['file']}").read_bytes()
+        fatbin_path = inside(build_dir, f"{stem}.{entry['file']}")
+        if fatbin_path is None or not fatbin_path.is_file():
+            raise ArtifactError(f"{table_path}: kernel file '{entry['file']}' is not inside {build_dir}")
+        fatbin = fatbin_path.read_bytes()
         if hashlib.sha256(fatbin).hexdigest() != entry["sha256"]:
             raise ArtifactError(f"{build_dir / (stem + '.' + entry['file'])}: sha256 mismatch; compile again")
         _PREBUILT_KERNELS[digest] = fatbin

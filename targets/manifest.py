@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from nndeploy.errors import ArtifactError
+from nndeploy.paths import inside
+from nndeploy.planfile import schema_problem
 from nndeploy.types import Artifact
 
 MANIFEST_NAME = "manifest.json"
@@ -99,17 +101,39 @@ def read_manifest(build_dir: str | Path) -> Manifest:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("schema_version") != MANIFEST_VERSION:
-            raise ValueError(f"schema_version {data.get('schema_version')!r} is not {MANIFEST_VERSION}")
-        return Manifest(
+        if not isinstance(data, dict) or data.get("schema_version") != MANIFEST_VERSION:
+            version = data.get("schema_version") if isinstance(data, dict) else None
+            raise ValueError(f"schema_version {version!r} is not {MANIFEST_VERSION}")
+        problem = schema_problem(data, "manifest")
+        if problem is not None:
+            raise ValueError(problem)
+        manifest = Manifest(
             plan_file=data["plan_file"],
             model_path=data["model_path"],
             model_sha256=data["model_sha256"],
             tvm_version=data["tvm_version"],
             stages=tuple(StageBuild.from_dict(s) for s in data["stages"]),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{path}: not a valid nndeploy manifest ({exc}); compile again") from None
+    escaping = (
+        [f"plan_file '{manifest.plan_file}'"] if inside(Path(build_dir), manifest.plan_file) is None else []
+    )
+    for stage in manifest.stages:
+        if stage.artifact is None:
+            continue
+        names = {"artifact": stage.artifact.path, **dict(stage.artifact.options.get("sources", {}))}
+        escaping += [
+            f"stage {stage.stage} {kind} '{name}'"
+            for kind, name in names.items()
+            if inside(Path(build_dir), name) is None
+        ]
+    if escaping:
+        raise ArtifactError(
+            f"{path}: {', '.join(escaping)} not a file inside {build_dir}; refusing a tampered manifest "
+            "(compile again)"
+        )
+    return manifest
 
 
 def checked_artifact_path(build_dir: Path, artifact: Artifact) -> Path:
