@@ -24,6 +24,7 @@ from nndeploy.deploy.options import (
     image_for,
     image_variant,
 )
+from nndeploy.deploy.security import container_security, pod_security
 from nndeploy.errors import NNDeployError
 
 SCHEMA_PATH = Path(__file__).with_name("kuberay.schema.json")
@@ -34,7 +35,6 @@ DASHBOARD_PORT = 8265
 RAY_CLIENT_PORT = 10001
 BUILD_VOLUME = "build"
 RAY_TMP_VOLUME = "ray-tmp"  # shared by the Ray head and the serve container: raylet sockets, session files
-RUNTIME_UID = 1000  # the non-root user of deploy/docker/Dockerfile.*
 
 
 def device_resource(device: str) -> str:
@@ -64,23 +64,6 @@ def _labels(options: DeployOptions, component: str) -> dict[str, str]:
         "app.kubernetes.io/instance": dns_label(options.name),
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": "nndeploy",
-    }
-
-
-def _security() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-    }
-
-
-def _pod_security() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUNTIME_UID,
-        "runAsGroup": RUNTIME_UID,
-        "fsGroup": RUNTIME_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
@@ -121,7 +104,7 @@ def _head_group(options: DeployOptions) -> dict[str, Any]:
         "startupProbe": {"grpc": {"port": ENDPOINT_PORT}, "periodSeconds": 10, "failureThreshold": 60},
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "volumeMounts": [_build_mount(), {"name": RAY_TMP_VOLUME, "mountPath": "/tmp/ray"}],
-        "securityContext": _security(),
+        "securityContext": container_security(read_only_root=False),
     }
     head = {
         "name": "ray-head",  # the Ray container must come first: KubeRay adds `ray start --head` to it
@@ -133,10 +116,10 @@ def _head_group(options: DeployOptions) -> dict[str, Any]:
         ],
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
         "volumeMounts": [{"name": RAY_TMP_VOLUME, "mountPath": "/tmp/ray"}],
-        "securityContext": _security(),
+        "securityContext": container_security(read_only_root=False),
     }
     spec: dict[str, Any] = {
-        "securityContext": _pod_security(),
+        "securityContext": pod_security(),
         "containers": [head, serve],
         "volumes": [_build_volume(options), {"name": RAY_TMP_VOLUME, "emptyDir": {}}],
     }
@@ -159,7 +142,7 @@ def _worker_group(options: DeployOptions, device: dict[str, Any]) -> dict[str, A
         "image": image_for(options, variant),
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
         "volumeMounts": [_build_mount()],
-        "securityContext": _security(),
+        "securityContext": container_security(read_only_root=False),
     }
     if device.get("kind") == "gpu":
         container["resources"]["limits"]["nvidia.com/gpu"] = "1"
@@ -167,7 +150,7 @@ def _worker_group(options: DeployOptions, device: dict[str, Any]) -> dict[str, A
         # GPU from them with an empty CUDA_VISIBLE_DEVICES.
         container["env"] = [{"name": "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "value": "1"}]
     spec: dict[str, Any] = {
-        "securityContext": _pod_security(),
+        "securityContext": pod_security(),
         "containers": [container],
         "volumes": [_build_volume(options)],
     }

@@ -18,14 +18,17 @@ from nndeploy.deploy.options import (
     BUILD_MOUNT,
     CONFIG_MOUNT,
     ENDPOINT_PORT,
+    ENDPOINT_TLS_MOUNT,
     METRICS_PORT,
     SINK_PORT,
     TLS_MOUNT,
+    TOKEN_MOUNT,
     WORKER_PORT,
     DeployOptions,
     image_for,
     image_variant,
 )
+from nndeploy.deploy.security import SCRATCH, container_security, pod_security, scratch_volume
 from nndeploy.errors import NNDeployError
 from nndeploy.paths import inside
 
@@ -171,8 +174,8 @@ def _volumes(options: DeployOptions) -> list[dict[str, Any]]:
         {"name": "config", "configMap": {"name": f"{options.name}-plan"}},
     ]
     if options.tls_secret is not None:
-        volumes.append({"name": "tls", "secret": {"secretName": options.tls_secret}})
-    return volumes
+        volumes.append({"name": "tls", "secret": {"secretName": options.tls_secret, "defaultMode": 0o440}})
+    return [*volumes, scratch_volume()]
 
 
 def _tls_mounts(options: DeployOptions) -> list[dict[str, Any]]:
@@ -180,10 +183,33 @@ def _tls_mounts(options: DeployOptions) -> list[dict[str, Any]]:
     return [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}] if options.tls_secret else []
 
 
+def _endpoint_secret_volumes(options: DeployOptions) -> list[dict[str, Any]]:
+    """The endpoint's client-facing TLS Secret and its token Secret, when asked for."""
+    volumes = []
+    if options.endpoint_tls_secret:
+        secret = {"secretName": options.endpoint_tls_secret, "defaultMode": 0o440}
+        volumes.append({"name": "endpoint-tls", "secret": secret})
+    if options.token_secret:
+        items = [{"key": "token", "path": "token"}]
+        secret = {"secretName": options.token_secret, "items": items, "defaultMode": 0o440}
+        volumes.append({"name": "token", "secret": secret})
+    return volumes
+
+
+def _endpoint_secret_mounts(options: DeployOptions) -> list[dict[str, Any]]:
+    mounts = []
+    if options.endpoint_tls_secret:
+        mounts.append({"name": "endpoint-tls", "mountPath": ENDPOINT_TLS_MOUNT, "readOnly": True})
+    if options.token_secret:
+        mounts.append({"name": "token", "mountPath": TOKEN_MOUNT, "readOnly": True})
+    return mounts
+
+
 def _mounts() -> list[dict[str, Any]]:
     return [
         {"name": "build", "mountPath": BUILD_MOUNT, "readOnly": True},
         {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        dict(SCRATCH),
     ]
 
 
@@ -195,12 +221,8 @@ def _verify_container(image: str, sums_key: str) -> dict[str, Any]:
         "workingDir": BUILD_MOUNT,
         "volumeMounts": _mounts(),
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-        "securityContext": _security(),
+        "securityContext": container_security(),
     }
-
-
-def _security() -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": False}
 
 
 def _pod_spec(
@@ -215,6 +237,7 @@ def _pod_spec(
         "initContainers": [_verify_container(image, sums_key)],
         "containers": [container],
         "volumes": _volumes(options),
+        "securityContext": pod_security(),
     }
     if device is not None and device.get("node_labels"):
         spec["nodeSelector"] = {str(k): str(v) for k, v in device["node_labels"].items()}
@@ -298,7 +321,7 @@ def stage_objects(
         "readinessProbe": {**probe, "initialDelaySeconds": 2},
         "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 3},
         "lifecycle": _lifecycle(),
-        "securityContext": _security(),
+        "securityContext": container_security(),
     }
     pod = _pod_spec(options, image, container, stage_sums_key(index), device)
     upstream = "endpoint" if index == 0 else f"stage-{index - 1}"
@@ -334,10 +357,24 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
     name, component = endpoint_name(options), "endpoint"
     command = ["nndeploy", "endpoint", BUILD_MOUNT, "--host", "0.0.0.0", "--port", str(ENDPOINT_PORT)]
     command += ["--metrics-port", str(METRICS_PORT)]
-    sink_port = SINK_PORT if options.tls_secret else ENDPOINT_PORT
+    separate_sink = bool(options.tls_secret or options.endpoint_tls_secret)
+    sink_port = SINK_PORT if separate_sink else ENDPOINT_PORT
     command += ["--advertise", service_dns(name, options, sink_port)]
     if options.tls_secret:
-        command += ["--tls-dir", TLS_MOUNT, "--sink-port", str(SINK_PORT)]
+        command += ["--tls-dir", TLS_MOUNT]
+    if separate_sink:
+        command += ["--sink-port", str(SINK_PORT)]
+    if options.endpoint_tls_secret:
+        command += [
+            "--tls-cert",
+            f"{ENDPOINT_TLS_MOUNT}/tls.crt",
+            "--tls-key",
+            f"{ENDPOINT_TLS_MOUNT}/tls.key",
+        ]
+        if options.client_certs:
+            command += ["--client-ca", f"{ENDPOINT_TLS_MOUNT}/ca.crt"]
+    if options.token_secret:
+        command += ["--auth-token-file", f"{TOKEN_MOUNT}/token"]
     for index in range(len(plan["stages"])):
         command += ["--stage", service_dns(stage_name(options, index), options, WORKER_PORT)]
     source = next(d for d in plan["cluster"]["devices"] if d["name"] == plan["cluster"]["source"])
@@ -349,26 +386,32 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
         "ports": [
             {"name": "grpc", "containerPort": ENDPOINT_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-            *(
-                [{"name": "sink", "containerPort": SINK_PORT, "protocol": "TCP"}]
-                if options.tls_secret
-                else []
-            ),
+            *([{"name": "sink", "containerPort": SINK_PORT, "protocol": "TCP"}] if separate_sink else []),
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
-        "volumeMounts": _mounts() + _tls_mounts(options),
+        "volumeMounts": _mounts() + _tls_mounts(options) + _endpoint_secret_mounts(options),
         # Health is SERVING only while every stage is up: right for readiness; liveness only checks the
-        # process answers (a stage restarting must not restart the endpoint too).
-        "readinessProbe": {"grpc": {"port": ENDPOINT_PORT}, "periodSeconds": 5, "initialDelaySeconds": 2},
+        # process answers (a stage restarting must not restart the endpoint too). The kubelet's gRPC probe
+        # speaks no TLS: with TLS on the client port, readiness checks the port is open instead.
+        "readinessProbe": {
+            **(
+                {"tcpSocket": {"port": ENDPOINT_PORT}}
+                if options.endpoint_tls_secret
+                else {"grpc": {"port": ENDPOINT_PORT}}
+            ),
+            "periodSeconds": 5,
+            "initialDelaySeconds": 2,
+        },
         "livenessProbe": {
             "tcpSocket": {"port": ENDPOINT_PORT},
             "periodSeconds": 10,
             "initialDelaySeconds": 10,
         },
         "lifecycle": _lifecycle(),
-        "securityContext": _security(),
+        "securityContext": container_security(),
     }
     pod = _pod_spec(options, image, container, "SHA256SUMS", None)
+    pod["volumes"] += _endpoint_secret_volumes(options)
     if source.get("node_labels"):
         # Next to where requests arrive (the cluster's source device), on its node's CPU.
         pod["nodeSelector"] = {str(k): str(v) for k, v in source["node_labels"].items()}
@@ -400,7 +443,7 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
             [
                 ("grpc", ENDPOINT_PORT),
                 ("metrics", METRICS_PORT),
-                *([("sink", SINK_PORT)] if options.tls_secret else []),
+                *([("sink", SINK_PORT)] if separate_sink else []),
             ],
         ),
         policy,
@@ -454,8 +497,15 @@ def check_options(options: DeployOptions) -> None:
     check_label(options.name, "--name", MAX_NAME)
     check_label(options.namespace, "--namespace")
     check_label(options.artifacts_pvc, "--pvc")
-    if options.tls_secret is not None:
-        check_label(options.tls_secret, "--tls-secret", 253)
+    for value, flag in (
+        (options.tls_secret, "--tls-secret"),
+        (options.endpoint_tls_secret, "--endpoint-tls-secret"),
+        (options.token_secret, "--token-secret"),
+    ):
+        if value is not None:
+            check_label(value, flag, 253)
+    if options.client_certs and not options.endpoint_tls_secret:
+        raise DeployError("--client-certs needs --endpoint-tls-secret (client certificates need TLS)")
 
 
 def render(build_dir: Path, options: DeployOptions, ray: bool = False) -> dict[str, list[dict[str, Any]]]:
@@ -464,6 +514,11 @@ def render(build_dir: Path, options: DeployOptions, ray: bool = False) -> dict[s
     plan, manifest, raw = read_build(build_dir)
     devices = {d["name"]: d for d in plan["cluster"]["devices"]}
     files: dict[str, list[dict[str, Any]]] = {"config.yaml": shared_objects(options, plan, manifest, raw)}
+    if ray and (options.endpoint_tls_secret or options.token_secret):
+        raise DeployError(
+            "--endpoint-tls-secret and --token-secret are not wired into the KubeRay variant yet; "
+            "deploy without --ray to use them"
+        )
     if ray:
         # The KubeRay variant replaces the per-stage Deployments: Ray places and restarts the stage workers.
         from nndeploy.deploy import kuberay

@@ -12,6 +12,8 @@ ENDPOINT_PORT = 8001
 METRICS_PORT = 9001
 SINK_PORT = 8002  # with TLS: where stages deliver results to the endpoint, over mutual TLS
 TLS_MOUNT = "/etc/nndeploy-tls"
+ENDPOINT_TLS_MOUNT = "/etc/nndeploy-endpoint-tls"  # the endpoint's client-facing certificate
+TOKEN_MOUNT = "/etc/nndeploy-token"  # the bearer token clients must send
 BUILD_MOUNT = "/build"
 CONFIG_MOUNT = "/etc/nndeploy"  # the plan ConfigMap (plan.json, manifest.json, checksums)
 
@@ -23,7 +25,9 @@ class DeployOptions:
     `name` prefixes every object (a DNS-1123 label, e.g. the model name); `image` is the runtime image
     (an architecture suffix -amd64 / -arm64 / -cuda is appended per stage unless `multiarch` is set);
     `artifacts_pvc` is the PersistentVolumeClaim holding the build folder; `tls_secret`, when set, names
-    a Secret with tls.crt/tls.key/ca.crt used between stages."""
+    a Secret with tls.crt/tls.key/ca.crt used between stages; `endpoint_tls_secret` a TLS Secret for the
+    endpoint's client port (with `client_certs`, its ca.crt must have signed every client's certificate);
+    `token_secret` a Secret whose key `token` clients must send as a bearer token."""
 
     name: str
     namespace: str = "default"
@@ -33,6 +37,9 @@ class DeployOptions:
     storage_size: str = "2Gi"
     tls_secret: str | None = None
     kubernetes_version: str = "1.33.0"
+    endpoint_tls_secret: str | None = None
+    client_certs: bool = False
+    token_secret: str | None = None
 
 
 ARCH_SUFFIX = {"x86_64": "amd64", "aarch64": "arm64"}

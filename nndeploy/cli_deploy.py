@@ -42,6 +42,19 @@ def deploy_command(
     tls_secret: Annotated[
         str | None, typer.Option("--tls-secret", help="Secret with tls.crt, tls.key, ca.crt: mutual TLS.")
     ] = None,
+    endpoint_tls_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint-tls-secret", help="TLS Secret (tls.crt, tls.key) for the endpoint's clients."
+        ),
+    ] = None,
+    client_certs: Annotated[
+        bool,
+        typer.Option("--client-certs", help="Clients need a certificate signed by that Secret's ca.crt."),
+    ] = False,
+    token_secret: Annotated[
+        str | None, typer.Option("--token-secret", help="Secret whose key 'token' clients must send.")
+    ] = None,
     kubernetes_version: Annotated[
         str, typer.Option("--kubernetes-version", help="API version the manifests are checked against.")
     ] = "1.33.0",
@@ -68,6 +81,9 @@ def deploy_command(
         storage_size=storage,
         tls_secret=tls_secret,
         kubernetes_version=kubernetes_version,
+        endpoint_tls_secret=endpoint_tls_secret,
+        client_certs=client_certs,
+        token_secret=token_secret,
     )
     files = render(build_dir, options, ray=ray)
     paths = write_folder(files, options, output)

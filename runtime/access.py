@@ -131,10 +131,10 @@ def read_token(path: Path) -> bytes:
         raise AccessError(f"{path}: the token is shorter than 16 characters; use a random one")
     if any(byte < 0x21 or byte > 0x7E for byte in token):
         raise AccessError(f"{path}: the token must be printable ASCII without spaces (one line)")
-    if Path(path).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if Path(path).stat().st_mode & stat.S_IRWXO:
         import sys
 
-        print(f"warning: {path} is readable by other users; chmod 600 it", file=sys.stderr)
+        print(f"warning: {path} is readable by every user of this machine; chmod 600 it", file=sys.stderr)
     return token
 
 

@@ -86,7 +86,7 @@ class Client:
                 )
             if not Path(path).is_file():
                 raise ClientError(f"--input '{item}': no such file {path}")
-            given[name] = np.load(path)
+            given[name] = np.load(path, allow_pickle=False)
         return {
             name: given.get(name, random_tensor(dtype, shape)) for name, (dtype, shape) in meta.inputs.items()
         }

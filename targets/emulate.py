@@ -325,7 +325,7 @@ def run_artifact_emulated(
                 -1
             ]
             raise EmulatorError(f"running {library.name} under qemu-{emulator.arch} failed: {last}")
-        with np.load(out) as data:
+        with np.load(out, allow_pickle=False) as data:
             produced = sorted((k for k in data.files if k.startswith("out")), key=lambda k: int(k[3:]))
             if len(produced) != len(output_names):
                 got, want = len(produced), len(output_names)
@@ -402,7 +402,7 @@ class EmulatedSession:
                 raise EmulatorError(
                     f"{self.library.name} under emulation: {answer or 'the emulated process exited'}"
                 )
-            with np.load(reply) as data:
+            with np.load(reply, allow_pickle=False) as data:
                 produced = sorted((k for k in data.files if k.startswith("out")), key=lambda k: int(k[3:]))
                 return {name: data[key] for name, key in zip(self.output_names, produced, strict=True)}
 

@@ -32,7 +32,7 @@ def run(library: str, inputs_path: str, outputs_path: str, order: str, repeats: 
     device = tvm.cpu()
     vm = VirtualMachine(tvm.runtime.load_module(library), device)
     make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
-    with np.load(inputs_path) as data:
+    with np.load(inputs_path, allow_pickle=False) as data:
         args = [make(np.ascontiguousarray(data[key]), device) for key in order.split(",") if key]
     main = vm["main"]
     outputs = _to_numpy(main(*args), np)
@@ -58,7 +58,7 @@ def serve(library: str, order: str) -> int:
     for line in sys.stdin:
         try:
             inputs_path, outputs_path = line.split()
-            with np.load(inputs_path) as data:
+            with np.load(inputs_path, allow_pickle=False) as data:
                 args = [make(np.ascontiguousarray(data[key]), device) for key in order.split(",") if key]
             outputs = _to_numpy(main(*args), np)
             np.savez(outputs_path, **{f"out{i}": array for i, array in enumerate(outputs)})

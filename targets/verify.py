@@ -86,7 +86,7 @@ def load_npz_inputs(path: Path, specs: tuple[TensorSpec, ...]) -> dict[str, np.n
     if not path.is_file():
         raise VerifyError(f"{path}: no such file")
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             given = {name: data[name] for name in data.files}
     except (OSError, ValueError) as exc:
         raise VerifyError(f"{path}: not a readable .npz file ({exc})") from None

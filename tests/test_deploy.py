@@ -301,7 +301,7 @@ def test_tls_secret_wires_mutual_tls_between_stages(deployed, tmp_path: Path) ->
         if kind != "Deployment":
             continue
         pod = doc["spec"]["template"]["spec"]
-        assert {"name": "tls", "secret": {"secretName": "stage-tls"}} in pod["volumes"]
+        assert {"name": "tls", "secret": {"secretName": "stage-tls", "defaultMode": 0o440}} in pod["volumes"]
         command = pod["containers"][0]["command"]
         assert command[command.index("--tls-dir") + 1] == "/etc/nndeploy-tls"
         if "--stage" in command and command[1] == "endpoint":
@@ -317,3 +317,61 @@ def test_tls_secret_wires_mutual_tls_between_stages(deployed, tmp_path: Path) ->
     from_last = [r for r in policy["spec"]["ingress"] if r.get("from")]
     assert from_last[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == last
     assert from_last[0]["ports"] == [{"protocol": "TCP", "port": 8002}]
+
+
+def test_pods_run_as_non_root_with_a_read_only_root_filesystem(deployed) -> None:
+    _, k8s = deployed
+    for (kind, name), doc in documents(k8s).items():
+        if kind != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+        assert {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}} in pod["volumes"]
+        for container in pod["containers"] + pod["initContainers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {
+                "drop": ["ALL"]
+            }
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_endpoint_tls_and_token_come_from_secrets(deployed, tmp_path: Path) -> None:
+    _, k8s = deployed
+    build = k8s.parent / "build"
+    out = tmp_path / "k8s-secured"
+    done = nndeploy(
+        "deploy", build, "-o", out, "--endpoint-tls-secret", "edge-tls", "--client-certs",
+        "--token-secret", "api-token", "--check",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    deployments = {name: doc for (kind, name), doc in documents(out).items() if kind == "Deployment"}
+    endpoint = next(doc for name, doc in deployments.items() if name.endswith("-endpoint"))
+    pod = endpoint["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    command = container["command"]
+    assert command[command.index("--tls-cert") + 1] == "/etc/nndeploy-endpoint-tls/tls.crt"
+    assert command[command.index("--tls-key") + 1] == "/etc/nndeploy-endpoint-tls/tls.key"
+    assert command[command.index("--client-ca") + 1] == "/etc/nndeploy-endpoint-tls/ca.crt"
+    assert command[command.index("--auth-token-file") + 1] == "/etc/nndeploy-token/token"
+    assert command[command.index("--sink-port") + 1] == "8002"  # results no longer share the TLS port
+    assert command[command.index("--advertise") + 1].endswith(":8002")
+    assert {"name": "token", "mountPath": "/etc/nndeploy-token", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    token_volume = next(v for v in pod["volumes"] if v["name"] == "token")
+    assert token_volume["secret"] == {
+        "secretName": "api-token", "items": [{"key": "token", "path": "token"}], "defaultMode": 0o440,
+    }  # fmt: skip
+    assert "tcpSocket" in container["readinessProbe"]  # the kubelet's gRPC probe speaks no TLS
+    for name, doc in deployments.items():
+        if name.endswith("-endpoint"):
+            continue
+        volumes = [v["name"] for v in doc["spec"]["template"]["spec"]["volumes"]]
+        assert "token" not in volumes and "endpoint-tls" not in volumes  # stages never see them
+    assert_user_error(
+        nndeploy("deploy", build, "-o", tmp_path / "x", "--client-certs"), "--endpoint-tls-secret"
+    )
+    assert_user_error(
+        nndeploy("deploy", build, "-o", tmp_path / "y", "--token-secret", "t", "--ray"), "KubeRay"
+    )

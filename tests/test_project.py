@@ -113,3 +113,39 @@ def test_ruff_is_clean() -> None:
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     done = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_nothing_unpickles_or_evaluates_what_it_reads() -> None:
+    """No pickle, marshal, eval or exec anywhere; numpy loads refuse pickles; YAML loads are safe."""
+    problems = []
+    for folder in ("nndeploy", *PACKAGES.values()):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    names = [a.name for a in node.names] + (
+                        [node.module] if isinstance(node, ast.ImportFrom) else []
+                    )
+                    if any(n and n.split(".")[0] in ("pickle", "marshal", "dill", "shelve") for n in names):
+                        problems.append(f"{where}: imports a deserialiser of code")
+                if not isinstance(node, ast.Call):
+                    continue
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name in ("eval", "exec") and isinstance(func, ast.Name):
+                    problems.append(f"{where}: {name}()")
+                keywords = {k.arg: k.value for k in node.keywords}
+                if (
+                    name == "load"
+                    and isinstance(func, ast.Attribute)
+                    and getattr(func.value, "id", "") == "np"
+                ):
+                    flag = keywords.get("allow_pickle")
+                    if not (isinstance(flag, ast.Constant) and flag.value is False):
+                        problems.append(f"{where}: np.load without allow_pickle=False")
+                if name in ("load", "load_all") and getattr(func.value, "id", "") == "yaml":
+                    problems.append(f"{where}: yaml.{name} (use yaml.safe_load)")
+    assert not problems, problems
