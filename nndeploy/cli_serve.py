@@ -156,6 +156,9 @@ def bench_command(
     duration: Annotated[
         str | None, typer.Option("--duration", help="Stop after this long, e.g. 60s or 10m.")
     ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.001, help="Deadline of each request, in seconds.")
+    ] = 60.0,
     model: Annotated[str | None, typer.Option("--model")] = None,
     metrics: Annotated[
         str | None, typer.Option("--metrics", help="The server's /metrics URL, for per-stage figures.")
@@ -181,7 +184,7 @@ def bench_command(
     count = requests if requests is not None else (200 if duration_s is None else 1 << 62)
     with Client(target, access=access) as client:
         meta = client.metadata(model)
-    report = run_bench(target, meta, concurrency, count, access=access, duration_s=duration_s)
+    report = run_bench(target, meta, concurrency, count, timeout, access=access, duration_s=duration_s)
     failures = ", ".join(f"{code} x{n}" for code, n in sorted(report.error_codes.items()))
     out.print(
         f"{report.ok}/{report.ok + report.errors} ok, {report.errors} failed"

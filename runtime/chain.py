@@ -11,7 +11,7 @@ import numpy as np
 from nndeploy.runtime.endpoint import ModelSpec
 from nndeploy.runtime.worker import Execute, StageSpec
 from nndeploy.targets.loader import run_artifact
-from nndeploy.targets.manifest import StageBuild
+from nndeploy.targets.manifest import StageBuild, checked_artifact_path
 from nndeploy.types import Plan
 
 
@@ -46,7 +46,10 @@ def model_spec(
 
 
 def artifact_executor(build_dir: Path, entry: StageBuild) -> Execute:
-    """A function running the stage's artifact (sha256 checked on every load) on a dict of tensors."""
+    """A function running the stage's artifact on a dict of tensors. The artifact's sha256 is checked
+    here, so a worker refuses to start on a corrupted or replaced file, and again whenever it changes."""
+    if entry.artifact is not None:
+        checked_artifact_path(build_dir, entry.artifact)
 
     def execute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs, _ = run_artifact(build_dir, entry, inputs)

@@ -10,6 +10,7 @@ again (max_restarts) on the same node and it binds the same port, so the upstrea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class RayStages:
     address: str | None = None
     actors: list[Any] | None = None
     started_ray: bool = False
+    gcs_address: str | None = None
+    head_lost: str = ""  # the head's address once it stopped answering
 
     def start(self, devices: list[str]) -> None:
         """Start a local Ray with one resource per device, or join the cluster at `address`."""
@@ -95,6 +98,46 @@ class RayStages:
                 f"could not start or join Ray ({self.address or 'local'}): {str(exc).splitlines()[0]}"
             ) from None
         self.started_ray = True
+        self.gcs_address = ray.get_runtime_context().gcs_address
+
+    def head_reachable(self, timeout_s: float = 1.0) -> bool:
+        """Whether Ray's head (its GCS server) accepts connections."""
+        import socket
+
+        if not self.gcs_address:
+            return True
+        host, _, port = self.gcs_address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return True
+        except OSError:
+            return False
+
+    def abandon(self) -> None:
+        """Without a head nothing can be asked of Ray: kill every process this one started (a local Ray's
+        raylet and stage workers; on a joined cluster the remote workers go with their raylets), then
+        drop the driver's connection without waiting on it."""
+        import threading
+
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(children, timeout=10)
+        self.actors = None
+
+        def shutdown() -> None:
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+        closing = threading.Thread(target=shutdown, daemon=True)
+        closing.start()
+        closing.join(timeout=10)
+        self.started_ray = False
 
     def device_hosts(self, devices: list[str]) -> dict[str, str]:
         """The address of the node that has each device: 127.0.0.1 for a local Ray; on a joined cluster,

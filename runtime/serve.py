@@ -86,13 +86,37 @@ async def serve_build(
                     pids,
                 )
             )
+        head = asyncio.create_task(_watch_ray_head(ray_stages, stop))
         await stop.wait()
+        head.cancel()
     finally:
         if server is not None:
             await server.stop(grace=2.0)
         if metrics is not None:
             metrics.shutdown()
-        await loop.run_in_executor(None, ray_stages.stop)
+        if ray_stages.head_lost:
+            await loop.run_in_executor(None, ray_stages.abandon)
+        else:
+            await loop.run_in_executor(None, ray_stages.stop)
+    if ray_stages.head_lost:
+        raise ServeError(
+            f"Ray's head ({ray_stages.head_lost}) stopped answering; the endpoint and every stage worker "
+            "this machine ran were stopped (restart serve once Ray is back)"
+        )
+
+
+async def _watch_ray_head(ray_stages: RayStages, stop: asyncio.Event, period_s: float = 1.0) -> None:
+    """Set `stop` once Ray's head (its GCS) has refused connections for three checks in a row: the
+    stages can be neither supervised nor restarted without it."""
+    loop = asyncio.get_running_loop()
+    misses = 0
+    while not stop.is_set():
+        await asyncio.sleep(period_s)
+        reachable = await loop.run_in_executor(None, ray_stages.head_reachable)
+        misses = 0 if reachable else misses + 1
+        if misses >= 3:
+            ray_stages.head_lost = ray_stages.gcs_address or "unknown address"
+            stop.set()
 
 
 async def serve_one_stage(
