@@ -195,12 +195,30 @@ def test_the_endpoint_restarts_while_the_stages_keep_running(
     chain: Chain, build: tuple[Path, Path], tmp_path: Path
 ) -> None:
     workers = [w.pid for w in chain.workers]
-    os.killpg(chain.endpoint.pid, signal.SIGKILL)
+    command = [sys.executable, "-m", "nndeploy", "bench", chain.address, "--concurrency", "4"]
+    load = subprocess.Popen(
+        [*command, "--duration", "12s", "--timeout", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    os.killpg(chain.endpoint.pid, signal.SIGKILL)  # the endpoint dies under load
     chain.endpoint.wait(timeout=30)
     restarted = time.monotonic()
     chain.endpoint = chain.start_endpoint()
     assert chain.wait_serving(60)
-    print(f"endpoint restart: serving again after {time.monotonic() - restarted:.1f} s")
+    recovery = time.monotonic() - restarted
+    out, err = load.communicate(timeout=120)
+    match = BENCH.search(out)
+    assert match, out + err
+    ok, sent, failed = int(match.group(1)), int(match.group(2)), int(match.group(3))
+    assert ok + failed == sent and ok > 0
+    assert set(re.findall(r"([A-Z_]+) x\d+", match.group(4) or "")) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    print(
+        f"endpoint restart under load: {sent} sent, {ok} ok, {failed} failed ({match.group(4)}); "
+        f"serving {recovery:.1f} s after the restart"
+    )
     assert [w.pid for w in chain.workers] == workers and all(w.poll() is None for w in chain.workers)
     ok, failed, codes, _ = bench(chain.address, "--concurrency", "4", "--requests", "20")
     assert (ok, failed) == (20, 0), codes
