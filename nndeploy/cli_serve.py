@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from nndeploy.cli_common import out, read_build
+from nndeploy.cli_common import err, out, read_build
 
 
 def register(app: typer.Typer) -> None:
@@ -92,6 +92,7 @@ def serve_command(
             access=access,
             max_in_flight=max_in_flight,
             max_request_bytes=int(max_request_mb * (1 << 20)),
+            on_event=lambda message: err.print(f"[yellow]warning:[/] {message}", highlight=False),
         )
     )
     out.print("stopped; all stage workers shut down")

@@ -76,6 +76,7 @@ class Endpoint(
         self.watcher: asyncio.Task[None] | None = None
         self._channels: list[grpc.aio.Channel] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.closing = ""
 
     # --- KServe v2 -------------------------------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> inference_pb2.ServerLiveResponse:
@@ -127,6 +128,8 @@ class Endpoint(
         if not all(self.stage_up):
             down = [f"stage {i} ({self.model.stages[i][0]})" for i, up in enumerate(self.stage_up) if not up]
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{', '.join(down)} is down; retry shortly")
+        if self.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.closing}; retry shortly")
         if len(self.pending) >= self.model.max_in_flight:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -139,6 +142,7 @@ class Endpoint(
         future: asyncio.Future[stage_pb2.StageReply] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
         started = time.perf_counter()
+        sending: asyncio.Future[None] | None = None
         try:
             message = stage_pb2.StageRequest(
                 request_id=request_id,
@@ -147,14 +151,25 @@ class Endpoint(
                 reply_to=self.address,
                 sent_unix_ns=time.time_ns(),
             )
-            await self.links.get(self.model.stages[0][1], "process").send(message)
-            reply = await asyncio.wait_for(future, timeout)
+            sending = asyncio.ensure_future(self.links.get(self.model.stages[0][1], "process").send(message))
+            # A request failed while its send waits (a stage went down, the server is closing) answers now.
+            done, _ = await asyncio.wait(
+                {sending, future}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if sending in done:
+                sending.result()  # raises PeerUnavailable
+            else:
+                sending.cancel()
+            remaining_s = timeout - (time.perf_counter() - started)
+            reply = await asyncio.wait_for(future, max(remaining_s, 0.0) if not future.done() else None)
         except PeerUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"stage 0 is unreachable: {exc}")
         except TimeoutError:
             await self._cancel_downstream(request_id)
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result within {timeout:.1f} s")
         except asyncio.CancelledError:  # the client cancelled: stop the chain working on it
+            if sending is not None:
+                sending.cancel()
             await self._cancel_downstream(request_id)
             raise
         finally:
@@ -235,6 +250,16 @@ class Endpoint(
             if self.stage_up[index] and not up:
                 self.fail_pending(f"stage {index} ({self.model.stages[index][0]}) went down")
             self.stage_up[index] = up
+
+    async def close(self, reason: str, timeout_s: float = 2.0) -> None:
+        """Refuse new requests and fail those in flight, both with UNAVAILABLE, and wait (at most
+        `timeout_s`) until every handler has answered: call before stopping the server, so no client
+        sees its call cut off (CANCELLED)."""
+        self.closing = reason
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            self.fail_pending(reason)
+            await asyncio.sleep(0.01)
 
     def fail_pending(self, reason: str) -> None:
         """Fail every request in flight with UNAVAILABLE."""

@@ -200,6 +200,23 @@ class RayStages:
         except ray.exceptions.RayError as exc:
             raise ServeError(f"a stage worker failed to start: {str(exc).splitlines()[0]}") from None
 
+    def broken_stages(self, timeout_s: float = 2.0) -> dict[int, str]:
+        """Stages whose actor Ray has given up on (for example its artifact failed the sha256 check when
+        it restarted), with the first line of why; stages restarting or busy are not listed."""
+        import ray
+
+        broken: dict[int, str] = {}
+        for index, actor in enumerate(self.actors or []):
+            try:
+                ray.get(actor.ping.remote(), timeout=timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                continue
+            except ray.exceptions.RayError as exc:
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                telling = [line for line in lines if "Error:" in line or "error:" in line]
+                broken[index] = (telling[-1] if telling else lines[0] if lines else type(exc).__name__)[:300]
+        return broken
+
     def stop(self) -> None:
         """Kill the actors and, if this process started Ray, shut it down."""
         import ray

@@ -45,8 +45,10 @@ async def serve_build(
     access: ServerAccess | None = None,
     max_in_flight: int = 256,
     max_request_bytes: int | None = None,
+    on_event: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM."""
+    """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM; `on_event` hears of
+    stages that went down for good."""
     problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
     if problems:
         raise ServeError("cannot serve this build here: " + "; ".join(problems))
@@ -86,11 +88,16 @@ async def serve_build(
                     pids,
                 )
             )
-        head = asyncio.create_task(_watch_ray_head(ray_stages, stop))
+        watchers = [
+            asyncio.create_task(_watch_ray_head(ray_stages, stop)),
+            asyncio.create_task(_watch_stages(ray_stages, stop, on_event)),
+        ]
         await stop.wait()
-        head.cancel()
+        for watcher in watchers:
+            watcher.cancel()
     finally:
         if server is not None:
+            await endpoint.close("the server is shutting down")  # answered UNAVAILABLE, not cut off
             await server.stop(grace=2.0)
         if metrics is not None:
             metrics.shutdown()
@@ -103,6 +110,21 @@ async def serve_build(
             f"Ray's head ({ray_stages.head_lost}) stopped answering; the endpoint and every stage worker "
             "this machine ran were stopped (restart serve once Ray is back)"
         )
+
+
+async def _watch_stages(
+    ray_stages: RayStages, stop: asyncio.Event, on_event: Callable[[str], None] | None, period_s: float = 2.0
+) -> None:
+    """Report, once each, stages Ray cannot bring back (their requests get UNAVAILABLE meanwhile)."""
+    loop = asyncio.get_running_loop()
+    reported: set[int] = set()
+    while not stop.is_set():
+        await asyncio.sleep(period_s)
+        broken = await loop.run_in_executor(None, ray_stages.broken_stages)
+        for index, reason in broken.items():
+            if index not in reported and on_event is not None:
+                on_event(f"stage {index} is down and cannot restart: {reason}")
+        reported = set(broken)
 
 
 async def _watch_ray_head(ray_stages: RayStages, stop: asyncio.Event, period_s: float = 1.0) -> None:
@@ -188,6 +210,7 @@ async def serve_endpoint(
     try:
         await stop.wait()
     finally:
+        await endpoint.close("the server is shutting down")
         await server.stop(grace=2.0)
         if metrics is not None:
             metrics.shutdown()

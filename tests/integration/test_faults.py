@@ -284,11 +284,30 @@ def test_serve_exits_in_one_line_when_rays_head_is_gone(build: tuple[Path, Path]
             if "gcs_server" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         ]
         assert heads, "no Ray GCS process under serve"
+        command = [sys.executable, "-m", "nndeploy", "bench", f"127.0.0.1:{port}", "--concurrency", "4"]
+        load = subprocess.Popen(
+            [*command, "--duration", "25s", "--timeout", "5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(3)
         killed = time.monotonic()
         for pid in heads:
             os.kill(pid, signal.SIGKILL)
         out, err = serve.communicate(timeout=120)
-        print(f"Ray head gone: serve exited {time.monotonic() - killed:.1f} s later")
+        exited = time.monotonic() - killed
+        load_out, load_err = load.communicate(timeout=120)
+        match = BENCH.search(load_out)
+        assert match, load_out + load_err
+        ok, sent, failed = int(match.group(1)), int(match.group(2)), int(match.group(3))
+        assert ok + failed == sent and ok > 0
+        codes = set(re.findall(r"([A-Z_]+) x\d+", match.group(4) or ""))
+        assert codes <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, load_out
+        print(
+            f"Ray head gone under load: serve exited {exited:.1f} s later; "
+            f"{sent} sent, {ok} ok, {failed} failed ({match.group(4)})"
+        )
         assert serve.returncode == 2, out + err
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and "Ray" in errors[0], err
@@ -302,3 +321,61 @@ def test_serve_exits_in_one_line_when_rays_head_is_gone(build: tuple[Path, Path]
             os.killpg(serve.pid, signal.SIGKILL)
         for pid in _session_processes(serve.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_corrupted_artifact_under_ray_is_reported_and_no_answer_is_served(
+    build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+    import threading
+
+    copy = tmp_path / "build"
+    shutil.copytree(build[1], copy)
+    port, metrics = free_ports(2)
+    serve = _start("serve", str(copy), "--port", str(port), "--metrics-port", str(metrics))
+    lines: dict[str, list[str]] = {"out": [], "err": []}
+
+    def collect(stream: object, into: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            into.append(line)
+
+    readers = [
+        threading.Thread(target=collect, args=(serve.stdout, lines["out"]), daemon=True),
+        threading.Thread(target=collect, args=(serve.stderr, lines["err"]), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and nndeploy("infer", address).returncode != 0:
+            assert serve.poll() is None, "".join(lines["out"] + lines["err"])
+            time.sleep(1)
+        pids = [
+            int(m.group(1))
+            for line in lines["out"]
+            if (m := re.match(r"\s*│\s*\d+\s*│\s*\S+\s*│\s*\S+\s*│\s*(\d+)\s*│", line))
+        ]
+        assert len(pids) >= 2, "".join(lines["out"])
+        manifest = json.loads((copy / "manifest.json").read_text())
+        library = copy / manifest["stages"][-1]["artifact"]["path"]
+        data = bytearray(library.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        library.write_bytes(bytes(data))
+        os.kill(pids[-1], signal.SIGKILL)  # Ray restarts the worker, which finds its artifact changed
+        killed = time.monotonic()
+        reported = ""
+        while time.monotonic() - killed < 90 and not reported:
+            reported = next((line for line in lines["err"] if "cannot restart" in line), "")
+            time.sleep(1)
+        assert reported and "sha256" in reported, "".join(lines["err"])
+        print(f"corrupted artifact under Ray: reported {time.monotonic() - killed:.1f} s after the kill")
+        ok, failed, codes, _ = bench(address, "--concurrency", "2", "--requests", "6", "--timeout", "10")
+        assert ok == 0 and failed == 6 and set(re.findall(r"([A-Z_]+) x\d+", codes)) == {"UNAVAILABLE"}, codes
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+    assert serve.returncode == 0, "".join(lines["out"] + lines["err"])
