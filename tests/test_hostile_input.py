@@ -52,6 +52,13 @@ def fuzz(examples: int) -> settings:
 OUTCOMES: Counter[str] = Counter()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def outcome_counts() -> Iterator[None]:
+    """Print how many inputs of each family were tried and how they ended (visible with -s)."""
+    yield
+    print("\nhostile inputs tried:", json.dumps(dict(sorted(OUTCOMES.items()))))
+
+
 # --- ONNX files ---------------------------------------------------------------------------------------
 def _broken_models(tmp: Path) -> dict[str, Path]:
     """One file per way an ONNX model can be broken, each a real file on disk."""
