@@ -12,6 +12,37 @@ from rich.table import Table
 
 from nndeploy.cli_common import err, out, read_build
 
+# Options shared by the commands that run an endpoint (serve, endpoint) and by its clients (infer, bench).
+ServerCert = Annotated[
+    Path | None, typer.Option("--tls-cert", help="PEM certificate: clients connect over TLS.")
+]
+ServerKey = Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")]
+ClientCa = Annotated[
+    Path | None, typer.Option("--client-ca", help="PEM CA: clients must present a certificate it signed.")
+]
+AuthTokenFile = Annotated[
+    Path | None, typer.Option("--auth-token-file", help="File holding the bearer token clients must send.")
+]
+MaxInFlight = Annotated[
+    int,
+    typer.Option("--max-in-flight", min=1, help="Requests in flight at once; more get RESOURCE_EXHAUSTED."),
+]
+MaxRequestMb = Annotated[
+    float,
+    typer.Option(
+        "--max-request-mb", min=0.001, help="Largest request in MiB; larger get RESOURCE_EXHAUSTED."
+    ),
+]
+TlsCa = Annotated[
+    Path | None, typer.Option("--tls-ca", help="PEM CA that signed the server's certificate: use TLS.")
+]
+ClientCert = Annotated[
+    Path | None, typer.Option("--tls-cert", help="PEM client certificate, for servers that need one.")
+]
+TokenFile = Annotated[
+    Path | None, typer.Option("--token-file", help="File holding the bearer token to send.")
+]
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
@@ -32,30 +63,12 @@ def serve_command(
     address: Annotated[
         str | None, typer.Option("--address", help="Join this Ray cluster (default: local Ray).")
     ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="PEM certificate: clients connect over TLS.")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
-    client_ca: Annotated[
-        Path | None,
-        typer.Option("--client-ca", help="PEM CA: clients must present a certificate it signed."),
-    ] = None,
-    auth_token_file: Annotated[
-        Path | None,
-        typer.Option("--auth-token-file", help="File holding the bearer token clients must send."),
-    ] = None,
-    max_in_flight: Annotated[
-        int,
-        typer.Option(
-            "--max-in-flight", min=1, help="Requests in flight at once; more get RESOURCE_EXHAUSTED."
-        ),
-    ] = 256,
-    max_request_mb: Annotated[
-        float,
-        typer.Option(
-            "--max-request-mb", min=0.001, help="Largest request in MiB; larger get RESOURCE_EXHAUSTED."
-        ),
-    ] = 1024.0,
+    tls_cert: ServerCert = None,
+    tls_key: ServerKey = None,
+    client_ca: ClientCa = None,
+    auth_token_file: AuthTokenFile = None,
+    max_in_flight: MaxInFlight = 256,
+    max_request_mb: MaxRequestMb = 1024.0,
 ) -> None:
     """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint (Ctrl-C stops)."""
     from nndeploy.runtime.access import server_access
@@ -109,16 +122,10 @@ def infer_command(
         str | None, typer.Option("--model", help="Model name (default: the server's only model).")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Save the outputs as .npz.")] = None,
-    tls_ca: Annotated[
-        Path | None, typer.Option("--tls-ca", help="PEM CA that signed the server's certificate: use TLS.")
-    ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="PEM client certificate, for servers that need one.")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
-    token_file: Annotated[
-        Path | None, typer.Option("--token-file", help="File holding the bearer token to send.")
-    ] = None,
+    tls_ca: TlsCa = None,
+    tls_cert: ClientCert = None,
+    tls_key: ServerKey = None,
+    token_file: TokenFile = None,
 ) -> None:
     """Send one request and print the outputs."""
     from nndeploy.runtime.access import client_access
@@ -164,16 +171,10 @@ def bench_command(
     metrics: Annotated[
         str | None, typer.Option("--metrics", help="The server's /metrics URL, for per-stage figures.")
     ] = None,
-    tls_ca: Annotated[
-        Path | None, typer.Option("--tls-ca", help="PEM CA that signed the server's certificate: use TLS.")
-    ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="PEM client certificate, for servers that need one.")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
-    token_file: Annotated[
-        Path | None, typer.Option("--token-file", help="File holding the bearer token to send.")
-    ] = None,
+    tls_ca: TlsCa = None,
+    tls_cert: ClientCert = None,
+    tls_key: ServerKey = None,
+    token_file: TokenFile = None,
 ) -> None:
     """Drive the endpoint with concurrent requests; print throughput, p50/p99 latency, per-stage figures."""
     from nndeploy.cli_tune import parse_duration
@@ -247,30 +248,12 @@ def endpoint_command(
         int | None,
         typer.Option("--sink-port", help="With --tls-dir or --tls-cert: the port stages deliver results to."),
     ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="PEM certificate: clients connect over TLS.")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
-    client_ca: Annotated[
-        Path | None,
-        typer.Option("--client-ca", help="PEM CA: clients must present a certificate it signed."),
-    ] = None,
-    auth_token_file: Annotated[
-        Path | None,
-        typer.Option("--auth-token-file", help="File holding the bearer token clients must send."),
-    ] = None,
-    max_in_flight: Annotated[
-        int,
-        typer.Option(
-            "--max-in-flight", min=1, help="Requests in flight at once; more get RESOURCE_EXHAUSTED."
-        ),
-    ] = 256,
-    max_request_mb: Annotated[
-        float,
-        typer.Option(
-            "--max-request-mb", min=0.001, help="Largest request in MiB; larger get RESOURCE_EXHAUSTED."
-        ),
-    ] = 1024.0,
+    tls_cert: ServerCert = None,
+    tls_key: ServerKey = None,
+    client_ca: ClientCa = None,
+    auth_token_file: AuthTokenFile = None,
+    max_in_flight: MaxInFlight = 256,
+    max_request_mb: MaxRequestMb = 1024.0,
 ) -> None:
     """Run the KServe v2 endpoint in front of stage workers started elsewhere (Kubernetes)."""
     from nndeploy.runtime.access import server_access

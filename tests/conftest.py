@@ -69,3 +69,28 @@ def servers(
         "devices": [{"name": f"server-{i}", "profile": profile} for i in range(count)],
         "default_link": {"gbps": gbps, "latency_ms": latency_ms},
     }
+
+
+def plan_and_compile(model: Any, cluster: dict[str, Any], folder: Path, name: str) -> tuple[Path, Path]:
+    """Save `model` as folder/name.onnx, plan it on `cluster` and compile it with the CLI; returns
+    (model path, build folder), after checking the plan has at least two stages."""
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+    import yaml
+
+    path = folder / f"{name}.onnx"
+    onnx.save(model, path)
+    (folder / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+    for args in (
+        ["plan", str(path), "--cluster", str(folder / "cluster.yaml"), "-o", str(folder / "plan.json")],
+        ["compile", str(folder / "plan.json"), "-o", str(folder / "build")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "nndeploy", *args], capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr
+    assert len(json.loads((folder / "plan.json").read_text())["stages"]) >= 2
+    return path, folder / "build"

@@ -294,3 +294,24 @@ def celu_model() -> onnx.ModelProto:
         helper.make_node("MatMul", ["c", "w2"], ["y"], name="mm2"),
     ]
     return _model(nodes, [_f32("x", [2, 8])], [_f32("y", [2, 4])], weights, "celu", opset=17)
+
+
+def conv_residual_model(side: int) -> onnx.ModelProto:
+    """x[1,3,side,side] through Relu, a 3x3 conv, Sigmoid and a residual Add: split over several fast-linked
+    servers it becomes a multi-stage pipeline (side 640 makes a 4.7 MiB input, over gRPC's default limit)."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32) * 0.2, "w")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="relu1"),
+        helper.make_node("Conv", ["a", "w"], ["b"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["b"], ["c"], name="sigmoid"),
+        helper.make_node("Add", ["c", "x"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"conv_residual_{side}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, side, side])],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -17,15 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from test_cli import nndeploy
 
 from nndeploy.oracle import run_model
 from nndeploy.runtime.chain import free_ports
 
-from conftest import servers
+from conftest import plan_and_compile, servers
+from models import conv_residual_model
 
 pytestmark = pytest.mark.slow
 
@@ -34,41 +33,10 @@ CLUSTER = servers(3, profile="x86-avx2-server", gbps=4000.0, latency_ms=1e-4)
 BENCH = re.compile(r"(\d+)/(\d+) ok, (\d+) failed(?: \(([^)]*)\))?")
 
 
-def small_model() -> onnx.ModelProto:
-    """x[1,3,64,64] through a conv and elementwise ops: a few stages when planned on CLUSTER."""
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32) * 0.2, "w")
-    nodes = [
-        helper.make_node("Relu", ["x"], ["a"], name="relu1"),
-        helper.make_node("Conv", ["a", "w"], ["b"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Sigmoid", ["b"], ["c"], name="sigmoid"),
-        helper.make_node("Add", ["c", "x"], ["y"], name="residual"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "faults",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [weight],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(model path, build dir) of small_model compiled over CLUSTER in two or more stages."""
-    import yaml
-
-    folder = tmp_path_factory.mktemp("faults")
-    model = folder / "faults.onnx"
-    onnx.save(small_model(), model)
-    (folder / "cluster.yaml").write_text(yaml.safe_dump(CLUSTER))
-    done = nndeploy("plan", model, "--cluster", folder / "cluster.yaml", "-o", folder / "plan.json")
-    assert done.returncode == 0, done.stderr
-    assert len(json.loads((folder / "plan.json").read_text())["stages"]) >= 2
-    done = nndeploy("compile", folder / "plan.json", "-o", folder / "build")
-    assert done.returncode == 0, done.stderr
-    return model, folder / "build"
+    """(model path, build dir) of a small conv model compiled over CLUSTER in two or more stages."""
+    return plan_and_compile(conv_residual_model(64), CLUSTER, tmp_path_factory.mktemp("faults"), "faults")
 
 
 def _start(*args: str) -> subprocess.Popen[str]:

@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from test_cli import assert_user_error, nndeploy
 
 from nndeploy.oracle import run_model
 
-from conftest import servers
+from conftest import plan_and_compile, servers
+from models import conv_residual_model
 
 # Checked without importing it: tritonclient's protos clash with the project's in one process.
 pytestmark = [
@@ -37,41 +36,10 @@ pytestmark = [
 CLUSTER = servers(3, profile="x86-avx2-server", gbps=4000.0, latency_ms=1e-4)
 
 
-def big_model() -> onnx.ModelProto:
-    """x[1,3,640,640] (4.7 MiB, over gRPC's default 4 MiB limit) through a few elementwise ops and a conv."""
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32) * 0.2, "w")
-    nodes = [
-        helper.make_node("Relu", ["x"], ["a"], name="relu1"),
-        helper.make_node("Conv", ["a", "w"], ["b"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Sigmoid", ["b"], ["c"], name="sigmoid"),
-        helper.make_node("Add", ["c", "x"], ["y"], name="residual"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "big",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 640, 640])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 640, 640])],
-        [weight],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 2+ stage x86 build of big_model; returns (model path, build dir)."""
-    import yaml
-
-    folder = tmp_path_factory.mktemp("serve")
-    model = folder / "big.onnx"
-    onnx.save(big_model(), model)
-    (folder / "cluster.yaml").write_text(yaml.safe_dump(CLUSTER))
-    done = nndeploy("plan", model, "--cluster", folder / "cluster.yaml", "-o", folder / "plan.json")
-    assert done.returncode == 0, done.stderr
-    assert len(json.loads((folder / "plan.json").read_text())["stages"]) >= 2
-    done = nndeploy("compile", folder / "plan.json", "-o", folder / "build")
-    assert done.returncode == 0, done.stderr
-    return model, folder / "build"
+    """A 2+ stage x86 build of a conv model with a 4.7 MiB input; returns (model path, build dir)."""
+    return plan_and_compile(conv_residual_model(640), CLUSTER, tmp_path_factory.mktemp("serve"), "big")
 
 
 class Server:
