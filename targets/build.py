@@ -144,6 +144,7 @@ def _fallback_record(
     reason: str,
 ) -> BuildRecord:
     """The stage runs on onnxruntime instead: its artifact is the stage model itself, flagged as such."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     copy = out_dir / f"stage_{index}.onnx"
     if copy.resolve() != stage_path.resolve():
         shutil.copyfile(stage_path, copy)

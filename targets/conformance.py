@@ -1,0 +1,323 @@
+"""The ONNX conformance yardstick: the single-op cases the onnx package generates, each run four ways on
+this x86 host and compared with the case's reference outputs (its own rtol/atol):
+
+- `onnxruntime`: the model as it is;
+- `tvm`: TVM's Relax ONNX frontend as it is (from_onnx with the inputs' shapes and dtypes, tvm.compile
+  for llvm, the Relax VM);
+- `nndeploy`: nndeploy's own path for one x86 device: load and prepare, plan, cut, build with TVM and run
+  the artifact (no fallback);
+- `nndeploy+fallback`: the same with `--fallback onnxruntime`: a stage TVM cannot build runs on
+  onnxruntime, flagged.
+
+Each (case, way) runs in a worker process of `IsolatedPool` with a time limit, so a TVM crash or hang
+costs one case, not the run. Outcomes: pass, wrong (ran, numbers differ), error (refused or failed, with
+the first line of why), crash, timeout, skip (input kinds the way cannot take: sequences, optionals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+WAYS = ("onnxruntime", "tvm", "nndeploy", "nndeploy+fallback")
+HOST_PROFILES = ("x86-avx512-server", "x86-avx2-server")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conformance case: a single-op model, its input and reference output sets, and tolerances."""
+
+    name: str
+    op_type: str
+    model: bytes
+    data_sets: tuple[tuple[tuple[Any, ...], tuple[Any, ...]], ...]
+    rtol: float
+    atol: float
+
+
+def load_cases(names: Iterable[str] | None = None) -> list[Case]:
+    """The onnx package's node conformance cases (all, or those named), with TensorProto data as arrays."""
+    import warnings
+
+    from onnx import numpy_helper
+    from onnx.backend.test.case.node import collect_testcases
+
+    wanted = set(names) if names is not None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the case generators divide by zero on purpose
+        collected = collect_testcases(None)
+
+    def value(item: Any) -> Any:
+        if isinstance(item, onnx.TensorProto):
+            return numpy_helper.to_array(item)
+        return np.asarray(item) if isinstance(item, np.generic) else item
+
+    cases = []
+    for case in collected:
+        if wanted is not None and case.name not in wanted:
+            continue
+        nodes = case.model.graph.node
+        sets = tuple(
+            (tuple(value(x) for x in inputs), tuple(value(y) for y in outputs))
+            for inputs, outputs in case.data_sets
+        )
+        cases.append(
+            Case(
+                case.name,
+                nodes[0].op_type if len(nodes) == 1 else "+".join(sorted({n.op_type for n in nodes})),
+                case.model.SerializeToString(),
+                sets,
+                float(case.rtol),
+                float(case.atol),
+            )
+        )
+    return cases
+
+
+def run_way(case: Case, way: str, scratch: Path) -> tuple[str, str]:
+    """(outcome, detail) of running `case` the given way in this process."""
+    model = onnx.load_from_string(case.model)
+    if way != "onnxruntime" and not _plain_tensors(case):
+        return "skip", "sequence or optional inputs/outputs"
+    try:
+        for inputs, expected in case.data_sets:
+            feeds = {vi.name: x for vi, x in zip(_graph_inputs(model), inputs, strict=False)}
+            if way == "onnxruntime":
+                got = _run_onnxruntime(case.model, feeds)
+            elif way == "tvm":
+                got = _run_tvm_frontend(model, feeds)
+            else:
+                got, fallback = _run_nndeploy(model, feeds, scratch, way == "nndeploy+fallback")
+            problem = _compare(got, expected, case.rtol, case.atol)
+            if problem:
+                return "wrong", problem
+    except Exception as exc:  # every way fails in its own words; one line of them is the detail
+        return "error", _first_line(exc)
+    return "pass", "onnxruntime fallback" if way.startswith("nndeploy") and fallback else ""
+
+
+def _plain_tensors(case: Case) -> bool:
+    return all(isinstance(x, np.ndarray) for inputs, outputs in case.data_sets for x in (*inputs, *outputs))
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in initializers]
+
+
+def _compare(got: list[Any], expected: tuple[Any, ...], rtol: float, atol: float) -> str:
+    """'' if every output matches its reference as the onnx backend tests check it, else what differs."""
+    if len(got) != len(expected):
+        return f"{len(got)} outputs, expected {len(expected)}"
+    for index, (g, e) in enumerate(zip(got, expected, strict=True)):
+        if not isinstance(e, np.ndarray):
+            continue
+        g = np.asarray(g)
+        if g.shape != e.shape:
+            return f"output {index}: shape {list(g.shape)}, expected {list(e.shape)}"
+        if e.dtype.kind in "OUS":
+            if not np.array_equal(g.astype(e.dtype), e):
+                return f"output {index}: strings differ"
+            continue
+        try:
+            np.testing.assert_allclose(g.astype(e.dtype), e, rtol=rtol, atol=atol, equal_nan=True)
+        except AssertionError:
+            worst = float(np.nanmax(np.abs(g.astype(np.float64) - e.astype(np.float64)))) if e.size else 0.0
+            return f"output {index}: max abs diff {worst:.3g} (rtol {rtol:g}, atol {atol:g})"
+    return ""
+
+
+def _run_onnxruntime(model: bytes, feeds: dict[str, Any]) -> list[Any]:
+    from nndeploy.oracle import session
+
+    sess = session(onnx.load_from_string(model), threads=1)
+    return list(sess.run(None, feeds))
+
+
+def _run_tvm_frontend(model: onnx.ModelProto, feeds: dict[str, Any]) -> list[Any]:
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shapes = {name: list(np.shape(x)) for name, x in feeds.items()}
+    dtypes = {name: np.asarray(x).dtype.name for name, x in feeds.items()}
+    mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    result = vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[vi.name])) for vi in _graph_inputs(model)])
+    return _flatten(result)
+
+
+def _flatten(result: Any) -> list[Any]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    return [item for part in result for item in _flatten(part)]
+
+
+def _run_nndeploy(
+    model: onnx.ModelProto, feeds: dict[str, Any], scratch: Path, fallback: bool
+) -> tuple[list[Any], bool]:
+    """nndeploy's path for one x86 server: prepare + plan + cut + build + run the artifacts in order;
+    returns the outputs and whether any stage ran on the onnxruntime fallback."""
+    from nndeploy.cli_common import write_stage_models
+    from nndeploy.graph import load_graph
+    from nndeploy.partitioner.planner import plan as make_plan
+    from nndeploy.planfile import write_plan
+    from nndeploy.targets.build import build_stage
+    from nndeploy.targets.cluster import parse_cluster
+    from nndeploy.targets.loader import run_artifact
+    from nndeploy.targets.manifest import StageBuild
+
+    folder = Path(tempfile.mkdtemp(dir=scratch))
+    path = folder / "model.onnx"
+    onnx.save(model, path)
+    cluster = parse_cluster(
+        {"devices": [{"name": "server", "profile": host_profile()}]}, "conformance", folder
+    )
+    if not fallback:  # as `nndeploy plan` does: only ops TVM's frontend imports are placed on the device
+        from nndeploy.targets.tvm_ops import restrict_to_compiler
+
+        cluster = restrict_to_compiler(cluster)
+    shapes = {name: tuple(np.shape(x)) for name, x in feeds.items()}
+    the_plan = make_plan(load_graph(path, shapes), cluster, "latency")
+    write_plan(the_plan, folder / "plan.json")
+    _, stage_paths = write_stage_models(the_plan, folder / "plan.json", folder / "stages", path)
+    tensors = {name: np.asarray(x) for name, x in feeds.items()}
+    used_fallback = False
+    for stage, stage_path in zip(the_plan.stages, stage_paths, strict=True):
+        device = cluster.device(stage.device)
+        record = build_stage(
+            stage_path, stage.index, device, folder / "build", "onnxruntime" if fallback else None
+        )
+        if record.artifact is None:
+            raise RuntimeError(record.error or "build failed")
+        used_fallback |= record.artifact.fallback is not None
+        entry = StageBuild(
+            stage.index, device.name, device.arch, record.artifact, record.seconds, record.cached
+        )
+        outputs, _ = run_artifact(folder / "build", entry, tensors)
+        tensors.update(outputs)
+    return [tensors[vi.name] for vi in model.graph.output], used_fallback
+
+
+def host_profile() -> str:
+    """The built-in x86 profile whose code this CPU runs natively."""
+    from nndeploy.targets.loader import missing_cpu_features
+    from nndeploy.targets.registry import load_profiles
+
+    profiles = load_profiles()
+    for name in HOST_PROFILES:
+        if not missing_cpu_features(profiles[name].tvm_target):
+            return name
+    return HOST_PROFILES[-1]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    telling = [line for line in lines if "Error" in line or "error" in line]
+    text = telling[-1] if telling else lines[-1] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+# --- isolation -----------------------------------------------------------------------------------------
+def _worker(connection: Any, scratch: str, job: Callable[[Case, str, Path], tuple[str, str]]) -> None:
+    """Worker process: run (case, way) jobs until told to stop."""
+    import os
+
+    os.environ.setdefault("TVM_NUM_THREADS", "1")
+    while True:
+        task = connection.recv()
+        if task is None:
+            return
+        case, way = task
+        started = time.perf_counter()
+        outcome, detail = job(case, way, Path(scratch))
+        connection.send((outcome, detail, time.perf_counter() - started))
+
+
+class IsolatedPool:
+    """`workers` long-lived processes running jobs one at a time; a job over `timeout_s` or one that
+    kills its process is recorded as such and the process replaced."""
+
+    def __init__(
+        self,
+        workers: int,
+        timeout_s: float,
+        scratch: Path,
+        job: Callable[[Case, str, Path], tuple[str, str]] = run_way,
+    ) -> None:
+        self.context = multiprocessing.get_context("spawn")
+        self.timeout_s = timeout_s
+        self.scratch = scratch
+        self.job = job
+        self.slots = [self._spawn() for _ in range(max(1, workers))]
+
+    def _spawn(self) -> tuple[Any, Any]:
+        parent, child = self.context.Pipe()
+        process = self.context.Process(target=_worker, args=(child, str(self.scratch), self.job), daemon=True)
+        process.start()
+        child.close()
+        return process, parent
+
+    def run(self, jobs: Iterable[tuple[Case, str]]) -> Iterator[tuple[Case, str, str, str, float]]:
+        """Yield (case, way, outcome, detail, seconds) as jobs finish (not in order)."""
+        from multiprocessing.connection import wait
+
+        pending = iter(jobs)
+        busy: dict[int, tuple[Case, str, float]] = {}
+        for index in range(len(self.slots)):
+            self._give(index, pending, busy)
+        while busy:
+            connections = {self.slots[i][1]: i for i in busy}
+            ready = wait(list(connections), timeout=0.5)
+            now = time.monotonic()
+            for connection in ready:
+                index = connections[connection]
+                case, way, started = busy.pop(index)
+                try:
+                    outcome, detail, seconds = connection.recv()
+                except (EOFError, OSError):
+                    code = self.slots[index][0].exitcode
+                    outcome, detail, seconds = "crash", f"worker died (exit code {code})", now - started
+                    self._replace(index)
+                yield case, way, outcome, detail, seconds
+                self._give(index, pending, busy)
+            for index, (case, way, started) in list(busy.items()):
+                if now - started > self.timeout_s:
+                    busy.pop(index)
+                    self._replace(index)
+                    yield case, way, "timeout", f"no result within {self.timeout_s:g} s", now - started
+                    self._give(index, pending, busy)
+
+    def _give(self, index: int, pending: Iterator[tuple[Case, str]], busy: dict[int, Any]) -> None:
+        job = next(pending, None)
+        if job is not None:
+            self.slots[index][1].send(job)
+            busy[index] = (job[0], job[1], time.monotonic())
+
+    def _replace(self, index: int) -> None:
+        process, connection = self.slots[index]
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=10)
+        connection.close()
+        self.slots[index] = self._spawn()
+
+    def close(self) -> None:
+        """Stop every worker."""
+        for process, connection in self.slots:
+            with contextlib.suppress(OSError, ValueError):
+                connection.send(None)
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=10)

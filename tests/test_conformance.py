@@ -1,0 +1,63 @@
+"""The conformance runner on a fixed sample of the onnx package's node cases, and its crash isolation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from nndeploy.targets.conformance import WAYS, Case, IsolatedPool, load_cases
+
+SAMPLE = ("test_abs", "test_relu", "test_softmax_axis_0", "test_celu", "test_lstm_defaults", "test_cumsum_1d")
+
+
+def _run(cases: list[Case], tmp_path: Path, job=None, timeout_s: float = 120.0):  # type: ignore[no-untyped-def]
+    pool = IsolatedPool(2, timeout_s, tmp_path, job) if job else IsolatedPool(2, timeout_s, tmp_path)
+    try:
+        return {
+            (case.name, way): (outcome, detail)
+            for case, way, outcome, detail, _ in pool.run((c, w) for c in cases for w in WAYS)
+        }
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_a_fixed_sample_runs_every_way(tmp_path: Path) -> None:
+    cases = load_cases(SAMPLE)
+    assert sorted(c.name for c in cases) == sorted(SAMPLE)
+    results = _run(cases, tmp_path)
+    assert len(results) == len(SAMPLE) * len(WAYS)
+    for name in ("test_abs", "test_relu", "test_softmax_axis_0"):
+        assert all(results[(name, way)][0] == "pass" for way in WAYS), results
+    for name in ("test_celu", "test_lstm_defaults"):  # ops TVM's frontend does not import
+        assert results[(name, "onnxruntime")][0] == "pass"
+        assert results[(name, "tvm")][0] == "error" and "not supported" in results[(name, "tvm")][1]
+        assert results[(name, "nndeploy")][0] == "error" and "fallback" in results[(name, "nndeploy")][1]
+        assert results[(name, "nndeploy+fallback")] == ("pass", "onnxruntime fallback")
+    assert results[("test_cumsum_1d", "onnxruntime")][0] == "pass"  # a numpy-scalar axis input
+
+
+def crash_or_hang(case: Case, way: str, scratch: Path) -> tuple[str, str]:
+    """A stand-in job: kills its own process, hangs, or passes, by case name."""
+    if case.name == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if case.name == "hang":
+        time.sleep(600)
+    return "pass", way
+
+
+def test_a_crash_or_a_hang_costs_one_case(tmp_path: Path) -> None:
+    cases = [Case(name, "Op", b"", (), 0.0, 0.0) for name in ("before", "crash", "hang", "after")]
+    started = time.monotonic()
+    results = _run(cases, tmp_path, crash_or_hang, timeout_s=3.0)
+    assert time.monotonic() - started < 60
+    assert {results[("crash", way)][0] for way in WAYS} == {"crash"}
+    assert "exit code" in results[("crash", "tvm")][1]
+    assert {results[("hang", way)][0] for way in WAYS} == {"timeout"}
+    assert {results[(name, way)] for name in ("before", "after") for way in WAYS} == {
+        ("pass", way) for way in WAYS
+    }
