@@ -37,7 +37,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from nndeploy.targets.conformance import WAYS, IsolatedPool, load_cases
+    from nndeploy.conformance import WAYS, IsolatedPool, load_cases
 
     started = time.monotonic()
     cases = load_cases(args.cases.split(",") if args.cases else None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nndeploy.targets.conformance import WAYS, Case, IsolatedPool, load_cases
+from nndeploy.conformance import WAYS, Case, IsolatedPool, load_cases
 
 SAMPLE = ("test_abs", "test_relu", "test_softmax_axis_0", "test_celu", "test_lstm_defaults", "test_cumsum_1d")
 

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from nndeploy.targets.frontend_baseline import run_frontend_as_is
+
 WAYS = ("onnxruntime", "tvm", "nndeploy", "nndeploy+fallback")
 HOST_PROFILES = ("x86-avx512-server", "x86-avx2-server")
 
@@ -94,7 +96,7 @@ def run_way(case: Case, way: str, scratch: Path) -> tuple[str, str]:
             if way == "onnxruntime":
                 got = _run_onnxruntime(case.model, feeds)
             elif way == "tvm":
-                got = _run_tvm_frontend(model, feeds)
+                got = run_frontend_as_is(model, feeds)
             else:
                 got, fallback = _run_nndeploy(model, feeds, scratch, way == "nndeploy+fallback")
             problem = _compare(got, expected, case.rtol, case.atol)
@@ -141,26 +143,6 @@ def _run_onnxruntime(model: bytes, feeds: dict[str, Any]) -> list[Any]:
 
     sess = session(onnx.load_from_string(model), threads=1)
     return list(sess.run(None, feeds))
-
-
-def _run_tvm_frontend(model: onnx.ModelProto, feeds: dict[str, Any]) -> list[Any]:
-    import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
-
-    shapes = {name: list(np.shape(x)) for name, x in feeds.items()}
-    dtypes = {name: np.asarray(x).dtype.name for name, x in feeds.items()}
-    mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
-    executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    result = vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[vi.name])) for vi in _graph_inputs(model)])
-    return _flatten(result)
-
-
-def _flatten(result: Any) -> list[Any]:
-    if hasattr(result, "numpy"):
-        return [result.numpy()]
-    return [item for part in result for item in _flatten(part)]
 
 
 def _run_nndeploy(
