@@ -270,8 +270,11 @@ def test_serve_exits_in_one_line_when_rays_head_is_gone(build: tuple[Path, Path]
         assert match, load_out + load_err
         ok, sent, failed = int(match.group(1)), int(match.group(2)), int(match.group(3))
         assert ok + failed == sent and ok > 0
-        codes = set(re.findall(r"([A-Z_]+) x\d+", match.group(4) or ""))
-        assert codes <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, load_out
+        codes = {code: int(n) for code, n in re.findall(r"([A-Z_]+) x(\d+)", match.group(4) or "")}
+        assert set(codes) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}, load_out
+        # The endpoint answers UNAVAILABLE once it closes; only calls gRPC had taken in but not yet handed
+        # to it when its server stopped are cut (CANCELLED): at most the requests in flight then.
+        assert codes.get("CANCELLED", 0) <= 4, load_out
         print(
             f"Ray head gone under load: serve exited {exited:.1f} s later; "
             f"{sent} sent, {ok} ok, {failed} failed ({match.group(4)})"
