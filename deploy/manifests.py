@@ -19,17 +19,26 @@ from nndeploy.deploy.options import (
     CONFIG_MOUNT,
     ENDPOINT_PORT,
     ENDPOINT_TLS_MOUNT,
+    MAX_NAME,
     METRICS_PORT,
     SINK_PORT,
     TLS_MOUNT,
     TOKEN_MOUNT,
     WORKER_PORT,
+    DeployError,
     DeployOptions,
+    check_options,
     image_for,
     image_variant,
 )
-from nndeploy.deploy.security import SCRATCH, container_security, pod_security, scratch_volume
-from nndeploy.errors import NNDeployError
+from nndeploy.deploy.security import container_security, pod_security
+from nndeploy.deploy.volumes import (
+    endpoint_secret_mounts,
+    endpoint_secret_volumes,
+    pod_volumes,
+    shared_mounts,
+    tls_mounts,
+)
 from nndeploy.paths import inside
 
 MANIFEST_NAME = "manifest.json"
@@ -37,22 +46,6 @@ MIB = 1024**2
 RUNTIME_OVERHEAD_BYTES = 256 * MIB
 GRACE_SECONDS = 30
 PRESTOP_SLEEP_SECONDS = 5
-DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-# Longest object name: "<name>-stage-NNN" / "<name>-endpoint" must stay a 63-character label (Services).
-MAX_NAME = 40
-
-
-class DeployError(NNDeployError):
-    """The build cannot be deployed (no manifest, a failed stage, a bad name) or manifests are invalid."""
-
-
-def check_label(value: str, what: str, max_len: int = 63) -> None:
-    """Raise DeployError unless `value` is a DNS-1123 label of at most `max_len` characters."""
-    if not DNS_1123_LABEL.match(value) or len(value) > max_len:
-        raise DeployError(
-            f"{what} '{value}' is not a DNS-1123 label (lowercase letters, digits and '-', starting and "
-            f"ending with a letter or digit, at most {max_len} characters)"
-        )
 
 
 def stage_name(options: DeployOptions, index: int) -> str:
@@ -168,58 +161,13 @@ def stage_sums_key(index: int) -> str:
     return f"stage-{index}.sha256"
 
 
-def _volumes(options: DeployOptions) -> list[dict[str, Any]]:
-    volumes = [
-        {"name": "build", "persistentVolumeClaim": {"claimName": options.artifacts_pvc, "readOnly": True}},
-        {"name": "config", "configMap": {"name": f"{options.name}-plan"}},
-    ]
-    if options.tls_secret is not None:
-        volumes.append({"name": "tls", "secret": {"secretName": options.tls_secret, "defaultMode": 0o440}})
-    return [*volumes, scratch_volume()]
-
-
-def _tls_mounts(options: DeployOptions) -> list[dict[str, Any]]:
-    """The TLS Secret (tls.crt, tls.key, ca.crt) in the worker and endpoint containers, when asked for."""
-    return [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}] if options.tls_secret else []
-
-
-def _endpoint_secret_volumes(options: DeployOptions) -> list[dict[str, Any]]:
-    """The endpoint's client-facing TLS Secret and its token Secret, when asked for."""
-    volumes = []
-    if options.endpoint_tls_secret:
-        secret = {"secretName": options.endpoint_tls_secret, "defaultMode": 0o440}
-        volumes.append({"name": "endpoint-tls", "secret": secret})
-    if options.token_secret:
-        items = [{"key": "token", "path": "token"}]
-        secret = {"secretName": options.token_secret, "items": items, "defaultMode": 0o440}
-        volumes.append({"name": "token", "secret": secret})
-    return volumes
-
-
-def _endpoint_secret_mounts(options: DeployOptions) -> list[dict[str, Any]]:
-    mounts = []
-    if options.endpoint_tls_secret:
-        mounts.append({"name": "endpoint-tls", "mountPath": ENDPOINT_TLS_MOUNT, "readOnly": True})
-    if options.token_secret:
-        mounts.append({"name": "token", "mountPath": TOKEN_MOUNT, "readOnly": True})
-    return mounts
-
-
-def _mounts() -> list[dict[str, Any]]:
-    return [
-        {"name": "build", "mountPath": BUILD_MOUNT, "readOnly": True},
-        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-        dict(SCRATCH),
-    ]
-
-
 def _verify_container(image: str, sums_key: str) -> dict[str, Any]:
     return {
         "name": "verify-artifacts",
         "image": image,
         "command": ["sha256sum", "--check", "--strict", f"{CONFIG_MOUNT}/{sums_key}"],
         "workingDir": BUILD_MOUNT,
-        "volumeMounts": _mounts(),
+        "volumeMounts": shared_mounts(),
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
         "securityContext": container_security(),
     }
@@ -236,7 +184,7 @@ def _pod_spec(
         "terminationGracePeriodSeconds": GRACE_SECONDS,
         "initContainers": [_verify_container(image, sums_key)],
         "containers": [container],
-        "volumes": _volumes(options),
+        "volumes": pod_volumes(options),
         "securityContext": pod_security(),
     }
     if device is not None and device.get("node_labels"):
@@ -317,7 +265,7 @@ def stage_objects(
         "command": command,
         "ports": [{"name": "grpc", "containerPort": WORKER_PORT, "protocol": "TCP"}],
         "resources": resources,
-        "volumeMounts": _mounts() + _tls_mounts(options),
+        "volumeMounts": shared_mounts() + tls_mounts(options),
         "readinessProbe": {**probe, "initialDelaySeconds": 2},
         "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 3},
         "lifecycle": _lifecycle(),
@@ -379,6 +327,7 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
         command += ["--stage", service_dns(stage_name(options, index), options, WORKER_PORT)]
     source = next(d for d in plan["cluster"]["devices"] if d["name"] == plan["cluster"]["source"])
     image = endpoint_image(options, source)
+    ready = {"tcpSocket" if options.endpoint_tls_secret else "grpc": {"port": ENDPOINT_PORT}}
     container = {
         "name": "endpoint",
         "image": image,
@@ -389,19 +338,11 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
             *([{"name": "sink", "containerPort": SINK_PORT, "protocol": "TCP"}] if separate_sink else []),
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
-        "volumeMounts": _mounts() + _tls_mounts(options) + _endpoint_secret_mounts(options),
+        "volumeMounts": shared_mounts() + tls_mounts(options) + endpoint_secret_mounts(options),
         # Health is SERVING only while every stage is up: right for readiness; liveness only checks the
         # process answers (a stage restarting must not restart the endpoint too). The kubelet's gRPC probe
         # speaks no TLS: with TLS on the client port, readiness checks the port is open instead.
-        "readinessProbe": {
-            **(
-                {"tcpSocket": {"port": ENDPOINT_PORT}}
-                if options.endpoint_tls_secret
-                else {"grpc": {"port": ENDPOINT_PORT}}
-            ),
-            "periodSeconds": 5,
-            "initialDelaySeconds": 2,
-        },
+        "readinessProbe": {**ready, "periodSeconds": 5, "initialDelaySeconds": 2},
         "livenessProbe": {
             "tcpSocket": {"port": ENDPOINT_PORT},
             "periodSeconds": 10,
@@ -411,7 +352,7 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
         "securityContext": container_security(),
     }
     pod = _pod_spec(options, image, container, "SHA256SUMS", None)
-    pod["volumes"] += _endpoint_secret_volumes(options)
+    pod["volumes"] += endpoint_secret_volumes(options)
     if source.get("node_labels"):
         # Next to where requests arrive (the cluster's source device), on its node's CPU.
         pod["nodeSelector"] = {str(k): str(v) for k, v in source["node_labels"].items()}
@@ -490,22 +431,6 @@ def shared_objects(
         },
     }
     return [config, pvc]
-
-
-def check_options(options: DeployOptions) -> None:
-    """One-line DeployError for names Kubernetes would refuse, and for what is not supported."""
-    check_label(options.name, "--name", MAX_NAME)
-    check_label(options.namespace, "--namespace")
-    check_label(options.artifacts_pvc, "--pvc")
-    for value, flag in (
-        (options.tls_secret, "--tls-secret"),
-        (options.endpoint_tls_secret, "--endpoint-tls-secret"),
-        (options.token_secret, "--token-secret"),
-    ):
-        if value is not None:
-            check_label(value, flag, 253)
-    if options.client_certs and not options.endpoint_tls_secret:
-        raise DeployError("--client-certs needs --endpoint-tls-secret (client certificates need TLS)")
 
 
 def render(build_dir: Path, options: DeployOptions, ray: bool = False) -> dict[str, list[dict[str, Any]]]:

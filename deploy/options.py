@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,9 @@ class DeployOptions:
     token_secret: str | None = None
 
 
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Longest object name: "<name>-stage-NNN" / "<name>-endpoint" must stay a 63-character label (Services).
+MAX_NAME = 40
 ARCH_SUFFIX = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
@@ -65,3 +69,32 @@ def image_for(options: DeployOptions, variant: str) -> str:
     name, colon, tag = options.image[slash + 1 :].partition(":")
     prefix = options.image[: slash + 1]
     return f"{prefix}{name}:{tag}-{variant}" if colon else f"{prefix}{name}-{variant}"
+
+
+class DeployError(NNDeployError):
+    """The build cannot be deployed (no manifest, a failed stage, a bad name) or manifests are invalid."""
+
+
+def check_label(value: str, what: str, max_len: int = 63) -> None:
+    """Raise DeployError unless `value` is a DNS-1123 label of at most `max_len` characters."""
+    if not DNS_1123_LABEL.match(value) or len(value) > max_len:
+        raise DeployError(
+            f"{what} '{value}' is not a DNS-1123 label (lowercase letters, digits and '-', starting and "
+            f"ending with a letter or digit, at most {max_len} characters)"
+        )
+
+
+def check_options(options: DeployOptions) -> None:
+    """One-line DeployError for names Kubernetes would refuse, and for what is not supported."""
+    check_label(options.name, "--name", MAX_NAME)
+    check_label(options.namespace, "--namespace")
+    check_label(options.artifacts_pvc, "--pvc")
+    for value, flag in (
+        (options.tls_secret, "--tls-secret"),
+        (options.endpoint_tls_secret, "--endpoint-tls-secret"),
+        (options.token_secret, "--token-secret"),
+    ):
+        if value is not None:
+            check_label(value, flag, 253)
+    if options.client_certs and not options.endpoint_tls_secret:
+        raise DeployError("--client-certs needs --endpoint-tls-secret (client certificates need TLS)")
