@@ -288,3 +288,47 @@ def test_weight_rewrites_are_computed_once_at_compile_time() -> None:
     assert len(calls) == 1  # only x + (weight.T + 1) is left
     constant = next(a for a in calls[0].args[1].fields if isinstance(a, tvm.ir.Constant))
     np.testing.assert_array_equal(constant.value.numpy(), weight.T + 1)
+
+
+def test_weight_packing_is_computed_with_numpy_without_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layout rewrite that packs output channels by 8 (the index arithmetic MetaSchedule's records use)
+    is evaluated without building a TIR library, and gives what the packing means."""
+    import tvm
+    from tvm import relax
+    from tvm.script import tirx as T
+
+    from nndeploy.targets import tuned_build
+
+    @T.prim_func(private=True, s_tir=True)
+    def pack(w: T.Buffer((16, 3), "float32"), packed: T.Buffer((2, 3, 8), "float32")) -> None:
+        for o, i in T.grid(16, 3):
+            with T.sblock("pack"):
+                vo, vi = T.axis.remap("SS", [o, i])
+                packed[vo // 8, vi, vo % 8] = w[vo, vi]
+
+    weight = np.arange(48, dtype=np.float32).reshape(16, 3)
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([2, 3, 8], "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            function = builder.add_func(pack, "pack")
+            packed = builder.emit(
+                relax.call_tir(function, [relax.const(weight)], relax.TensorType([2, 3, 8], "float32"))
+            )
+            out = builder.emit_output(relax.op.add(x, packed))
+        builder.emit_func_output(out)
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a pure layout rewrite was compiled")
+
+    monkeypatch.setattr(tvm.tirx, "build", no_build)
+    folded = tuned_build.fold_constant_calls(builder.get())
+    constants = [
+        a
+        for block in folded["main"].body.blocks
+        for b in block.bindings
+        for a in getattr(b.value, "args", [])
+        if isinstance(a, tvm.ir.Constant)
+    ]
+    assert len(constants) == 1
+    np.testing.assert_array_equal(constants[0].value.numpy(), weight.reshape(2, 8, 3).transpose(0, 2, 1))
