@@ -14,7 +14,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nndeploy.cli_common import MIB, FallbackOption, Objective, ProfilesOption, err, out, write_stage_models
+from nndeploy.cli_common import (
+    MIB,
+    FallbackOption,
+    Objective,
+    ProfilesOption,
+    compiler_fallback,
+    err,
+    out,
+    write_stage_models,
+)
 from nndeploy.errors import ModelError, NNDeployError
 from nndeploy.types import Graph, Plan
 
@@ -104,22 +113,25 @@ def plan(
     from nndeploy.targets.cluster import load_cluster
 
     the_cluster = load_cluster(cluster, profiles or ())
+    the_graph = load_graph(model, parse_input_shapes(input_shape or []), batch)
+    for warning in the_graph.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    uncompilable = compiler_fallback(model, the_graph, fallback is not None)
     if fallback is None:
         from nndeploy.targets.tvm_ops import restrict_to_compiler
 
         the_cluster = restrict_to_compiler(the_cluster)
-    the_graph = load_graph(model, parse_input_shapes(input_shape or []), batch)
-    for warning in the_graph.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     from nndeploy.cli_profile import measured_cost_model
 
     costs = measured_cost_model(profiles or (), the_cluster)
     if check_top is None:
-        the_plan = make_plan(the_graph, the_cluster, objective.value, costs)
+        the_plan = make_plan(the_graph, the_cluster, objective.value, costs, uncompilable)
     else:
         from nndeploy.cli_plan_check import checked_plan
 
-        the_plan = checked_plan(model, the_graph, the_cluster, objective.value, costs, check_top)
+        the_plan = checked_plan(
+            model, the_graph, the_cluster, objective.value, costs, check_top, uncompilable
+        )
     write_plan(the_plan, output)
     print_plan(the_graph, the_plan)
     out.print(f"plan written to {output}")
@@ -203,6 +215,7 @@ def print_plan(the_graph: Graph, the_plan: Plan) -> None:
         "compute ms",
         "transfer ms",
         "memory used / capacity",
+        "onnxruntime nodes",
     )
     for header in headers:
         table.add_column(
@@ -223,8 +236,16 @@ def print_plan(the_graph: Graph, the_plan: Plan) -> None:
             f"{stage.transfer_ms:.3f}",
             f"{stage.mem_bytes / MIB:,.1f} / {capacity / MIB:,.0f} MiB "
             f"({100 * stage.mem_bytes / capacity:.1f}%)",
+            str(len(stage.fallback)) if stage.fallback else "-",
         )
     out.print(table)
+    for stage in the_plan.stages:
+        for node in stage.fallback:
+            out.print(
+                f"[yellow]onnxruntime fallback:[/] stage {stage.index} node '{node.node}' ({node.op_type}): "
+                f"{node.reason}",
+                highlight=False,
+            )
     out.print(
         f"predicted latency: [bold]{the_plan.latency_ms:.3f} ms[/] per request "
         f"(input transfer {the_plan.input_transfer_ms:.3f} ms)   "

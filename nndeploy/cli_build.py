@@ -89,13 +89,7 @@ def compile_command(
     for entry in manifest.stages:
         artifact = entry.artifact
         target = artifact.target if artifact else plan.cluster.device(entry.device).tvm_target
-        status = (
-            "FAILED"
-            if artifact is None
-            else f"{artifact.fallback} fallback"
-            if artifact.fallback
-            else "built"
-        )
+        status = "FAILED" if artifact is None else entry.status.replace("fallback", "onnxruntime fallback")
         if artifact is not None and artifact.options.get("pipeline") == "llvm-metaschedule":
             status += " (tuned)"
         if artifact is not None and "selected" in artifact.options:
@@ -117,6 +111,12 @@ def compile_command(
             reason = entry.artifact.options.get("reason", "")
             err.print(
                 f"[yellow]warning:[/] stage {entry.stage} runs on onnxruntime, not TVM: {reason}",
+                highlight=False,
+            )
+        for node in entry.artifact.options.get("onnxruntime_nodes", []) if entry.artifact else []:
+            err.print(
+                f"[yellow]warning:[/] stage {entry.stage} runs node '{node['node']}' ({node['op_type']}) on "
+                f"onnxruntime: {node['reason']}",
                 highlight=False,
             )
     failed = [e for e in manifest.stages if e.artifact is None]

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from nndeploy.errors import ModelError
-from nndeploy.types import Plan
+from nndeploy.errors import ModelError, PlanError
+from nndeploy.types import FallbackNode, Graph, Plan
 
 if TYPE_CHECKING:
     from nndeploy.targets.manifest import Manifest
@@ -42,7 +42,8 @@ FallbackOption = Annotated[
     Fallback | None,
     typer.Option(
         "--fallback",
-        help="Let stages with ops TVM cannot compile run on onnxruntime instead (flagged in every report).",
+        help="Run the nodes TVM cannot compile (or is known to compute wrongly) on onnxruntime, each run of "
+        "them as one region inside its stage; the rest stays TVM-compiled (flagged in every report).",
     ),
 ]
 ProfilesOption = Annotated[
@@ -81,3 +82,22 @@ def read_build(build_dir: Path) -> tuple[Manifest, Plan]:
 
     manifest = read_manifest(build_dir)
     return manifest, read_plan(build_dir / manifest.plan_file)
+
+
+def compiler_fallback(
+    model: Path, the_graph: Graph, allowed: bool, use_known_wrong: bool = True
+) -> dict[str, FallbackNode]:
+    """The nodes TVM cannot compile (or computes wrongly), by name; without `allowed` (no --fallback)
+    any such node is refused in one line."""
+    from nndeploy.graph import load_prepared_model
+    from nndeploy.targets.tvm_coverage import compiler_problems
+
+    problems = compiler_problems(load_prepared_model(model, the_graph.input_shapes, None), use_known_wrong)
+    if problems and not allowed:
+        listed = "; ".join(f"'{p.node}' ({p.op_type}): {p.reason}" for p in list(problems.values())[:3])
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise PlanError(
+            f"TVM cannot compile {len(problems)} node(s): {listed}{more}; pass --fallback onnxruntime to "
+            "run them on onnxruntime (flagged in the plan), or change the model"
+        )
+    return problems

@@ -4,6 +4,7 @@ targets/plan_check.py times, this module wires them and prints)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from nndeploy.cli_common import out
-from nndeploy.types import Cluster, Graph, Plan
+from nndeploy.types import Cluster, FallbackNode, Graph, Plan
 
 if TYPE_CHECKING:
     from nndeploy.partitioner.cost import CostModel
@@ -40,7 +41,13 @@ class PlanCheck:
 
 
 def check_plans(
-    model: Path, graph: Graph, cluster: Cluster, objective: str, cost_model: CostModel | None, k: int
+    model: Path,
+    graph: Graph,
+    cluster: Cluster,
+    objective: str,
+    cost_model: CostModel | None,
+    k: int,
+    fallback: Mapping[str, FallbackNode] | None = None,
 ) -> PlanCheck:
     """Find up to `k` candidate plans, cut each into stage models of `model` (as `graph` was prepared),
     time them on this host and pick the best by `objective`'s measured figure."""
@@ -49,7 +56,7 @@ def check_plans(
     from nndeploy.partitioner.split import split
     from nndeploy.targets.plan_check import measure_plans, refuse_unrunnable
 
-    plans = candidate_plans(graph, cluster, objective, cost_model, k)
+    plans = candidate_plans(graph, cluster, objective, cost_model, k, fallback)
     refuse_unrunnable(plans)
     prepared = load_prepared_model(model, graph.input_shapes, None)
     stage_models = [split(prepared, the_plan) for the_plan in plans]
@@ -68,13 +75,19 @@ def measured_key(measurement: PlanMeasurement, objective: str) -> tuple[float, .
 
 
 def checked_plan(
-    model: Path, graph: Graph, cluster: Cluster, objective: str, cost_model: CostModel | None, k: int
+    model: Path,
+    graph: Graph,
+    cluster: Cluster,
+    objective: str,
+    cost_model: CostModel | None,
+    k: int,
+    fallback: Mapping[str, FallbackNode] | None = None,
 ) -> Plan:
     """`check_plans`, printed as a table; returns the best measured plan."""
     out.print(
         f"timing the top {k} candidate plan(s) (fewer if fewer exist) on this host ...", highlight=False
     )
-    result = check_plans(model, graph, cluster, objective, cost_model, k)
+    result = check_plans(model, graph, cluster, objective, cost_model, k, fallback)
     print_check(result, objective)
     return result.chosen
 

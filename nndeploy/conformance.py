@@ -148,9 +148,12 @@ def _run_onnxruntime(model: bytes, feeds: dict[str, Any]) -> list[Any]:
 def _run_nndeploy(
     model: onnx.ModelProto, feeds: dict[str, Any], scratch: Path, fallback: bool
 ) -> tuple[list[Any], bool]:
-    """nndeploy's path for one x86 server: prepare + plan + cut + build + run the artifacts in order;
-    returns the outputs and whether any stage ran on the onnxruntime fallback."""
-    from nndeploy.cli_common import write_stage_models
+    """nndeploy's path for one x86 server, as `plan` and `compile` take it: prepare, find the nodes TVM
+    cannot compile, plan (refused without fallback if there are any; with fallback they become
+    onnxruntime regions), cut, build and run the artifacts in order. Returns the outputs and whether any
+    node ran on onnxruntime. Without fallback the known-wrong list is not used: that way measures what
+    TVM's compiled code computes."""
+    from nndeploy.cli_common import compiler_fallback, write_stage_models
     from nndeploy.graph import load_graph
     from nndeploy.partitioner.planner import plan as make_plan
     from nndeploy.planfile import write_plan
@@ -158,6 +161,7 @@ def _run_nndeploy(
     from nndeploy.targets.cluster import parse_cluster
     from nndeploy.targets.loader import run_artifact
     from nndeploy.targets.manifest import StageBuild
+    from nndeploy.targets.tvm_ops import restrict_to_compiler
 
     folder = Path(tempfile.mkdtemp(dir=scratch))
     path = folder / "model.onnx"
@@ -165,12 +169,12 @@ def _run_nndeploy(
     cluster = parse_cluster(
         {"devices": [{"name": "server", "profile": host_profile()}]}, "conformance", folder
     )
-    if not fallback:  # as `nndeploy plan` does: only ops TVM's frontend imports are placed on the device
-        from nndeploy.targets.tvm_ops import restrict_to_compiler
-
-        cluster = restrict_to_compiler(cluster)
     shapes = {name: tuple(np.shape(x)) for name, x in feeds.items()}
-    the_plan = make_plan(load_graph(path, shapes), cluster, "latency")
+    graph = load_graph(path, shapes)
+    regions = compiler_fallback(path, graph, fallback, use_known_wrong=fallback)
+    if not fallback:  # as `nndeploy plan` does: only ops TVM's frontend imports are placed on the device
+        cluster = restrict_to_compiler(cluster)
+    the_plan = make_plan(graph, cluster, "latency", None, regions)
     write_plan(the_plan, folder / "plan.json")
     _, stage_paths = write_stage_models(the_plan, folder / "plan.json", folder / "stages", path)
     tensors = {name: np.asarray(x) for name, x in feeds.items()}
@@ -178,14 +182,18 @@ def _run_nndeploy(
     for stage, stage_path in zip(the_plan.stages, stage_paths, strict=True):
         device = cluster.device(stage.device)
         record = build_stage(
-            stage_path, stage.index, device, folder / "build", "onnxruntime" if fallback else None
+            stage_path,
+            stage.index,
+            device,
+            folder / "build",
+            "onnxruntime" if fallback else None,
+            regions=stage.fallback,
         )
         if record.artifact is None:
             raise RuntimeError(record.error or "build failed")
-        used_fallback |= record.artifact.fallback is not None
-        entry = StageBuild(
-            stage.index, device.name, device.arch, record.artifact, record.seconds, record.cached
-        )
+        artifact = record.artifact
+        used_fallback |= artifact.fallback is not None or any(p.fallback for p in artifact.parts)
+        entry = StageBuild(stage.index, device.name, device.arch, artifact, record.seconds, record.cached)
         outputs, _ = run_artifact(folder / "build", entry, tensors)
         tensors.update(outputs)
     return [tensors[vi.name] for vi in model.graph.output], used_fallback

@@ -253,12 +253,32 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class FallbackNode:
+    """A node its stage runs on onnxruntime instead of TVM-compiled code, and why."""
+
+    node: str
+    op_type: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready form."""
+        return {"node": self.node, "op_type": self.op_type, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FallbackNode:
+        """Inverse of `to_dict`."""
+        return cls(str(data["node"]), str(data["op_type"]), str(data["reason"]))
+
+
+@dataclass(frozen=True)
 class Stage:
     """One pipeline stage: a contiguous run of graph nodes on one device.
 
     `inputs` are the tensors the stage receives and `outputs` the tensors it sends on; a tensor in both
     is forwarded unchanged (a skip connection or a graph output produced early). `transfer_ms` is the
-    predicted time to send `outputs` to the next stage (for the last stage: to the cluster's sink)."""
+    predicted time to send `outputs` to the next stage (for the last stage: to the cluster's sink).
+    `fallback` lists the nodes TVM cannot compile (or computes wrongly): the stage runs them on
+    onnxruntime, each maximal run of them as one region between its TVM-compiled parts."""
 
     index: int
     device: str
@@ -270,6 +290,7 @@ class Stage:
     mem_bytes: int
     param_bytes: int = 0
     op_types: tuple[str, ...] = ()
+    fallback: tuple[FallbackNode, ...] = ()
 
     @property
     def forwarded(self) -> tuple[str, ...]:
@@ -290,6 +311,7 @@ class Stage:
             "transfer_ms": self.transfer_ms,
             "mem_bytes": self.mem_bytes,
             "param_bytes": self.param_bytes,
+            "fallback": [f.to_dict() for f in self.fallback],
         }
 
     @classmethod
@@ -306,6 +328,7 @@ class Stage:
             mem_bytes=int(data["mem_bytes"]),
             param_bytes=int(data.get("param_bytes", 0)),
             op_types=tuple(data.get("op_types", ())),
+            fallback=tuple(FallbackNode.from_dict(f) for f in data.get("fallback", ())),
         )
 
 
@@ -378,7 +401,10 @@ class Plan:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A compiled stage: the file, its checksum and everything needed to load and check it."""
+    """A compiled stage: the file, its checksum and everything needed to load and check it.
+
+    A stage with onnxruntime regions is built as `parts`, run in order on one tensor dict: TVM libraries
+    and onnxruntime models (those flagged `fallback`); its own `path` is then the whole stage model."""
 
     stage: int
     target: dict[str, Any]
@@ -389,12 +415,14 @@ class Artifact:
     tvm_version: str
     options: dict[str, Any] = field(default_factory=dict)
     fallback: str | None = None
+    parts: tuple[Artifact, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         data = asdict(self)
         data["inputs"] = [t.to_dict() for t in self.inputs]
         data["outputs"] = [t.to_dict() for t in self.outputs]
+        data["parts"] = [part.to_dict() for part in self.parts]
         return data
 
     @classmethod
@@ -403,6 +431,7 @@ class Artifact:
         kwargs = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         kwargs["inputs"] = tuple(TensorSpec.from_dict(t) for t in data["inputs"])
         kwargs["outputs"] = tuple(TensorSpec.from_dict(t) for t in data["outputs"])
+        kwargs["parts"] = tuple(cls.from_dict(part) for part in data.get("parts", ()))
         return cls(**kwargs)
 
 

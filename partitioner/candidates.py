@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from nndeploy.errors import PlanError
 from nndeploy.partitioner.cost import CostModel
 from nndeploy.partitioner.planner import OrderProblem, build_plan, explain_no_fit, objective_key, setup
 from nndeploy.partitioner.search import Problem, Solution, evaluate, solve
-from nndeploy.types import Cluster, Graph, Plan
+from nndeploy.types import Cluster, FallbackNode, Graph, Plan
 
 # At most this many device subsets are solved (all of them for up to 4 devices; for more, every single
 # device, every leave-one-out, then pairs until the cap), so 6 devices cost about 25 solves.
@@ -28,14 +29,19 @@ Assignment = frozenset[tuple[str, frozenset[str]]]
 
 
 def candidate_plans(
-    graph: Graph, cluster: Cluster, objective: str, cost_model: CostModel | None = None, k: int = 5
+    graph: Graph,
+    cluster: Cluster,
+    objective: str,
+    cost_model: CostModel | None = None,
+    k: int = 5,
+    fallback: Mapping[str, FallbackNode] | None = None,
 ) -> list[Plan]:
     """Up to `k` plans with different stage assignments, best predicted first for `objective`; the
-    first is the plan `planner.plan` returns."""
+    first is the plan `planner.plan` returns (`fallback` as there)."""
     if k < 1:
         raise PlanError(f"the number of candidate plans must be at least 1, not {k}")
     started = time.perf_counter()
-    prepared = setup(graph, cluster, objective, cost_model)
+    prepared = setup(graph, cluster, objective, cost_model, fallback)
     other = "latency" if objective == "throughput" else "throughput"
     found: list[tuple[OrderProblem, Solution]] = []
     for candidate in prepared.orders:  # first: each order's optimum, as plan() compares them

@@ -6,8 +6,10 @@ best, and turns the chosen segments into Stages with their tensors, times and me
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,7 @@ from nndeploy.errors import PlanError
 from nndeploy.partitioner.cost import CostModel, RooflineCostModel, supports
 from nndeploy.partitioner.orders import candidate_orders
 from nndeploy.partitioner.search import Problem, Solution, solve
-from nndeploy.types import OBJECTIVES, Cluster, Graph, Plan, Stage, TensorSpec
+from nndeploy.types import OBJECTIVES, Cluster, FallbackNode, Graph, Plan, Stage, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -53,17 +55,29 @@ class Setup:
     model: CostModel
     node_ms: np.ndarray
     orders: tuple[OrderProblem, ...]
+    fallback: Mapping[str, FallbackNode]
 
 
-def setup(graph: Graph, cluster: Cluster, objective: str, cost_model: CostModel | None = None) -> Setup:
-    """Check the request (objective, non-empty graph, op support) and build the cost arrays per order."""
+def setup(
+    graph: Graph,
+    cluster: Cluster,
+    objective: str,
+    cost_model: CostModel | None = None,
+    fallback: Mapping[str, FallbackNode] | None = None,
+) -> Setup:
+    """Check the request (objective, non-empty graph, op support) and build the cost arrays per order.
+    Nodes in `fallback` run on onnxruntime: on CPU devices only, costed like compiled code plus the
+    hand-over between executors."""
     if objective not in OBJECTIVES:
         raise PlanError(f"unknown objective '{objective}'; use one of: {', '.join(OBJECTIVES)}")
     if not graph.nodes:
         raise PlanError(f"{graph.model_path}: the model has no operators to place")
     model = cost_model or RooflineCostModel()
-    _check_op_support(graph, cluster)
+    fallback = dict(fallback or {})
+    _check_op_support(graph, cluster, fallback)
     node_ms = np.stack([model.node_ms(graph, device) for device in cluster.devices])
+    if fallback:
+        _cost_fallback(graph, cluster, model, fallback, node_ms)
     latency, per_byte = _link_matrices(cluster, model)
     names = [d.name for d in cluster.devices]
     orders = []
@@ -83,7 +97,37 @@ def setup(graph: Graph, cluster: Cluster, objective: str, cost_model: CostModel 
             sink=names.index(cluster.sink),
         )
         orders.append(OrderProblem(order_name, order, lifetimes, problem))
-    return Setup(graph, cluster, model, node_ms, tuple(orders))
+    return Setup(graph, cluster, model, node_ms, tuple(orders), fallback)
+
+
+# Handing tensors between a TVM part and an onnxruntime region of one stage (in-process numpy arrays).
+FALLBACK_HANDOVER_MS = 0.02
+
+
+def _cost_fallback(
+    graph: Graph,
+    cluster: Cluster,
+    model: CostModel,
+    fallback: Mapping[str, FallbackNode],
+    node_ms: np.ndarray,
+) -> None:
+    """Fallback nodes can run only where onnxruntime's CPU executor does: on CPU devices, whatever their
+    op or dtype list says (that list is what TVM compiles), at the cost model's time plus the hand-over."""
+    cpus = [d for d, device in enumerate(cluster.devices) if device.tvm_target.get("kind") == "llvm"]
+    if not cpus:
+        first = next(iter(fallback.values()))
+        raise PlanError(
+            f"node '{first.node}' ({first.op_type}) must run on onnxruntime ({first.reason}), which runs on "
+            f"CPU devices, and cluster '{cluster.name}' has none: add a CPU device"
+        )
+    every_dtype = frozenset(node.dtype for node in graph.nodes)
+    indices = [i for i, node in enumerate(graph.nodes) if node.name in fallback]
+    for d, device in enumerate(cluster.devices):
+        if d not in cpus:
+            node_ms[d, indices] = np.inf
+            continue
+        anything = dataclasses.replace(device, ops=None, dtypes=device.dtypes | every_dtype)
+        node_ms[d, indices] = model.node_ms(graph, anything)[indices] + FALLBACK_HANDOVER_MS
 
 
 def objective_key(solution: Solution, objective: str) -> tuple[float, ...]:
@@ -94,11 +138,16 @@ def objective_key(solution: Solution, objective: str) -> tuple[float, ...]:
 
 
 def plan(
-    graph: Graph, cluster: Cluster, objective: str = "throughput", cost_model: CostModel | None = None
+    graph: Graph,
+    cluster: Cluster,
+    objective: str = "throughput",
+    cost_model: CostModel | None = None,
+    fallback: Mapping[str, FallbackNode] | None = None,
 ) -> Plan:
-    """The best split of `graph` over `cluster` for `objective` ('throughput' or 'latency')."""
+    """The best split of `graph` over `cluster` for `objective` ('throughput' or 'latency'); nodes in
+    `fallback` are placed on CPU devices and run there on onnxruntime, recorded on their stage."""
     started = time.perf_counter()
-    prepared = setup(graph, cluster, objective, cost_model)
+    prepared = setup(graph, cluster, objective, cost_model, fallback)
     best: tuple[tuple[float, ...], OrderProblem, Solution] | None = None
     for candidate in prepared.orders:
         solution = solve(candidate.problem, objective)
@@ -152,11 +201,14 @@ def _link_matrices(cluster: Cluster, model: CostModel) -> tuple[np.ndarray, np.n
     return latency, per_byte
 
 
-def _check_op_support(graph: Graph, cluster: Cluster) -> None:
-    """Refuse, in one line listing all of them, ops that no device in the cluster can run."""
+def _check_op_support(graph: Graph, cluster: Cluster, fallback: Mapping[str, FallbackNode]) -> None:
+    """Refuse, in one line listing all of them, ops that no device in the cluster can run (nodes that
+    fall back to onnxruntime are checked by `_cost_fallback`)."""
     orphans: dict[str, list[str]] = defaultdict(list)
     for node in graph.nodes:
-        if not any(supports(device, node.op_type, node.dtype) for device in cluster.devices):
+        if node.name not in fallback and not any(
+            supports(device, node.op_type, node.dtype) for device in cluster.devices
+        ):
             orphans[f"{node.op_type} ({node.dtype})"].append(node.name)
     if orphans:
         listed = "; ".join(
@@ -214,6 +266,7 @@ def build_plan(
                 mem_bytes=int(param_bytes + peak_act),
                 param_bytes=int(param_bytes),
                 op_types=tuple(sorted({node.op_type for node in nodes})),
+                fallback=tuple(prepared.fallback[n.name] for n in nodes if n.name in prepared.fallback),
             )
         )
     first_in = model.transfer_ms(

@@ -3,6 +3,7 @@ the executor that runs its artifact, and the ModelSpec the endpoint serves."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 from nndeploy.runtime.endpoint import ModelSpec
 from nndeploy.runtime.worker import Execute, StageSpec
 from nndeploy.targets.loader import run_artifact
-from nndeploy.targets.manifest import StageBuild, checked_artifact_path
+from nndeploy.targets.manifest import Manifest, StageBuild, checked_artifact_path
 from nndeploy.types import Plan
 
 
@@ -31,9 +32,15 @@ def stage_specs(plan: Plan, addresses: list[str], queue_size: int = 16) -> list[
 
 
 def model_spec(
-    plan: Plan, addresses: list[str], timeout_s: float = 60.0, max_in_flight: int = 256
+    plan: Plan,
+    addresses: list[str],
+    timeout_s: float = 60.0,
+    max_in_flight: int = 256,
+    manifest: Manifest | None = None,
 ) -> ModelSpec:
-    """What the endpoint serves: the model's name (its file's stem), inputs, outputs and first hop."""
+    """What the endpoint serves: the model's name (its file's stem), inputs, outputs and first hop, and
+    as metadata properties the executor of every stage and the nodes that run on onnxruntime, with why
+    (as built when `manifest` is given, else as planned)."""
     return ModelSpec(
         name=Path(plan.model_path).stem,
         version="1",
@@ -42,7 +49,32 @@ def model_spec(
         stages=tuple((stage.device, address) for stage, address in zip(plan.stages, addresses, strict=True)),
         timeout_s=timeout_s,
         max_in_flight=max_in_flight,
+        properties=tuple(executor_properties(plan, manifest).items()),
     )
+
+
+def executor_properties(plan: Plan, manifest: Manifest | None) -> dict[str, str]:
+    """{'stage_<i>_executor': 'tvm' | 'onnxruntime' | 'tvm+onnxruntime', 'onnxruntime_nodes': JSON list
+    of {stage, node, op_type (not for whole-stage fallbacks), reason}} for the endpoint's model metadata."""
+    properties, nodes = {}, []
+    built = {e.stage: e.artifact for e in manifest.stages} if manifest is not None else {}
+    for stage in plan.stages:
+        artifact = built.get(stage.index)
+        if artifact is not None and artifact.fallback:
+            executor = "onnxruntime"
+            reason = str(artifact.options.get("reason", ""))
+            nodes += [{"stage": stage.index, "node": n, "reason": reason} for n in stage.nodes]
+        else:
+            found = (
+                artifact.options.get("onnxruntime_nodes", [])
+                if artifact is not None
+                else [f.to_dict() for f in stage.fallback]
+            )
+            executor = "tvm+onnxruntime" if found else "tvm"
+            nodes += [{"stage": stage.index, **node} for node in found]
+        properties[f"stage_{stage.index}_executor"] = executor
+    properties["onnxruntime_nodes"] = json.dumps(nodes)
+    return properties
 
 
 def artifact_executor(build_dir: Path, entry: StageBuild) -> Execute:

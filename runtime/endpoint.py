@@ -55,6 +55,8 @@ class ModelSpec:
     # Requests waiting for the chain at once; more are refused with RESOURCE_EXHAUSTED straight away
     # instead of queueing without bound.
     max_in_flight: int = 256
+    # Free-form metadata properties: which executor runs each stage, which nodes run on onnxruntime.
+    properties: tuple[tuple[str, str], ...] = ()
 
 
 class Endpoint(
@@ -113,6 +115,7 @@ class Endpoint(
                 meta(name=t.name, datatype=dtype_to_kserve(t.dtype), shape=t.shape)
                 for t in self.model.outputs
             ],
+            properties=dict(self.model.properties),
         )
 
     async def ModelInfer(self, request: Any, context: Any) -> inference_pb2.ModelInferResponse:

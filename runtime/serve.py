@@ -73,7 +73,7 @@ async def serve_build(
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
-        model = model_spec(plan, addresses, max_in_flight=max_in_flight)
+        model = model_spec(plan, addresses, max_in_flight=max_in_flight, manifest=manifest)
         server, endpoint, bound = await start_endpoint(
             model, port, host, access=access, max_request_bytes=max_request_bytes
         )

@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import onnx
 from nndeploy.errors import BuildError
 from nndeploy.model_prep import file_sha256
 from nndeploy.targets.tuning_db import fingerprint
-from nndeploy.types import Artifact, Device, TensorSpec
+from nndeploy.types import Artifact, Device, FallbackNode, TensorSpec
 
 BUILDER_VERSION = "8"  # bump when the pipeline changes, so cached builds are not reused
 
@@ -75,13 +76,38 @@ def build_stage(
     out_dir: Path,
     fallback: str | None = None,
     tuning_db_dir: Path | None = None,
+    regions: Sequence[FallbackNode] = (),
+    name: str | None = None,
 ) -> BuildRecord:
-    """Build the stage model at `stage_path` for `device` into `out_dir` (reusing a cached build); with
-    `tuning_db_dir` (the target's folder of a tuning database) its tuned schedules are applied."""
+    """Build the stage model at `stage_path` for `device` into `out_dir` as `name` (default
+    stage_<index>; reusing a cached build); with `tuning_db_dir` (the target's folder of a tuning
+    database) its tuned schedules are applied. Nodes in `regions` run on onnxruntime, the rest is built
+    by TVM part by part; with `fallback` 'onnxruntime', nodes TVM then fails to build join them."""
+    failure = None
+    if not regions:
+        record = build_compiled(stage_path, index, device, out_dir, tuning_db_dir, name)
+        if record.artifact is not None or fallback != "onnxruntime":
+            return record
+        failure = record.error
+    from nndeploy.targets.regions import build_with_regions
+
+    return build_with_regions(stage_path, index, device, out_dir, regions, tuning_db_dir, fallback, failure)
+
+
+def build_compiled(
+    stage_path: Path,
+    index: int,
+    device: Device,
+    out_dir: Path,
+    tuning_db_dir: Path | None = None,
+    name: str | None = None,
+) -> BuildRecord:
+    """The whole model at `stage_path` built by TVM (no fallback), as out_dir/<name>.so."""
+    name = name or f"stage_{index}"
     started = time.perf_counter()
     stage_bytes = stage_path.read_bytes()
     model = onnx.load_from_string(stage_bytes)
-    inputs, outputs = _io_specs(model)
+    inputs, outputs = io_specs(model)
     options: dict[str, Any] = {"pipeline": _pipeline_name(device)}
     if tuning_db_dir is not None:
         options = {"pipeline": "llvm-metaschedule", "tuning_db": fingerprint(tuning_db_dir)}
@@ -93,17 +119,15 @@ def build_stage(
             _build_into(model, device, cached, tuning_db_dir)
         files = json.loads((cached / "meta.json").read_text())
         out_dir.mkdir(parents=True, exist_ok=True)
-        library = out_dir / f"stage_{index}.so"
+        library = out_dir / f"{name}.so"
         shutil.copyfile(cached / files["library"], library)
         sources = {}
-        for kind, name in files["sources"].items():
-            target = out_dir / f"stage_{index}.{name.split('.', 1)[1]}"
-            shutil.copyfile(cached / name, target)
+        for kind, source in files["sources"].items():
+            target = out_dir / f"{name}.{source.split('.', 1)[1]}"
+            shutil.copyfile(cached / source, target)
             sources[kind] = target.name
     except BuildError as exc:
-        if fallback != "onnxruntime":
-            return BuildRecord(index, device.name, None, time.perf_counter() - started, False, str(exc))
-        return _fallback_record(stage_path, index, device, out_dir, inputs, outputs, started, str(exc))
+        return BuildRecord(index, device.name, None, time.perf_counter() - started, False, str(exc))
     artifact = Artifact(
         stage=index,
         target=device.tvm_target,
@@ -127,27 +151,29 @@ def build_stage(
 
 def fallback_build(stage_path: Path, index: int, device: Device, out_dir: Path) -> BuildRecord:
     """The stage as an onnxruntime artifact (a candidate for best-of selection)."""
-    started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    inputs, outputs = _io_specs(onnx.load(str(stage_path), load_external_data=False))
-    return _fallback_record(stage_path, index, device, out_dir, inputs, outputs, started, "")
+    return onnxruntime_record(stage_path, index, device, out_dir, "")
 
 
-def _fallback_record(
-    stage_path: Path,
+def onnxruntime_record(
+    model_path: Path,
     index: int,
     device: Device,
     out_dir: Path,
-    inputs: tuple[TensorSpec, ...],
-    outputs: tuple[TensorSpec, ...],
-    started: float,
     reason: str,
+    name: str | None = None,
+    nodes: Sequence[FallbackNode] = (),
 ) -> BuildRecord:
-    """The stage runs on onnxruntime instead: its artifact is the stage model itself, flagged as such."""
+    """The model at `model_path` run on onnxruntime instead of compiled: its artifact is the model
+    itself (copied to out_dir/<name>.onnx), flagged as a fallback with the reason (and per node, why)."""
+    started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    copy = out_dir / f"stage_{index}.onnx"
-    if copy.resolve() != stage_path.resolve():
-        shutil.copyfile(stage_path, copy)
+    inputs, outputs = io_specs(onnx.load(str(model_path), load_external_data=False))
+    copy = out_dir / f"{name or f'stage_{index}'}.onnx"
+    if copy.resolve() != model_path.resolve():
+        shutil.copyfile(model_path, copy)
+    options: dict[str, Any] = {"reason": reason, "device_arch": device.arch}
+    if nodes:
+        options["nodes"] = [node.to_dict() for node in nodes]
     artifact = Artifact(
         stage=index,
         target=device.tvm_target,
@@ -156,7 +182,7 @@ def _fallback_record(
         inputs=inputs,
         outputs=outputs,
         tvm_version=tvm_version(),
-        options={"reason": reason, "device_arch": device.arch},
+        options=options,
         fallback="onnxruntime",
     )
     return BuildRecord(index, device.name, artifact, time.perf_counter() - started, False, None)
@@ -166,7 +192,7 @@ def _pipeline_name(device: Device) -> str:
     return "cuda-default-dlight" if device.tvm_target.get("kind") == "cuda" else "llvm-default"
 
 
-def _io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """Static input and output specs of a stage model."""
 
     def spec(vi: onnx.ValueInfoProto) -> TensorSpec:

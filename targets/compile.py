@@ -48,8 +48,8 @@ def compile_stages(
             device = plan.cluster.device(stage.device)
             db_dir = _tuned_db_dir(tuning_db_root, device)
             submit = partial(pool.submit, build_stage, path, stage.index, device)
-            futures[submit(out_dir, fallback, db_dir)] = (stage, "main")
-            if db_dir is not None and best_of and why_not_tunable(device) is None:
+            futures[submit(out_dir, fallback, db_dir, stage.fallback)] = (stage, "main")
+            if db_dir is not None and best_of and not stage.fallback and why_not_tunable(device) is None:
                 futures[submit(candidates_dir / "untuned")] = (stage, "tvm-untuned")
                 if fallback == "onnxruntime":
                     ort = pool.submit(fallback_build, path, stage.index, device, candidates_dir / "ort")

@@ -63,6 +63,9 @@ def stage_source(build_dir: Path, manifest: Manifest, stage: int, kind: str) -> 
         raise ArtifactError(
             f"stage {stage} runs on {artifact.fallback} (fallback): there is no generated code"
         )
+    compiled = [part for part in artifact.parts if not part.fallback]
+    if compiled:  # TVM parts around onnxruntime regions: the first part's code
+        artifact = next((p for p in compiled if kind in p.options.get("sources", {})), compiled[0])
     sources = artifact.options.get("sources", {})
     if kind not in sources:
         have = ", ".join(sorted(sources)) or "none"

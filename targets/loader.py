@@ -30,6 +30,12 @@ def why_not_runnable(entry: StageBuild) -> str | None:
     artifact = entry.artifact
     if artifact is None:
         return f"stage {entry.stage} was not built: {entry.error}"
+    return _why_not(artifact)
+
+
+def _why_not(artifact: Artifact) -> str | None:
+    if artifact.parts:
+        return next((r for r in map(_why_not, artifact.parts) if r is not None), None)
     if artifact.fallback == "onnxruntime":
         return None
     if artifact.target.get("kind") == "cuda":
@@ -59,11 +65,39 @@ def run_artifact(
         raise NotRunnable(reason)
     artifact = entry.artifact
     assert artifact is not None
+    if artifact.parts:
+        return _run_parts(build_dir, artifact, inputs, repeats)
+    return _run_one(build_dir, artifact, inputs, repeats)
+
+
+def _run_parts(
+    build_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray], repeats: int
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """A stage built as TVM parts and onnxruntime regions: each part in order on one tensor dict."""
+
+    def once() -> dict[str, np.ndarray]:
+        tensors = dict(inputs)
+        for part in artifact.parts:
+            tensors.update(_run_one(build_dir, part, tensors, 0)[0])
+        return {spec.name: tensors[spec.name] for spec in artifact.outputs}
+
+    outputs = once()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        once()
+        times.append((time.perf_counter() - started) * 1e3)
+    return outputs, times
+
+
+def _run_one(
+    build_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray], repeats: int
+) -> tuple[dict[str, np.ndarray], list[float]]:
     path = _verified(build_dir, artifact)
     feed = [np.ascontiguousarray(inputs[spec.name]) for spec in artifact.inputs]
     names = [spec.name for spec in artifact.outputs]
     if artifact.fallback == "onnxruntime":
-        return _run_onnxruntime(path, inputs, names, repeats)
+        return _run_onnxruntime(path, artifact.sha256, inputs, names, repeats)
     triple = str(artifact.target.get("mtriple", ""))
     if triple.startswith("aarch64") and not platform.machine().startswith("aarch64"):
         from nndeploy.targets.emulate import find_emulator, run_artifact_emulated
@@ -203,12 +237,18 @@ def _as_list(result: Any) -> list[Any]:
     return list(result)
 
 
-def _run_onnxruntime(
-    path: Path, inputs: dict[str, np.ndarray], names: list[str], repeats: int
-) -> tuple[dict[str, np.ndarray], list[float]]:
+@cache
+def _onnxruntime_session(path: str, sha256: str) -> Any:
+    """One session per artifact file and content (creating one per request cost more than running it)."""
     from nndeploy.oracle import session
 
-    sess = session(str(path))
+    return session(path)
+
+
+def _run_onnxruntime(
+    path: Path, sha256: str, inputs: dict[str, np.ndarray], names: list[str], repeats: int
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    sess = _onnxruntime_session(str(path), sha256)
     wanted = {i.name for i in sess.get_inputs()}
     feed = {k: v for k, v in inputs.items() if k in wanted}
     outputs = dict(zip(names, sess.run(names, feed), strict=True))

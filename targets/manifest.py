@@ -28,15 +28,23 @@ class StageBuild:
     cached: bool
     error: str | None = None
 
+    @property
+    def status(self) -> str:
+        """'built' (TVM), 'fallback' (all onnxruntime), 'partial fallback' (TVM parts and onnxruntime
+        regions) or 'failed'."""
+        if self.artifact is None:
+            return "failed"
+        if self.artifact.fallback:
+            return "fallback"
+        return "partial fallback" if any(p.fallback for p in self.artifact.parts) else "built"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
             "stage": self.stage,
             "device": self.device,
             "device_arch": self.device_arch,
-            "status": "failed"
-            if self.artifact is None
-            else ("fallback" if self.artifact.fallback else "built"),
+            "status": self.status,
             "artifact": self.artifact.to_dict() if self.artifact else None,
             "build_seconds": self.build_seconds,
             "cached": self.cached,
@@ -122,12 +130,13 @@ def read_manifest(build_dir: str | Path) -> Manifest:
     for stage in manifest.stages:
         if stage.artifact is None:
             continue
-        names = {"artifact": stage.artifact.path, **dict(stage.artifact.options.get("sources", {}))}
-        escaping += [
-            f"stage {stage.stage} {kind} '{name}'"
-            for kind, name in names.items()
-            if inside(Path(build_dir), name) is None
-        ]
+        for artifact in (stage.artifact, *stage.artifact.parts):
+            names = {"artifact": artifact.path, **dict(artifact.options.get("sources", {}))}
+            escaping += [
+                f"stage {stage.stage} {kind} '{name}'"
+                for kind, name in names.items()
+                if inside(Path(build_dir), name) is None
+            ]
     if escaping:
         raise ArtifactError(
             f"{path}: {', '.join(escaping)} not a file inside {build_dir}; refusing a tampered manifest "
@@ -137,9 +146,12 @@ def read_manifest(build_dir: str | Path) -> Manifest:
 
 
 def checked_artifact_path(build_dir: Path, artifact: Artifact) -> Path:
-    """The artifact's file, after checking it exists and its sha256 matches the manifest."""
+    """The artifact's file (and its parts' files), after checking each exists and its sha256 matches the
+    manifest."""
     from nndeploy.model_prep import file_sha256
 
+    for part in artifact.parts:
+        checked_artifact_path(build_dir, part)
     path = build_dir / artifact.path
     if not path.is_file():
         raise ArtifactError(f"{path}: stage {artifact.stage}'s artifact is missing; compile again")

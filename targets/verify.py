@@ -17,7 +17,7 @@ from nndeploy.errors import VerifyError
 from nndeploy.oracle import DEFAULT_TOLERANCES, Comparison, compare, run_chain, run_model
 from nndeploy.targets.loader import NotRunnable, run_artifact, why_not_runnable
 from nndeploy.targets.manifest import Manifest, StageBuild
-from nndeploy.types import TensorSpec
+from nndeploy.types import Artifact, TensorSpec
 
 # Compiled code reorders floating-point sums, so it is held to looser bounds than onnxruntime vs itself.
 VERIFY_TOLERANCES: dict[str, tuple[float, float]] = {**DEFAULT_TOLERANCES, "float32": (1e-4, 1e-3)}
@@ -57,6 +57,15 @@ def executor_of(entry: StageBuild) -> str:
         return "not built"
     if artifact.fallback:
         return f"{artifact.fallback} (fallback)"
+    regions = artifact.options.get("onnxruntime_nodes", [])
+    if artifact.parts and regions:
+        compiled = [part for part in artifact.parts if not part.fallback]
+        compiled_text = _compiled_text(compiled[0]) if compiled else "TVM"
+        return f"{compiled_text} + onnxruntime for {len(regions)} node(s) (fallback)"
+    return _compiled_text(artifact)
+
+
+def _compiled_text(artifact: Artifact) -> str:
     kind = artifact.target.get("kind")
     if kind == "cuda":
         return f"TVM CUDA {artifact.target.get('arch')}"

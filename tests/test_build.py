@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -89,14 +90,32 @@ def test_unchanged_stage_is_not_rebuilt(tmp_path: Path) -> None:
 
 
 def test_op_tvm_cannot_import_names_node_and_op_or_falls_back(tmp_path: Path) -> None:
+    """Without fallback the stage fails naming the node; with it, only that node runs on onnxruntime,
+    between two TVM-built parts, and the stage still computes what onnxruntime does."""
+    from nndeploy.oracle import run_model
+    from nndeploy.targets.loader import run_artifact
+    from nndeploy.targets.manifest import StageBuild
+
     path = save(celu_model(), tmp_path)
     record = build_stage(path, 0, device("x86"), tmp_path)
     assert record.artifact is None
     assert "node 'celu' (op Celu)" in record.error and "--fallback onnxruntime" in record.error
     fallback = build_stage(path, 0, device("x86"), tmp_path, fallback="onnxruntime")
-    assert fallback.artifact is not None and fallback.artifact.fallback == "onnxruntime"
-    assert "Celu" in fallback.artifact.options["reason"]
-    assert onnx.load(tmp_path / fallback.artifact.path).graph.node[1].op_type == "Celu"
+    artifact = fallback.artifact
+    assert artifact is not None and artifact.fallback is None
+    assert [part.fallback for part in artifact.parts] == [None, "onnxruntime", None]
+    assert [n["node"] for n in artifact.options["onnxruntime_nodes"]] == ["celu"]
+    assert "Celu" in artifact.options["onnxruntime_nodes"][0]["reason"]
+    assert [n.op_type for n in onnx.load(tmp_path / artifact.parts[1].path).graph.node] == ["Celu"]
+    entry = StageBuild(0, "x86", "x86_64", artifact, fallback.seconds, False)
+    assert entry.status == "partial fallback"
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    got, _ = run_artifact(tmp_path, entry, {"x": x})
+    np.testing.assert_allclose(got["y"], run_model(celu_model(), {"x": x})["y"], rtol=1e-5, atol=1e-5)
+    part = tmp_path / artifact.parts[2].path
+    part.write_bytes(part.read_bytes() + b"tampered")
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        checked_artifact_path(tmp_path, artifact)
 
 
 def test_missing_cross_compiler_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,162 @@
+"""A stage with onnxruntime regions: TVM builds what it can, onnxruntime runs the smallest rest.
+
+The stage model is cut (in its node order) into maximal runs of compiled nodes and of fallback nodes;
+each compiled run is built by TVM as its own library, each fallback run is kept as an ONNX model that
+onnxruntime runs, and the stage's artifact lists the parts in order. When TVM fails to build a part the
+plan expected it to build, each of its nodes is built alone: the ones that fail join the fallback
+regions (with TVM's reason) and the stage is cut again, so one bad node does not take the stage off TVM.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+from nndeploy.cutting import Group, cut
+from nndeploy.model_prep import file_sha256
+from nndeploy.targets.build import BuildRecord, build_compiled, onnxruntime_record, tvm_version
+from nndeploy.types import Artifact, Device, FallbackNode
+
+# Past this many nodes in a failing part, it falls back whole instead of being searched node by node.
+MAX_NODES_SEARCHED = 200
+
+
+def build_with_regions(
+    stage_path: Path,
+    index: int,
+    device: Device,
+    out_dir: Path,
+    regions: Sequence[FallbackNode],
+    tuning_db_dir: Path | None,
+    fallback: str | None,
+    failure: str | None = None,
+) -> BuildRecord:
+    """The stage built as TVM parts and onnxruntime regions (see the module docstring); with `fallback`
+    other than 'onnxruntime' a part TVM fails to build fails the stage, as without regions. `failure`:
+    TVM's error building the whole stage, already tried without regions."""
+    started = time.perf_counter()
+    # Cutting needs every tensor's type; stage models carry them, inference fills any gap.
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(stage_path)))
+    fallback_nodes = {region.node: region for region in regions}
+    if failure is not None:
+        whole = Group("tvm", tuple(node.name for node in model.graph.node), ())
+        with tempfile.TemporaryDirectory(prefix="parts-") as scratch:
+            fallback_nodes.update(_failing_nodes(model, whole, failure, index, device, Path(scratch)))
+    for _ in range(len(model.graph.node) + 1):
+        if len(fallback_nodes) == len(model.graph.node):
+            reason = "; ".join(sorted({f"{r.op_type}: {r.reason}" for r in fallback_nodes.values()}))
+            record = onnxruntime_record(
+                stage_path, index, device, out_dir, reason, nodes=tuple(fallback_nodes.values())
+            )
+            return _timed(record, started)
+        groups = _groups(model, fallback_nodes)
+        parts: list[Artifact] = []
+        failed: tuple[Group, str] | None = None
+        with tempfile.TemporaryDirectory(prefix="parts-") as scratch:
+            for number, (group, part_model) in enumerate(
+                zip(groups, cut(model, groups, "part"), strict=True)
+            ):
+                name = f"stage_{index}.part{number}"
+                path = Path(scratch) / f"{name}.onnx"
+                onnx.save(part_model, str(path))
+                if group.label == "onnxruntime":
+                    nodes = tuple(fallback_nodes[n] for n in group.nodes)
+                    record = onnxruntime_record(path, index, device, out_dir, "", name, nodes)
+                else:
+                    record = build_compiled(path, index, device, out_dir, tuning_db_dir, name)
+                if record.artifact is None:
+                    failed = (group, record.error or "build failed")
+                    break
+                parts.append(record.artifact)
+            if failed is None:
+                return _timed(_stage_record(stage_path, index, device, out_dir, parts), started)
+            if fallback != "onnxruntime":
+                return BuildRecord(index, device.name, None, time.perf_counter() - started, False, failed[1])
+            fallback_nodes.update(_failing_nodes(model, failed[0], failed[1], index, device, Path(scratch)))
+    raise AssertionError("the fallback regions stopped growing without a build")  # every round adds one
+
+
+def _groups(model: onnx.ModelProto, fallback_nodes: dict[str, FallbackNode]) -> list[Group]:
+    """Maximal runs of compiled and of fallback nodes, in the model's order, each sending what the
+    model's outputs and the later runs need."""
+    runs: list[tuple[str, list[str]]] = []
+    for node in model.graph.node:
+        executor = "onnxruntime" if node.name in fallback_nodes else "tvm"
+        if runs and runs[-1][0] == executor:
+            runs[-1][1].append(node.name)
+        else:
+            runs.append((executor, [node.name]))
+    by_name = {node.name: node for node in model.graph.node}
+    outputs = [vi.name for vi in model.graph.output]
+    groups = []
+    for number, (executor, names) in enumerate(runs):
+        later = [i for _, rest in runs[number + 1 :] for n in rest for i in by_name[n].input if i]
+        groups.append(Group(executor, tuple(names), tuple(dict.fromkeys([*outputs, *later]))))
+    return groups
+
+
+def _failing_nodes(
+    model: onnx.ModelProto, group: Group, error: str, index: int, device: Device, scratch: Path
+) -> dict[str, FallbackNode]:
+    """The nodes of a part TVM failed to build that fail alone too; the whole part when none does (or
+    when it is too large to search)."""
+    by_name = {node.name: node for node in model.graph.node}
+
+    def whole() -> dict[str, FallbackNode]:
+        reason = f"TVM failed to build its part: {error}"
+        return {n: FallbackNode(n, by_name[n].op_type, reason) for n in group.nodes}
+
+    if len(group.nodes) == 1 or len(group.nodes) > MAX_NODES_SEARCHED:
+        return whole()
+    found = {}
+    singles = cut(
+        model, [Group(n, (n,), tuple(o for o in by_name[n].output if o)) for n in group.nodes], "node"
+    )
+    for name, single in zip(group.nodes, singles, strict=True):
+        path = scratch / f"probe_{len(found)}_{name.replace('/', '_')}.onnx"
+        onnx.save(single, str(path))
+        record = build_compiled(path, index, device, scratch / "probe", None, "probe")
+        if record.artifact is None:
+            reason = f"TVM failed to build it: {record.error}"
+            found[name] = FallbackNode(name, by_name[name].op_type, reason)
+    return found or whole()
+
+
+def _stage_record(
+    stage_path: Path, index: int, device: Device, out_dir: Path, parts: list[Artifact]
+) -> BuildRecord:
+    """The stage's artifact: its model for reference, its parts to run."""
+    from nndeploy.targets.build import io_specs
+
+    copy = out_dir / f"stage_{index}.onnx"
+    if copy.resolve() != stage_path.resolve():
+        copy.write_bytes(stage_path.read_bytes())
+    inputs, outputs = io_specs(onnx.load(str(copy), load_external_data=False))
+    compiled = [part for part in parts if part.fallback is None]
+    artifact = Artifact(
+        stage=index,
+        target=device.tvm_target,
+        path=copy.name,
+        sha256=file_sha256(copy),
+        inputs=inputs,
+        outputs=outputs,
+        tvm_version=tvm_version(),
+        options={
+            "device_arch": device.arch,
+            "onnxruntime_nodes": [n for p in parts for n in p.options.get("nodes", [])],
+            "pipeline": compiled[0].options.get("pipeline") if compiled else None,
+        },
+        fallback=None,
+        parts=tuple(parts),
+    )
+    return BuildRecord(index, device.name, artifact, 0.0, False, None)
+
+
+def _timed(record: BuildRecord, started: float) -> BuildRecord:
+    from dataclasses import replace
+
+    return replace(record, seconds=time.perf_counter() - started)
