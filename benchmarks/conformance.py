@@ -4,11 +4,14 @@ by TVM, and nndeploy with its onnxruntime fallback, on the onnx package's own no
     python benchmarks/conformance.py                       # every case, 2 worker processes
     python benchmarks/conformance.py --sample 100 --json conformance.json
     python benchmarks/conformance.py --cases test_abs,test_celu
+    python benchmarks/conformance.py --write-known-wrong   # also regenerate targets/data/tvm_known_wrong.json
 
 Each (case, way) runs in a worker process with a time limit (a TVM crash or hang costs one case). Prints
 per op type and in total how many cases each way passes, then the comparisons the issue asks for: cases
 onnxruntime passes that nndeploy (with fallback) does not, cases nndeploy compiles with TVM beyond TVM's
 frontend alone, and cases where TVM-compiled code gives wrong numbers that onnxruntime gets right.
+With --write-known-wrong, the single-op cases where nndeploy's TVM-compiled code is wrong (and onnxruntime
+right) are written, by node signature, to the list that `plan` uses to send such nodes to onnxruntime.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=None, help="a fixed random sample of this many cases")
     parser.add_argument("--cases", default=None, help="comma-separated case names")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--write-known-wrong",
+        action="store_true",
+        help="write the cases TVM computes wrongly to the known-wrong list plans use",
+    )
     args = parser.parse_args()
 
     from rich.console import Console
@@ -101,6 +109,11 @@ def main() -> None:
         f"TVM-compiled wrong numbers where onnxruntime is right: {len(wrong)}; "
         f"wrong answers left with fallback on: {len(fallback_wrong)}"
     )
+    families = family_table(results, op_of)
+    console.print(families)
+    if args.write_known_wrong:
+        written = write_known_wrong(results, cases)
+        console.print(f"known-wrong list: {written} node signature(s) written")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -113,10 +126,114 @@ def main() -> None:
                     "compiled_beyond_frontend": beyond,
                     "wrong": wrong,
                     "wrong_with_fallback": fallback_wrong,
+                    "families": {row[0]: row[1:] for row in _family_rows(results, op_of)},
                 },
                 indent=1,
             )
         )
+
+
+FAMILY_NAMES = {
+    "nn": "nn",
+    "math": "math",
+    "reduction": "math",
+    "logical": "math",
+    "tensor": "shape/tensor",
+    "sequence": "sequence",
+    "controlflow": "control flow",
+    "rnn": "recurrent",
+    "quantization": "quantised",
+    "generator": "generator",
+    "image": "image",
+    "text": "text",
+    "object_detection": "nn",
+    "training": "training",
+    "optional": "sequence",
+}
+
+
+def family_of(op_type: str) -> str:
+    """The op's family: the folder of onnx/defs its schema is defined in (nn, math, tensor, ...)."""
+    from onnx import defs
+
+    first = op_type.split("+")[0]
+    try:
+        folder = Path(defs.get_schema(first).file).parent.name
+    except Exception:  # a function-expanded case mixes ops: its first op's family
+        return "other"
+    return FAMILY_NAMES.get(folder, folder)
+
+
+def _family_rows(results: dict, op_of: dict[str, str]) -> list[tuple[str, int, int, int, int]]:
+    """(family, cases, onnxruntime, compiled by nndeploy, nndeploy with fallback) per family."""
+    rows: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for name, ways in results.items():
+        row = rows[family_of(op_of[name])]
+        fallback = ways.get("nndeploy+fallback", {})
+        row[0] += 1
+        row[1] += ways.get("onnxruntime", {}).get("outcome") == "pass"
+        row[2] += fallback.get("outcome") == "pass" and fallback.get("detail") != "onnxruntime fallback"
+        row[3] += fallback.get("outcome") == "pass"
+    return [(family, *counts) for family, counts in sorted(rows.items())]  # type: ignore[misc]
+
+
+def family_table(results: dict, op_of: dict[str, str]) -> object:
+    """Per op family: cases, onnxruntime passes, nndeploy passes compiled by TVM, and with fallback."""
+    from rich.table import Table
+
+    table = Table(title="coverage per family (nndeploy with fallback: compiled by TVM / in all)")
+    for column in ("family", "cases", "onnxruntime", "nndeploy compiled", "nndeploy with fallback"):
+        table.add_column(column, justify="left" if column == "family" else "right")
+    for row in _family_rows(results, op_of):
+        table.add_row(*(str(v) for v in row))
+    return table
+
+
+def write_known_wrong(results: dict, cases: list) -> int:
+    """Write the node signatures of single-op cases whose TVM-compiled result is wrong (onnxruntime
+    right) to the known-wrong list; returns how many."""
+    import onnx
+    import onnxruntime
+
+    from nndeploy.conformance import _graph_inputs
+    from nndeploy.model_prep import prepare_model
+    from nndeploy.targets.build import tvm_version
+    from nndeploy.targets.tvm_coverage import node_signature
+    from nndeploy.targets.tvm_coverage import write_known_wrong as write
+
+    entries: dict[str, str] = {}
+    for case in cases:
+        ways = results.get(case.name, {})
+        if (
+            ways.get("onnxruntime", {}).get("outcome") != "pass"
+            or ways.get("nndeploy", {}).get("outcome") != "wrong"
+        ):
+            continue
+        model = onnx.load_from_string(case.model)
+        if len(model.graph.node) != 1:
+            continue  # an expanded case: which of its nodes is wrong is not known
+        inputs = case.data_sets[0][0]
+        shapes = {
+            vi.name: list(getattr(x, "shape", ()))
+            for vi, x in zip(_graph_inputs(model), inputs, strict=False)
+        }
+        prepared = prepare_model(model, shapes, None, name=case.name)
+        types = {
+            vi.name: vi for vi in (*prepared.graph.input, *prepared.graph.value_info, *prepared.graph.output)
+        }
+        initializers = {t.name: t for t in prepared.graph.initializer}
+        for node in prepared.graph.node:
+            entries.setdefault(node_signature(node, types, initializers), case.name)
+    write(
+        entries,
+        {
+            "by": "benchmarks/conformance.py --write-known-wrong",
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "tvm": tvm_version(),
+        },
+    )
+    return len(entries)
 
 
 if __name__ == "__main__":

@@ -117,10 +117,6 @@ def plan(
     for warning in the_graph.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     uncompilable = compiler_fallback(model, the_graph, fallback is not None)
-    if fallback is None:
-        from nndeploy.targets.tvm_ops import restrict_to_compiler
-
-        the_cluster = restrict_to_compiler(the_cluster)
     from nndeploy.cli_profile import measured_cost_model
 
     costs = measured_cost_model(profiles or (), the_cluster)

@@ -161,7 +161,6 @@ def _run_nndeploy(
     from nndeploy.targets.cluster import parse_cluster
     from nndeploy.targets.loader import run_artifact
     from nndeploy.targets.manifest import StageBuild
-    from nndeploy.targets.tvm_ops import restrict_to_compiler
 
     folder = Path(tempfile.mkdtemp(dir=scratch))
     path = folder / "model.onnx"
@@ -172,8 +171,6 @@ def _run_nndeploy(
     shapes = {name: tuple(np.shape(x)) for name, x in feeds.items()}
     graph = load_graph(path, shapes)
     regions = compiler_fallback(path, graph, fallback, use_known_wrong=fallback)
-    if not fallback:  # as `nndeploy plan` does: only ops TVM's frontend imports are placed on the device
-        cluster = restrict_to_compiler(cluster)
     the_plan = make_plan(graph, cluster, "latency", None, regions)
     write_plan(the_plan, folder / "plan.json")
     _, stage_paths = write_stage_models(the_plan, folder / "plan.json", folder / "stages", path)

@@ -26,15 +26,20 @@ class Group:
     sends: tuple[str, ...]
 
 
-def cut(model: onnx.ModelProto, groups: Sequence[Group], name_suffix: str = "") -> list[onnx.ModelProto]:
+def cut(
+    model: onnx.ModelProto, groups: Sequence[Group], name_suffix: str = "", independent: bool = False
+) -> list[onnx.ModelProto]:
     """One ONNX model per group, in order; a group may only read what the model's inputs and earlier
-    groups produce. Each model's inputs are the tensors it reads from outside itself, its outputs the
-    group's `sends` that it produces itself."""
+    groups produce (with `independent`, what any node produces: groups cut to be tried on their own).
+    Each model's inputs are the tensors it reads from outside itself, its outputs the group's `sends`
+    that it produces itself."""
     graph = model.graph
     by_name = {node.name: node for node in graph.node}
     initializers = {init.name: init for init in graph.initializer}
     types = {vi.name: vi for vi in (*graph.input, *graph.value_info, *graph.output)}
     available = {vi.name for vi in graph.input if vi.name not in initializers}
+    if independent:
+        available.update(name for node in graph.node for name in node.output if name)
     models = []
     for index, group in enumerate(groups):
         nodes = [by_name[name] for name in group.nodes]

@@ -33,7 +33,7 @@ def run(library: str, inputs_path: str, outputs_path: str, order: str, repeats: 
     vm = VirtualMachine(tvm.runtime.load_module(library), device)
     make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
     with np.load(inputs_path, allow_pickle=False) as data:
-        args = [make(np.ascontiguousarray(data[key]), device) for key in order.split(",") if key]
+        args = [make(np.asarray(data[key], order="C"), device) for key in order.split(",") if key]
     main = vm["main"]
     outputs = _to_numpy(main(*args), np)
     latencies = []
@@ -59,7 +59,7 @@ def serve(library: str, order: str) -> int:
         try:
             inputs_path, outputs_path = line.split()
             with np.load(inputs_path, allow_pickle=False) as data:
-                args = [make(np.ascontiguousarray(data[key]), device) for key in order.split(",") if key]
+                args = [make(np.asarray(data[key], order="C"), device) for key in order.split(",") if key]
             outputs = _to_numpy(main(*args), np)
             np.savez(outputs_path, **{f"out{i}": array for i, array in enumerate(outputs)})
             print("ok", flush=True)

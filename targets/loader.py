@@ -94,7 +94,7 @@ def _run_one(
     build_dir: Path, artifact: Artifact, inputs: dict[str, np.ndarray], repeats: int
 ) -> tuple[dict[str, np.ndarray], list[float]]:
     path = _verified(build_dir, artifact)
-    feed = [np.ascontiguousarray(inputs[spec.name]) for spec in artifact.inputs]
+    feed = [contiguous(inputs[spec.name]) for spec in artifact.inputs]
     names = [spec.name for spec in artifact.outputs]
     if artifact.fallback == "onnxruntime":
         return _run_onnxruntime(path, artifact.sha256, inputs, names, repeats)
@@ -150,9 +150,9 @@ def _run_tvm(
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        _as_list(vm["main"](*args))[-1].numpy()
+        _as_array(_as_list(vm["main"](*args))[-1])
         times.append((time.perf_counter() - started) * 1e3)
-    return {name: out.numpy() for name, out in zip(names, outputs, strict=True)}, times
+    return {name: _as_array(out) for name, out in zip(names, outputs, strict=True)}, times
 
 
 _PREBUILT_KERNELS: dict[str, bytes] = {}
@@ -228,13 +228,28 @@ def _virtual_machine(path: str, kind: str) -> Any:
     return VirtualMachine(tvm.runtime.load_module(path), device)
 
 
+def contiguous(array: Any) -> np.ndarray:
+    """A C-contiguous array of the same shape (np.ascontiguousarray turns a 0-d array into 1-d)."""
+    return np.asarray(array, order="C")
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """A VM output as numpy: a tensor, or a shape (what TVM returns for shape values) as int64."""
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    return np.array([int(v) for v in value], dtype=np.int64)
+
+
 def _as_list(result: Any) -> list[Any]:
     """The VM returns one tensor or a tuple of them."""
     import tvm
 
     if isinstance(result, tvm.runtime.Tensor):
         return [result]
-    return list(result)
+    items = list(result)
+    if items and all(isinstance(item, int) for item in items):  # one output that is a shape
+        return [result]
+    return items
 
 
 @cache

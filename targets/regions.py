@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from nndeploy.cutting import Group, cut
+from nndeploy.cutting import Group, cut, node_inputs
 from nndeploy.model_prep import file_sha256
 from nndeploy.targets.build import BuildRecord, build_compiled, onnxruntime_record, tvm_version
 from nndeploy.types import Artifact, Device, FallbackNode
@@ -42,6 +42,7 @@ def build_with_regions(
     # Cutting needs every tensor's type; stage models carry them, inference fills any gap.
     model = onnx.shape_inference.infer_shapes(onnx.load(str(stage_path)))
     fallback_nodes = {region.node: region for region in regions}
+    fallback_nodes.update(_dynamic_nodes(model, fallback_nodes))
     if failure is not None:
         whole = Group("tvm", tuple(node.name for node in model.graph.node), ())
         with tempfile.TemporaryDirectory(prefix="parts-") as scratch:
@@ -80,6 +81,19 @@ def build_with_regions(
     raise AssertionError("the fallback regions stopped growing without a build")  # every round adds one
 
 
+def _dynamic_nodes(model: onnx.ModelProto, known: dict[str, FallbackNode]) -> dict[str, FallbackNode]:
+    """Nodes reading or writing a tensor whose shape is known only at run time, as fallback nodes."""
+    from nndeploy.targets.tvm_coverage import dynamic_shape_reason
+
+    types = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+    found = {}
+    for node in model.graph.node:
+        reason = None if node.name in known else dynamic_shape_reason(node, types)
+        if reason is not None:
+            found[node.name] = FallbackNode(node.name, node.op_type, reason)
+    return found
+
+
 def _groups(model: onnx.ModelProto, fallback_nodes: dict[str, FallbackNode]) -> list[Group]:
     """Maximal runs of compiled and of fallback nodes, in the model's order, each sending what the
     model's outputs and the later runs need."""
@@ -94,7 +108,7 @@ def _groups(model: onnx.ModelProto, fallback_nodes: dict[str, FallbackNode]) -> 
     outputs = [vi.name for vi in model.graph.output]
     groups = []
     for number, (executor, names) in enumerate(runs):
-        later = [i for _, rest in runs[number + 1 :] for n in rest for i in by_name[n].input if i]
+        later = [i for _, rest in runs[number + 1 :] for n in rest for i in node_inputs(by_name[n])]
         groups.append(Group(executor, tuple(names), tuple(dict.fromkeys([*outputs, *later]))))
     return groups
 
@@ -114,7 +128,10 @@ def _failing_nodes(
         return whole()
     found = {}
     singles = cut(
-        model, [Group(n, (n,), tuple(o for o in by_name[n].output if o)) for n in group.nodes], "node"
+        model,
+        [Group(n, (n,), tuple(o for o in by_name[n].output if o)) for n in group.nodes],
+        "node",
+        independent=True,
     )
     for name, single in zip(group.nodes, singles, strict=True):
         path = scratch / f"probe_{len(found)}_{name.replace('/', '_')}.onnx"

@@ -19,6 +19,7 @@ from typing import Any
 
 import onnx
 
+from nndeploy.targets.function_expansion import expand_functions, expandable
 from nndeploy.types import FallbackNode
 
 KNOWN_WRONG_FILE = Path(__file__).parent / "data" / "tvm_known_wrong.json"
@@ -40,6 +41,14 @@ def compiler_problems(model: onnx.ModelProto, use_known_wrong: bool = True) -> d
         if node.domain not in ("", "ai.onnx") or node.op_type not in supported:
             domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
             reason = f"TVM's ONNX frontend has no converter for {domain}{node.op_type}"
+            if not domain and expandable(node, model):
+                key = _probe_key(node_signature(node, types, initializers), node, initializers)
+                if key not in probed:
+                    probed[key] = _import_problem(node, model, types, initializers, supported)
+                if probed[key] is None:
+                    reason = None  # its function body (the standard's definition) imports
+                else:
+                    reason += f", and its function body does not import ({probed[key]})"
         else:
             signature = node_signature(node, types, initializers)
             if signature in known_wrong:
@@ -49,9 +58,34 @@ def compiler_problems(model: onnx.ModelProto, use_known_wrong: bool = True) -> d
                 if key not in probed:
                     probed[key] = _import_problem(node, model, types, initializers)
                 reason = probed[key]
+        if reason is None and node.op_type != "Constant":
+            unknown = [
+                n for n in (*node.input, *node.output) if n and n in types and not static_shape(types[n])
+            ]
+            if unknown:
+                reason = f"the shape of '{unknown[0]}' is known only at run time (TVM builds static shapes)"
         if reason is not None:
             problems[node.name] = FallbackNode(node.name, node.op_type, reason)
     return problems
+
+
+def dynamic_shape_reason(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> str | None:
+    """Why TVM cannot build `node` when one of its tensors has a shape known only at run time."""
+    if node.op_type == "Constant":
+        return None
+    unknown = [n for n in (*node.input, *node.output) if n and n in types and not static_shape(types[n])]
+    if not unknown:
+        return None
+    return f"the shape of '{unknown[0]}' is known only at run time (TVM builds static shapes)"
+
+
+def static_shape(value_info: onnx.ValueInfoProto) -> bool:
+    """Whether a tensor's shape is fully known before running (every dim a number)."""
+    kind = value_info.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return kind is None
+    tensor = value_info.type.tensor_type
+    return tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim)
 
 
 def node_signature(
@@ -121,10 +155,11 @@ def _import_problem(
     model: onnx.ModelProto,
     types: dict[str, onnx.ValueInfoProto],
     initializers: dict[str, onnx.TensorProto],
+    expand_unless: frozenset[str] | None = None,
 ) -> str | None:
-    """None if TVM's frontend imports the node on its own with its static shapes, else its first line."""
-    from tvm.relax.frontend.onnx import from_onnx
-
+    """None if TVM's frontend imports the node on its own with its static shapes, else its first line;
+    with `expand_unless` (the ops TVM imports) the node is first expanded as the build will expand it."""
+    from nndeploy.targets.tvm_converters import from_onnx
     from nndeploy.targets.tvm_pipeline import first_line
 
     inputs = [types[n] for n in dict.fromkeys(node.input) if n and n not in initializers and n in types]
@@ -142,13 +177,18 @@ def _import_problem(
         opset_imports=model.opset_import,
         ir_version=model.ir_version,
     )
+    if expand_unless is not None:
+        single = expand_functions(single, expand_unless)
+        missing = sorted({n.op_type for n in single.graph.node if n.op_type not in expand_unless})
+        if missing:
+            return f"it expands to {', '.join(missing)}, which TVM cannot import either"
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in inputs}
     dtypes = {
         vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name for vi in inputs
     }
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the frontend prints each failure too
-            from_onnx(single, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+            from_onnx(single, shapes, dtypes)
     except Exception as exc:  # the frontend raises many types; its first line says why
         return f"TVM cannot import it: {first_line(exc)}"
     return None

@@ -11,10 +11,14 @@ from nndeploy.types import Cluster, Device
 
 @cache
 def tvm_onnx_ops() -> frozenset[str]:
-    """ONNX op types TVM's Relax ONNX frontend has a converter for (imports TVM on first call)."""
+    """ONNX op types TVM's Relax ONNX frontend has a converter for, plus those the project converts
+    itself (targets/tvm_converters.py); imports TVM on first call."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    return frozenset(onnx_frontend._get_convert_map())
+    from nndeploy.targets.tvm_converters import own_converters
+
+    # If is converted by the importer itself, outside its converter table.
+    return frozenset(onnx_frontend._get_convert_map()) | frozenset(own_converters()) | {"If"}
 
 
 def restrict_to_compiler(cluster: Cluster) -> Cluster:

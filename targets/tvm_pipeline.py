@@ -5,6 +5,8 @@ Everything here imports TVM; callers reach it only through `build.py`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import onnx
 
 from nndeploy.errors import BuildError
+from nndeploy.targets.function_expansion import expand_functions
 from nndeploy.targets.onnx_rewrites import fold_batch_norms, sums_to_adds
 from nndeploy.types import Device
 
@@ -105,11 +108,11 @@ def _nvcc_kernels(
 
 def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
     """TVM Relax module of a stage model, or a BuildError naming the node and op TVM cannot import."""
-    from tvm.relax.frontend.onnx import from_onnx
-
+    from nndeploy.targets.tvm_converters import from_onnx
     from nndeploy.targets.tvm_ops import tvm_onnx_ops
 
     supported = tvm_onnx_ops()
+    model = expand_functions(model, supported)
     for node in model.graph.node:
         if node.op_type not in supported:
             raise BuildError(
@@ -126,7 +129,8 @@ def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
         shapes[vi.name] = [d.dim_value for d in tensor.shape.dim]
         dtypes[vi.name] = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
     try:
-        return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # the frontend prints each failure too
+            return from_onnx(model, shapes, dtypes)
     except Exception as exc:  # the frontend raises many types; find the node it chokes on
         node = _failing_node(model, shapes, dtypes)
         where = f"node '{node.name}' (op {node.op_type})" if node is not None else "the stage"
@@ -167,7 +171,7 @@ def _c_identifier_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _failing_node(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> onnx.NodeProto | None:
     """The first node that TVM fails to import on its own (one node per op type is tried)."""
-    from tvm.relax.frontend.onnx import from_onnx
+    from nndeploy.targets.tvm_converters import from_onnx
 
     known = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
     inits = {init.name: init for init in model.graph.initializer}
@@ -185,11 +189,15 @@ def _failing_node(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> onnx.No
             opset_imports=model.opset_import,
         )
         try:
-            from_onnx(
-                single,
-                shape_dict={vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in ins},
-                keep_params_in_input=False,
-            )
+            with contextlib.redirect_stdout(io.StringIO()):
+                from_onnx(
+                    single,
+                    {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in ins},
+                    {
+                        vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+                        for vi in ins
+                    },
+                )
         except Exception:
             return node
     return None

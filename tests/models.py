@@ -285,15 +285,19 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray
     return feeds
 
 
-def celu_model() -> onnx.ModelProto:
-    """x[2,8] -> MatMul -> Celu -> MatMul -> y: Celu is an op onnxruntime runs and TVM 0.27 cannot import."""
+def uncompilable_model() -> onnx.ModelProto:
+    """x[2,8] -> MatMul -> ReverseSequence -> MatMul -> y: ReverseSequence is an op onnxruntime runs and
+    TVM 0.27 cannot import (no converter, and the standard gives it no function body to expand)."""
     weights = _weights(5, w1=(8, 8), w2=(8, 4))
+    lengths = numpy_helper.from_array(np.array([1, 2] * 4, dtype=np.int64), "lengths")
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
-        helper.make_node("Celu", ["h"], ["c"], name="celu", alpha=1.0),
-        helper.make_node("MatMul", ["c", "w2"], ["y"], name="mm2"),
+        helper.make_node(
+            "ReverseSequence", ["h", "lengths"], ["r"], name="reverse", batch_axis=1, time_axis=0
+        ),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
     ]
-    return _model(nodes, [_f32("x", [2, 8])], [_f32("y", [2, 4])], weights, "celu", opset=17)
+    return _model(nodes, [_f32("x", [2, 8])], [_f32("y", [2, 4])], [*weights, lengths], "reverse", opset=17)
 
 
 def conv_residual_model(side: int) -> onnx.ModelProto:

@@ -17,7 +17,7 @@ from nndeploy.targets.build import build_stage
 from nndeploy.targets.manifest import checked_artifact_path
 from nndeploy.targets.registry import device_from_profile, load_profiles
 
-from models import attention_model, celu_model, conv_model
+from models import attention_model, conv_model, uncompilable_model
 
 PROFILES = load_profiles()
 TARGETS = {
@@ -96,22 +96,23 @@ def test_op_tvm_cannot_import_names_node_and_op_or_falls_back(tmp_path: Path) ->
     from nndeploy.targets.loader import run_artifact
     from nndeploy.targets.manifest import StageBuild
 
-    path = save(celu_model(), tmp_path)
+    path = save(uncompilable_model(), tmp_path)
     record = build_stage(path, 0, device("x86"), tmp_path)
     assert record.artifact is None
-    assert "node 'celu' (op Celu)" in record.error and "--fallback onnxruntime" in record.error
+    assert "node 'reverse' (op ReverseSequence)" in record.error and "--fallback onnxruntime" in record.error
     fallback = build_stage(path, 0, device("x86"), tmp_path, fallback="onnxruntime")
     artifact = fallback.artifact
     assert artifact is not None and artifact.fallback is None
     assert [part.fallback for part in artifact.parts] == [None, "onnxruntime", None]
-    assert [n["node"] for n in artifact.options["onnxruntime_nodes"]] == ["celu"]
-    assert "Celu" in artifact.options["onnxruntime_nodes"][0]["reason"]
-    assert [n.op_type for n in onnx.load(tmp_path / artifact.parts[1].path).graph.node] == ["Celu"]
+    assert [n["node"] for n in artifact.options["onnxruntime_nodes"]] == ["reverse"]
+    assert "ReverseSequence" in artifact.options["onnxruntime_nodes"][0]["reason"]
+    assert [Path(p.path).suffix for p in artifact.parts] == [".so", ".onnx", ".so"]
+    assert [n.op_type for n in onnx.load(tmp_path / artifact.parts[1].path).graph.node] == ["ReverseSequence"]
     entry = StageBuild(0, "x86", "x86_64", artifact, fallback.seconds, False)
     assert entry.status == "partial fallback"
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     got, _ = run_artifact(tmp_path, entry, {"x": x})
-    np.testing.assert_allclose(got["y"], run_model(celu_model(), {"x": x})["y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["y"], run_model(uncompilable_model(), {"x": x})["y"], rtol=1e-5, atol=1e-5)
     part = tmp_path / artifact.parts[2].path
     part.write_bytes(part.read_bytes() + b"tampered")
     with pytest.raises(ArtifactError, match="does not match the manifest"):
@@ -154,7 +155,7 @@ def test_plan_time_op_support_comes_from_tvm(make_cluster) -> None:
     from nndeploy.targets.tvm_ops import restrict_to_compiler, tvm_onnx_ops
 
     ops = tvm_onnx_ops()
-    assert {"Conv", "MatMul", "Softmax", "LayerNormalization"} <= ops and "Celu" not in ops
+    assert {"Conv", "MatMul", "Softmax", "LayerNormalization"} <= ops and "ReverseSequence" not in ops
     cluster = restrict_to_compiler(make_cluster({"devices": [{"name": "cpu", "profile": "x86-avx2-server"}]}))
     assert cluster.devices[0].ops == ops
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from test_cli import CLUSTERS, assert_user_error, nndeploy
 
-from models import celu_model
+from models import uncompilable_model
 
 MIXED = """
 name: mixed
@@ -101,35 +101,35 @@ def test_emulated_aarch64_stage_runs_and_matches(example_models, tmp_path: Path)
 
 
 def test_fallback_runs_only_the_uncompilable_node_on_onnxruntime(tmp_path: Path) -> None:
-    model = tmp_path / "celu.onnx"
-    onnx.save(celu_model(), model)
+    model = tmp_path / "reverse.onnx"
+    onnx.save(uncompilable_model(), model)
     cluster = write(tmp_path, "boards.yaml", THREE_BOARDS)
     plan = tmp_path / "plan.json"
     assert_user_error(
-        nndeploy("plan", model, "--cluster", cluster, "-o", plan), "Celu", "--fallback onnxruntime"
+        nndeploy("plan", model, "--cluster", cluster, "-o", plan), "ReverseSequence", "--fallback onnxruntime"
     )
     done = nndeploy("plan", model, "--cluster", cluster, "-o", plan, "--fallback", "onnxruntime")
     assert done.returncode == 0, done.stderr
     stages = json.loads(plan.read_text())["stages"]
     assert len(stages) >= 2
-    celu_stage = next(s["index"] for s in stages if "celu" in s["nodes"])
-    assert "onnxruntime fallback: stage" in done.stdout and "'celu' (Celu)" in done.stdout
-    celu_plan = next(s for s in stages if s["index"] == celu_stage)
-    assert [f["node"] for f in celu_plan["fallback"]] == ["celu"]
-    # The plan decided: only the Celu node runs on onnxruntime, flagged in the build and in verify.
+    odd_stage = next(s["index"] for s in stages if "reverse" in s["nodes"])
+    assert "onnxruntime fallback: stage" in done.stdout and "'reverse' (ReverseSequence)" in done.stdout
+    odd_plan = next(s for s in stages if s["index"] == odd_stage)
+    assert [f["node"] for f in odd_plan["fallback"]] == ["reverse"]
+    # The plan decided: only that node runs on onnxruntime, flagged in the build and in verify.
     build = tmp_path / "build"
     done = nndeploy("compile", plan, "-o", build)
     assert done.returncode == 0, done.stderr
-    alone = celu_plan["nodes"] == ["celu"]  # a stage of the Celu node only runs on onnxruntime whole
-    assert "onnxruntime fallback" in done.stdout and "Celu" in done.stderr
+    alone = odd_plan["nodes"] == ["reverse"]  # a stage of that node only runs on onnxruntime whole
+    assert "onnxruntime fallback" in done.stdout and "ReverseSequence" in done.stderr
     manifest = json.loads((build / "manifest.json").read_text())
     statuses = {s["stage"]: s["status"] for s in manifest["stages"]}
-    assert statuses.pop(celu_stage) == ("fallback" if alone else "partial fallback")
+    assert statuses.pop(odd_stage) == ("fallback" if alone else "partial fallback")
     assert set(statuses.values()) <= {"built"}
     verify = nndeploy("verify", build)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     expected = "onnxruntime (fallback)" if alone else "+ onnxruntime for 1 node(s)"
-    assert expected in rows(verify.stdout, f"stage {celu_stage}")[0]
+    assert expected in rows(verify.stdout, f"stage {odd_stage}")[0]
     assert "pass" in rows(verify.stdout, "end to end")[0]
 
 

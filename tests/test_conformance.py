@@ -36,8 +36,11 @@ def test_a_fixed_sample_runs_every_way(tmp_path: Path) -> None:
     for name in ("test_celu", "test_lstm_defaults"):  # ops TVM's frontend does not import
         assert results[(name, "onnxruntime")][0] == "pass"
         assert results[(name, "tvm")][0] == "error" and "not supported" in results[(name, "tvm")][1]
-        assert results[(name, "nndeploy")][0] == "error" and "fallback" in results[(name, "nndeploy")][1]
-        assert results[(name, "nndeploy+fallback")] == ("pass", "onnxruntime fallback")
+    # Celu's standard definition (a function body) is expanded, LSTM has the project's own converter:
+    # both compile with TVM.
+    for name in ("test_celu", "test_lstm_defaults"):
+        assert results[(name, "nndeploy")] == ("pass", "")
+        assert results[(name, "nndeploy+fallback")] == ("pass", "")
     assert results[("test_cumsum_1d", "onnxruntime")][0] == "pass"  # a numpy-scalar axis input
 
 

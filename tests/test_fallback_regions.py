@@ -28,14 +28,17 @@ from conftest import servers
 
 
 def mixed_model() -> onnx.ModelProto:
-    """x[4,16] -> MatMul -> Relu -> Celu (no TVM converter) -> MatMul -> CumSum over an axis given as
-    a graph input (TVM imports only constant axes) -> + skip -> y."""
+    """x[4,16] -> MatMul -> Relu -> ReverseSequence (no TVM converter, no function body) -> MatMul ->
+    CumSum over an axis given as a graph input (TVM imports only constant axes) -> + skip -> y."""
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")
+    lengths = numpy_helper.from_array(np.array([4, 1, 2, 3] * 4, dtype=np.int64), "lengths")
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["a"], name="mm1"),
         helper.make_node("Relu", ["a"], ["b"], name="relu"),
-        helper.make_node("Celu", ["b"], ["c"], name="celu", alpha=0.5),
+        helper.make_node(
+            "ReverseSequence", ["b", "lengths"], ["c"], name="reverse", batch_axis=1, time_axis=0
+        ),
         helper.make_node("MatMul", ["c", "w"], ["d"], name="mm2"),
         helper.make_node("CumSum", ["d", "axis"], ["e"], name="cumsum"),
         helper.make_node("Add", ["e", "a"], ["y"], name="add"),
@@ -48,7 +51,7 @@ def mixed_model() -> onnx.ModelProto:
             helper.make_tensor_value_info("axis", TensorProto.INT64, []),
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
-        [weight],
+        [weight, lengths],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -62,8 +65,8 @@ def mixed(tmp_path: Path) -> Path:
 
 def test_nodes_tvm_cannot_compile_are_found_with_their_reason(mixed: Path) -> None:
     problems = compiler_problems(load_prepared_model(mixed))
-    assert sorted(problems) == ["celu", "cumsum"]
-    assert "no converter for Celu" in problems["celu"].reason
+    assert sorted(problems) == ["cumsum", "reverse"]
+    assert "no converter for ReverseSequence" in problems["reverse"].reason
     assert "TVM cannot import it" in problems["cumsum"].reason and "axis" in problems["cumsum"].reason
 
 
@@ -83,7 +86,7 @@ def test_known_wrong_list_flags_matching_nodes_only(
             {signature: "test_relu"}, {"run": "test"}, tmp_path / "known_wrong.json"
         )
         flagged = compiler_problems(model)
-        assert sorted(flagged) == ["celu", "cumsum", "relu"]
+        assert sorted(flagged) == ["cumsum", "relu", "reverse"]
         assert "measured wrong" in flagged["relu"].reason and "test_relu" in flagged["relu"].reason
         assert "relu" not in compiler_problems(model, use_known_wrong=False)
     finally:
@@ -96,7 +99,7 @@ def test_plan_places_fallback_nodes_on_cpus_and_records_them(
     graph = load_graph(mixed)
     problems = compiler_problems(load_prepared_model(mixed))
     the_plan = plan(graph, make_cluster(servers(1)), "latency", None, problems)
-    assert [f.node for s in the_plan.stages for f in s.fallback] == ["celu", "cumsum"]
+    assert [f.node for s in the_plan.stages for f in s.fallback] == ["reverse", "cumsum"]
     write_plan(the_plan, tmp_path / "plan.json")
     again = read_plan(tmp_path / "plan.json")
     assert again.stages[0].fallback == the_plan.stages[0].fallback
@@ -120,8 +123,8 @@ def test_mixed_cluster_keeps_fallback_nodes_off_the_gpu(mixed: Path, make_cluste
     the_plan = plan(load_graph(mixed), cluster, "latency", None, problems)
     for stage in the_plan.stages:
         if stage.device == "gpu":
-            assert not {"celu", "cumsum"} & set(stage.nodes)
-    assert sorted(f.node for s in the_plan.stages for f in s.fallback) == ["celu", "cumsum"]
+            assert not {"reverse", "cumsum"} & set(stage.nodes)
+    assert sorted(f.node for s in the_plan.stages for f in s.fallback) == ["cumsum", "reverse"]
 
 
 def x86() -> Device:
@@ -139,7 +142,7 @@ def test_stage_with_regions_runs_as_onnxruntime_would(mixed: Path, tmp_path: Pat
     nodes_per_part = [
         [n.name for n in onnx.load(tmp_path / "build" / p.path).graph.node] for p in artifact.parts[1::2]
     ]
-    assert nodes_per_part == [["celu"], ["cumsum"]]
+    assert nodes_per_part == [["reverse"], ["cumsum"]]
     entry = StageBuild(0, "server", "x86_64", artifact, record.seconds, False)
     feeds = {"x": np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32), "axis": np.array(1)}
     got, times = run_artifact(tmp_path / "build", entry, feeds, repeats=2)
@@ -155,10 +158,10 @@ def test_build_failure_not_foreseen_falls_back_for_the_failing_node_only(mixed: 
     artifact = record.artifact
     assert artifact is not None, record.error
     moved = {n["node"]: n["reason"] for n in artifact.options["onnxruntime_nodes"]}
-    assert sorted(moved) == ["celu", "cumsum"]
+    assert sorted(moved) == ["cumsum", "reverse"]
     assert all("TVM failed to build it" in reason for reason in moved.values())
     without = build_stage(mixed, 0, x86(), tmp_path / "plain")
-    assert without.artifact is None and "celu" in without.error
+    assert without.artifact is None and "reverse" in without.error
 
 
 def test_endpoint_metadata_names_the_onnxruntime_nodes(mixed: Path, make_cluster, tmp_path: Path) -> None:
@@ -168,7 +171,7 @@ def test_endpoint_metadata_names_the_onnxruntime_nodes(mixed: Path, make_cluster
     the_plan = plan(load_graph(mixed), make_cluster(servers(1)), "latency", None, problems)
     planned = dict(model_spec(the_plan, ["127.0.0.1:1"]).properties)
     assert planned["stage_0_executor"] == "tvm+onnxruntime"
-    assert [n["node"] for n in json.loads(planned["onnxruntime_nodes"])] == ["celu", "cumsum"]
+    assert [n["node"] for n in json.loads(planned["onnxruntime_nodes"])] == ["reverse", "cumsum"]
     whole = FallbackNode("x", "Y", "z")
     assert whole.to_dict() == {"node": "x", "op_type": "Y", "reason": "z"}
     record = build_stage(mixed, 0, x86(), tmp_path / "b", fallback="onnxruntime")
@@ -179,3 +182,56 @@ def test_endpoint_metadata_names_the_onnxruntime_nodes(mixed: Path, make_cluster
     assert {n["reason"].split(":")[0] for n in json.loads(built["onnxruntime_nodes"])} == {
         "TVM failed to build it"
     }
+
+
+@pytest.mark.parametrize(
+    ("op", "attributes"),
+    [("Celu", {"alpha": 0.7}), ("Mish", {}), ("HardSwish", {}), ("ThresholdedRelu", {"alpha": 0.3})],
+)
+def test_ops_tvm_lacks_are_expanded_into_their_standard_definition(op: str, attributes: dict) -> None:
+    """The expansion computes what onnxruntime computes on the original node, and TVM then imports it."""
+    from nndeploy.oracle import run_model
+    from nndeploy.targets.function_expansion import expand_functions
+    from nndeploy.targets.tvm_ops import tvm_onnx_ops
+
+    node = helper.make_node(op, ["x"], ["y"], name="op", **attributes)
+    graph = helper.make_graph(
+        [node],
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    supported = tvm_onnx_ops()
+    expanded = expand_functions(model, supported - {op})
+    assert op not in {n.op_type for n in expanded.graph.node}
+    assert {n.op_type for n in expanded.graph.node} <= supported
+    x = np.random.default_rng(2).standard_normal((3, 5)).astype(np.float32)
+    np.testing.assert_allclose(run_model(expanded, {"x": x})["y"], run_model(model, {"x": x})["y"], atol=1e-6)
+
+
+def test_local_functions_are_inlined(tmp_path: Path) -> None:
+    from nndeploy.oracle import run_model
+    from nndeploy.targets.function_expansion import expand_functions
+
+    body = helper.make_function(
+        "local",
+        "AddTwice",
+        ["a"],
+        ["b"],
+        [helper.make_node("Add", ["a", "a"], ["t"]), helper.make_node("Add", ["t", "a"], ["b"])],
+        [helper.make_opsetid("", 17)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("AddTwice", ["x"], ["y"], domain="local")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)], functions=[body]
+    )
+    inlined = expand_functions(model, {"Add"})
+    assert [n.op_type for n in inlined.graph.node] == ["Add", "Add"] and not inlined.functions
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(run_model(inlined, {"x": x})["y"], 3 * x)
