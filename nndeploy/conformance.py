@@ -196,6 +196,60 @@ def _run_nndeploy(
     return [tensors[vi.name] for vi in model.graph.output], used_fallback
 
 
+def culprit_job(case: Case, way: str, scratch: Path) -> tuple[str, str]:
+    """IsolatedPool job: ('pass', JSON list of node signatures) for the nodes of `case` whose TVM-compiled
+    result differs from onnxruntime's when each runs alone on onnxruntime's values of its inputs."""
+    import json
+
+    try:
+        return "pass", json.dumps(wrong_node_signatures(case, scratch))
+    except Exception as exc:  # a case the search cannot take apart: nothing to add
+        return "error", _first_line(exc)
+
+
+def wrong_node_signatures(case: Case, scratch: Path) -> list[str]:
+    """Signatures (targets.tvm_coverage.node_signature) of the nodes of `case`, prepared as nndeploy
+    prepares it, that TVM computes wrongly on their own (the case's first data set and tolerances)."""
+    from nndeploy.cutting import Group, cut
+    from nndeploy.graph import load_prepared_model
+    from nndeploy.oracle import run_model
+    from nndeploy.targets.frontend_baseline import run_project_import
+    from nndeploy.targets.tvm_coverage import node_signature
+
+    model = onnx.load_from_string(case.model)
+    feeds = {vi.name: x for vi, x in zip(_graph_inputs(model), case.data_sets[0][0], strict=False)}
+    path = Path(tempfile.mkdtemp(dir=scratch)) / "model.onnx"
+    onnx.save(model, path)
+    prepared = load_prepared_model(path, {name: list(np.shape(x)) for name, x in feeds.items()})
+    types = {
+        vi.name: vi for vi in (*prepared.graph.input, *prepared.graph.value_info, *prepared.graph.output)
+    }
+    initializers = {t.name: t for t in prepared.graph.initializer}
+    every = onnx.ModelProto()
+    every.CopyFrom(prepared)
+    shown = {vi.name for vi in every.graph.output}
+    every.graph.output.extend(
+        types[name]
+        for node in prepared.graph.node
+        for name in node.output
+        if name in types and name not in shown
+    )
+    values = {**feeds, **run_model(every, feeds)}
+    nodes = [node for node in prepared.graph.node if node.op_type != "Constant"]
+    groups = [Group(n.name, (n.name,), tuple(o for o in n.output if o in types)) for n in nodes]
+    wrong = []
+    for node, single in zip(nodes, cut(prepared, groups, "node", independent=True), strict=True):
+        inputs = {vi.name: values[vi.name] for vi in single.graph.input if vi.name in values}
+        try:
+            got = run_project_import(single, inputs)
+        except Exception:  # TVM does not build it: it falls back anyway
+            continue
+        expected = tuple(values[vi.name] for vi in single.graph.output)
+        if _compare(got, expected, case.rtol, case.atol):
+            wrong.append(node_signature(node, types, initializers))
+    return wrong
+
+
 def host_profile() -> str:
     """The built-in x86 profile whose code this CPU runs natively."""
     from nndeploy.targets.loader import missing_cpu_features

@@ -182,6 +182,6 @@ def load_graph(
     shapes = {vi.name: tuple(int(d) for d in types[vi.name][1] or ()) for vi in real_inputs(prepared)}  # type: ignore[arg-type]
     if batch is None:
         first = next(iter(shapes.values()), ())
-        batch = first[0] if first else 1
+        batch = first[0] if first and first[0] > 0 else 1  # an empty first input says nothing
     graph = analyze(prepared, str(path), file_sha256(path), shapes, batch)
     return dataclasses.replace(graph, warnings=tuple(prep_warnings) + graph.warnings)

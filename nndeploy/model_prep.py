@@ -136,8 +136,8 @@ def _bind(
         if key not in by_name:
             raise ModelError(f"{name}: no input named '{key}'; the model's inputs are: {listing}")
         shape = [int(d) for d in shape]
-        if any(d <= 0 for d in shape):
-            raise ModelError(f"{name}: input shape for '{key}' must have positive dims, got {shape}")
+        if any(d < 0 for d in shape):  # 0 is an empty tensor, which ONNX allows
+            raise ModelError(f"{name}: input shape for '{key}' must not have negative dims, got {shape}")
         old = value_dims(by_name[key])
         if old is not None and len(old) != len(shape):
             raise ModelError(

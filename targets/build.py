@@ -8,6 +8,7 @@ beside the artifact for `nndeploy inspect`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -166,15 +167,31 @@ def onnxruntime_record(
     """The model at `model_path` run on onnxruntime instead of compiled: its artifact is the model
     itself (copied to out_dir/<name>.onnx), flagged as a fallback with the reason (and per node, why)."""
     started = time.perf_counter()
+    options: dict[str, Any] = {"reason": reason, "device_arch": device.arch}
+    if nodes:
+        options["nodes"] = [node.to_dict() for node in nodes]
+    artifact = model_artifact(model_path, index, device, out_dir, name, options, "onnxruntime")
+    return BuildRecord(index, device.name, artifact, time.perf_counter() - started, False, None)
+
+
+def model_artifact(
+    model_path: Path,
+    index: int,
+    device: Device,
+    out_dir: Path,
+    name: str | None,
+    options: dict[str, Any],
+    fallback: str | None,
+    parts: tuple[Artifact, ...] = (),
+) -> Artifact:
+    """An artifact whose file is an ONNX model (copied to out_dir/<name>.onnx, default stage_<index>):
+    an onnxruntime fallback, or the reference model of a stage built in `parts`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs, outputs = io_specs(onnx.load(str(model_path), load_external_data=False))
     copy = out_dir / f"{name or f'stage_{index}'}.onnx"
     if copy.resolve() != model_path.resolve():
         shutil.copyfile(model_path, copy)
-    options: dict[str, Any] = {"reason": reason, "device_arch": device.arch}
-    if nodes:
-        options["nodes"] = [node.to_dict() for node in nodes]
-    artifact = Artifact(
+    return Artifact(
         stage=index,
         target=device.tvm_target,
         path=copy.name,
@@ -183,9 +200,9 @@ def onnxruntime_record(
         outputs=outputs,
         tvm_version=tvm_version(),
         options=options,
-        fallback="onnxruntime",
+        fallback=fallback,
+        parts=parts,
     )
-    return BuildRecord(index, device.name, artifact, time.perf_counter() - started, False, None)
 
 
 def _pipeline_name(device: Device) -> str:
@@ -223,9 +240,12 @@ def _build_into(model: onnx.ModelProto, device: Device, folder: Path, tuning_db_
             sources = _tvm_build(model, device, scratch)
         meta = {"library": "stage.so", "sources": sources, "seconds": time.perf_counter() - started}
         (scratch / "meta.json").write_text(json.dumps(meta))
-        if folder.exists():
-            shutil.rmtree(folder)
-        scratch.rename(folder)
+        if folder.exists():  # a stale entry without meta.json, or one a parallel build just finished
+            if (folder / "meta.json").is_file():
+                return
+            shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a parallel build of the same content got there first
+            scratch.rename(folder)
     finally:
         if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)

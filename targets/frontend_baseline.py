@@ -1,5 +1,6 @@
 """TVM's Relax ONNX frontend as it is, with no nndeploy preparation: the baseline the conformance runner
-compares nndeploy's own path with."""
+compares nndeploy's own path with; and the same run through nndeploy's import (function expansion and
+the project's converters), which the runner uses to find which node of a model TVM computes wrongly."""
 
 from __future__ import annotations
 
@@ -21,6 +22,26 @@ def run_frontend_as_is(model: onnx.ModelProto, feeds: dict[str, Any]) -> list[An
     shapes = {name: list(np.shape(x)) for name, x in feeds.items()}
     dtypes = {name: np.asarray(x).dtype.name for name, x in feeds.items()}
     mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return _flatten(vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[name])) for name in inputs]))
+
+
+def run_project_import(model: onnx.ModelProto, feeds: dict[str, Any]) -> list[Any]:
+    """As `run_frontend_as_is`, through nndeploy's import: ops without a converter expanded into their
+    standard definition, and the project's own converters."""
+    import tvm
+    from tvm import relax
+
+    from nndeploy.targets.function_expansion import expand_functions
+    from nndeploy.targets.tvm_converters import from_onnx
+    from nndeploy.targets.tvm_ops import tvm_onnx_ops
+
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [vi.name for vi in model.graph.input if vi.name not in initializers]
+    shapes = {name: list(np.shape(x)) for name, x in feeds.items()}
+    dtypes = {name: np.asarray(x).dtype.name for name, x in feeds.items()}
+    mod = from_onnx(expand_functions(model, tvm_onnx_ops()), shapes, dtypes)
     executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
     vm = relax.VirtualMachine(executable, tvm.cpu())
     return _flatten(vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[name])) for name in inputs]))

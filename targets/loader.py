@@ -146,11 +146,11 @@ def _run_tvm(
     vm = _virtual_machine(str(path), artifact.target.get("kind", "llvm"))
     args = [tvm.runtime.tensor(x, device) for x in feed]
     result = vm["main"](*args)
-    outputs = _as_list(result)
+    outputs = _as_list(result, len(names))
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        _as_array(_as_list(vm["main"](*args))[-1])
+        _as_array(_as_list(vm["main"](*args), len(names))[-1])
         times.append((time.perf_counter() - started) * 1e3)
     return {name: _as_array(out) for name, out in zip(names, outputs, strict=True)}, times
 
@@ -240,14 +240,15 @@ def _as_array(value: Any) -> np.ndarray:
     return np.array([int(v) for v in value], dtype=np.int64)
 
 
-def _as_list(result: Any) -> list[Any]:
-    """The VM returns one tensor or a tuple of them."""
+def _as_list(result: Any, count: int) -> list[Any]:
+    """The VM's result as one item per output: it returns one tensor, a shape (for an output that is a
+    shape value, possibly empty), or a tuple of them."""
     import tvm
 
     if isinstance(result, tvm.runtime.Tensor):
         return [result]
     items = list(result)
-    if items and all(isinstance(item, int) for item in items):  # one output that is a shape
+    if count == 1 and all(isinstance(item, int) for item in items):
         return [result]
     return items
 

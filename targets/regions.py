@@ -17,8 +17,7 @@ from pathlib import Path
 import onnx
 
 from nndeploy.cutting import Group, cut, node_inputs
-from nndeploy.model_prep import file_sha256
-from nndeploy.targets.build import BuildRecord, build_compiled, onnxruntime_record, tvm_version
+from nndeploy.targets.build import BuildRecord, build_compiled, model_artifact, onnxruntime_record
 from nndeploy.types import Artifact, Device, FallbackNode
 
 # Past this many nodes in a failing part, it falls back whole instead of being searched node by node.
@@ -147,29 +146,13 @@ def _stage_record(
     stage_path: Path, index: int, device: Device, out_dir: Path, parts: list[Artifact]
 ) -> BuildRecord:
     """The stage's artifact: its model for reference, its parts to run."""
-    from nndeploy.targets.build import io_specs
-
-    copy = out_dir / f"stage_{index}.onnx"
-    if copy.resolve() != stage_path.resolve():
-        copy.write_bytes(stage_path.read_bytes())
-    inputs, outputs = io_specs(onnx.load(str(copy), load_external_data=False))
     compiled = [part for part in parts if part.fallback is None]
-    artifact = Artifact(
-        stage=index,
-        target=device.tvm_target,
-        path=copy.name,
-        sha256=file_sha256(copy),
-        inputs=inputs,
-        outputs=outputs,
-        tvm_version=tvm_version(),
-        options={
-            "device_arch": device.arch,
-            "onnxruntime_nodes": [n for p in parts for n in p.options.get("nodes", [])],
-            "pipeline": compiled[0].options.get("pipeline") if compiled else None,
-        },
-        fallback=None,
-        parts=tuple(parts),
-    )
+    options = {
+        "device_arch": device.arch,
+        "onnxruntime_nodes": [n for p in parts for n in p.options.get("nodes", [])],
+        "pipeline": compiled[0].options.get("pipeline") if compiled else None,
+    }
+    artifact = model_artifact(stage_path, index, device, out_dir, None, options, None, tuple(parts))
     return BuildRecord(index, device.name, artifact, 0.0, False, None)
 
 

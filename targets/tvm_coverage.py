@@ -91,8 +91,8 @@ def static_shape(value_info: onnx.ValueInfoProto) -> bool:
 def node_signature(
     node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto], initializers: dict[str, onnx.TensorProto]
 ) -> str:
-    """What identifies a node for the known-wrong list: op, attributes, and each input's element type,
-    rank and whether it is a constant."""
+    """What identifies a node for the known-wrong list: op, attributes, each input's element type, rank
+    and whether it is a constant, and how many outputs are used (TVM gets some optional outputs wrong)."""
     attributes = []
     for attribute in sorted(node.attribute, key=lambda a: a.name):
         value = onnx.helper.get_attribute_value(attribute)
@@ -118,7 +118,9 @@ def node_signature(
             inputs.append(f"{dtype}[{len(tensor_type.shape.dim)}]")
         else:
             inputs.append("?")
-    return f"{node.domain or 'ai.onnx'}.{node.op_type}({', '.join(inputs)}; {', '.join(attributes)})"
+    outputs = len([name for name in node.output if name])
+    op = f"{node.domain or 'ai.onnx'}.{node.op_type}"
+    return f"{op}({', '.join(inputs)}; {', '.join(attributes)}) -> {outputs}"
 
 
 @cache

@@ -78,7 +78,7 @@ def test_known_wrong_list_flags_matching_nodes_only(
     inits = {t.name: t for t in model.graph.initializer}
     relu = next(n for n in model.graph.node if n.name == "relu")
     signature = tvm_coverage.node_signature(relu, types, inits)
-    assert signature == "ai.onnx.Relu(float32[2]; )"
+    assert signature == "ai.onnx.Relu(float32[2]; ) -> 1"
     monkeypatch.setattr(tvm_coverage, "KNOWN_WRONG_FILE", tmp_path / "known_wrong.json")
     tvm_coverage.load_known_wrong.cache_clear()
     try:

@@ -138,8 +138,10 @@ def test_unknown_input_name_lists_the_real_inputs() -> None:
 def test_rank_mismatch_and_bad_dims_are_errors() -> None:
     with pytest.raises(ModelError, match="rank 2"):
         bind_input_shapes(dynamic_batch_model(), {"x": [1, 4, 1]}, None)
-    with pytest.raises(ModelError, match="positive"):
-        bind_input_shapes(dynamic_batch_model(), {"x": [0, 4]}, None)
+    with pytest.raises(ModelError, match="negative"):
+        bind_input_shapes(dynamic_batch_model(), {"x": [-1, 4]}, None)
+    empty = bind_input_shapes(dynamic_batch_model(), {"x": [0, 4]}, None)  # an empty tensor is allowed
+    assert [d.dim_value for d in empty.graph.input[0].type.tensor_type.shape.dim] == [0, 4]
 
 
 @pytest.mark.parametrize("opset", [7, 8, 9, 10, 11, 12, 13, 17, 18, 21])
