@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,24 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+EXIT_STATUS = pytest.StashKey[int]()
 EXAMPLES = ROOT / "examples"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process with pytest's own status once its report is written. After a full run, with
+    TVM, onnxruntime, Ray and gRPC all loaded in one process, a native library's exit-time destructors
+    crashed it (SIGSEGV after every test had passed, past the point where faulthandler reports); the
+    tools' own processes exit normally (every CLI test checks their exit codes)."""
+    if EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[EXIT_STATUS])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
