@@ -183,42 +183,40 @@ def _family_rows(results: dict, op_of: dict[str, str]) -> list[tuple[str, int, i
     return [(family, *counts) for family, counts in sorted(rows.items())]  # type: ignore[misc]
 
 
+FAMILY_COLUMNS = (
+    "family",
+    "cases",
+    "onnxruntime",
+    "TVM's frontend",
+    "nndeploy compiled",
+    "nndeploy with fallback",
+)
+
+
+def _family_summary(results: dict, op_of: dict[str, str]) -> list[tuple]:
+    """The per-family rows and a totals row."""
+    rows = _family_rows(results, op_of)
+    return [*rows, ("total", *(sum(row[i] for row in rows) for i in range(1, len(FAMILY_COLUMNS))))]
+
+
 def family_table(results: dict, op_of: dict[str, str]) -> object:
-    """Per op family: cases and passes of each way (see `_family_rows`), then the same as Markdown."""
+    """Per op family: cases and passes of each way (see `_family_rows`)."""
     from rich.table import Table
 
-    columns = (
-        "family",
-        "cases",
-        "onnxruntime",
-        "TVM's frontend",
-        "nndeploy compiled",
-        "nndeploy with fallback",
-    )
     table = Table(title="coverage per family (nndeploy compiled: passes with no onnxruntime node)")
-    for column in columns:
+    for column in FAMILY_COLUMNS:
         table.add_column(column, justify="left" if column == "family" else "right")
-    rows = _family_rows(results, op_of)
-    totals = ("total", *(sum(row[i] for row in rows) for i in range(1, len(columns))))
-    for row in (*rows, totals):
+    for row in _family_summary(results, op_of):
         table.add_row(*(str(v) for v in row))
     return table
 
 
 def family_markdown(results: dict, op_of: dict[str, str]) -> str:
     """The per-family table as Markdown (for the README)."""
-    columns = (
-        "family",
-        "cases",
-        "onnxruntime",
-        "TVM's frontend",
-        "nndeploy compiled",
-        "nndeploy with fallback",
+    lines = ["| " + " | ".join(FAMILY_COLUMNS) + " |", "|" + "---|" * len(FAMILY_COLUMNS)]
+    return "\n".join(
+        lines + ["| " + " | ".join(map(str, row)) + " |" for row in _family_summary(results, op_of)]
     )
-    rows = _family_rows(results, op_of)
-    totals = ("**total**", *(sum(row[i] for row in rows) for i in range(1, len(columns))))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in (*rows, totals)])
 
 
 def write_known_wrong(results: dict, cases: list, workers: int, timeout: float) -> int:
