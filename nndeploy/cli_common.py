@@ -12,9 +12,11 @@ import typer
 from rich.console import Console
 
 from nndeploy.errors import ModelError, PlanError
-from nndeploy.types import FallbackNode, Graph, Plan
+from nndeploy.types import FallbackNode, Plan
 
 if TYPE_CHECKING:
+    import onnx
+
     from nndeploy.targets.manifest import Manifest
 
 # Piped output keeps full-width tables instead of rich's 80-column default.
@@ -85,14 +87,13 @@ def read_build(build_dir: Path) -> tuple[Manifest, Plan]:
 
 
 def compiler_fallback(
-    model: Path, the_graph: Graph, allowed: bool, use_known_wrong: bool = True
+    prepared: onnx.ModelProto, allowed: bool, use_known_wrong: bool = True
 ) -> dict[str, FallbackNode]:
-    """The nodes TVM cannot compile (or computes wrongly), by name; without `allowed` (no --fallback)
-    any such node is refused in one line."""
-    from nndeploy.graph import load_prepared_model
+    """The nodes of a prepared model TVM cannot compile (or computes wrongly), by name; without
+    `allowed` (no --fallback) any such node is refused in one line."""
     from nndeploy.targets.tvm_coverage import compiler_problems
 
-    problems = compiler_problems(load_prepared_model(model, the_graph.input_shapes, None), use_known_wrong)
+    problems = compiler_problems(prepared, use_known_wrong)
     if problems and not allowed:
         listed = "; ".join(f"'{p.node}' ({p.op_type}): {p.reason}" for p in list(problems.values())[:3])
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""

@@ -154,7 +154,7 @@ def _run_nndeploy(
     node ran on onnxruntime. Without fallback the known-wrong list is not used: that way measures what
     TVM's compiled code computes."""
     from nndeploy.cli_common import compiler_fallback, write_stage_models
-    from nndeploy.graph import load_graph
+    from nndeploy.graph import load_graph_and_model
     from nndeploy.partitioner.planner import plan as make_plan
     from nndeploy.planfile import write_plan
     from nndeploy.targets.build import build_stage
@@ -169,8 +169,8 @@ def _run_nndeploy(
         {"devices": [{"name": "server", "profile": host_profile()}]}, "conformance", folder
     )
     shapes = {name: tuple(np.shape(x)) for name, x in feeds.items()}
-    graph = load_graph(path, shapes)
-    regions = compiler_fallback(path, graph, fallback, use_known_wrong=fallback)
+    graph, prepared = load_graph_and_model(path, shapes)
+    regions = compiler_fallback(prepared, fallback, use_known_wrong=fallback)
     the_plan = make_plan(graph, cluster, "latency", None, regions)
     write_plan(the_plan, folder / "plan.json")
     _, stage_paths = write_stage_models(the_plan, folder / "plan.json", folder / "stages", path)
@@ -210,7 +210,7 @@ def culprit_job(case: Case, way: str, scratch: Path) -> tuple[str, str]:
 def wrong_node_signatures(case: Case, scratch: Path) -> list[str]:
     """Signatures (targets.tvm_coverage.node_signature) of the nodes of `case`, prepared as nndeploy
     prepares it, that TVM computes wrongly on their own (the case's first data set and tolerances)."""
-    from nndeploy.cutting import Group, cut
+    from nndeploy.cutting import Group, cut, value_infos
     from nndeploy.graph import load_prepared_model
     from nndeploy.oracle import run_model
     from nndeploy.targets.frontend_baseline import run_project_import
@@ -221,9 +221,7 @@ def wrong_node_signatures(case: Case, scratch: Path) -> list[str]:
     path = Path(tempfile.mkdtemp(dir=scratch)) / "model.onnx"
     onnx.save(model, path)
     prepared = load_prepared_model(path, {name: list(np.shape(x)) for name, x in feeds.items()})
-    types = {
-        vi.name: vi for vi in (*prepared.graph.input, *prepared.graph.value_info, *prepared.graph.output)
-    }
+    types = value_infos(prepared)
     initializers = {t.name: t for t in prepared.graph.initializer}
     every = onnx.ModelProto()
     every.CopyFrom(prepared)

@@ -26,6 +26,12 @@ class Group:
     sends: tuple[str, ...]
 
 
+def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Every tensor's declared type by name: graph inputs, value_info and outputs."""
+    graph = model.graph
+    return {vi.name: vi for vi in (*graph.input, *graph.value_info, *graph.output)}
+
+
 def cut(
     model: onnx.ModelProto, groups: Sequence[Group], name_suffix: str = "", independent: bool = False
 ) -> list[onnx.ModelProto]:
@@ -36,7 +42,7 @@ def cut(
     graph = model.graph
     by_name = {node.name: node for node in graph.node}
     initializers = {init.name: init for init in graph.initializer}
-    types = {vi.name: vi for vi in (*graph.input, *graph.value_info, *graph.output)}
+    types = value_infos(model)
     available = {vi.name for vi in graph.input if vi.name not in initializers}
     if independent:
         available.update(name for node in graph.node for name in node.output if name)

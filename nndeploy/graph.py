@@ -175,6 +175,15 @@ def load_graph(
 ) -> Graph:
     """Load, check, prepare and analyse a model file. The Graph records the bound shape of every real
     input and the batch (given, or dim 0 of the first input), so preparing again with them reproduces it."""
+    return load_graph_and_model(path, input_shapes, batch)[0]
+
+
+def load_graph_and_model(
+    path: str | Path,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    batch: int | None = None,
+) -> tuple[Graph, onnx.ModelProto]:
+    """`load_graph`, and the prepared model it analysed (for callers that also look at the nodes)."""
     prepared, prep_warnings = prepare_model_with_warnings(
         load_model(path), input_shapes, batch, name=str(path)
     )
@@ -184,4 +193,4 @@ def load_graph(
         first = next(iter(shapes.values()), ())
         batch = first[0] if first and first[0] > 0 else 1  # an empty first input says nothing
     graph = analyze(prepared, str(path), file_sha256(path), shapes, batch)
-    return dataclasses.replace(graph, warnings=tuple(prep_warnings) + graph.warnings)
+    return dataclasses.replace(graph, warnings=tuple(prep_warnings) + graph.warnings), prepared

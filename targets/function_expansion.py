@@ -14,6 +14,8 @@ from collections.abc import Collection
 import onnx
 from onnx import defs, helper, inliner, version_converter
 
+from nndeploy.cutting import value_infos
+
 DOMAIN = "nndeploy.expanded"
 ROUNDS = 3  # a body may use another op that needs expanding; three levels cover the standard's ops
 
@@ -159,4 +161,4 @@ def _opset(model: onnx.ModelProto) -> int | None:
 
 
 def _types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    return {vi.name: vi.type for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+    return {name: vi.type for name, vi in value_infos(model).items()}

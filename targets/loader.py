@@ -7,7 +7,6 @@ through it.
 
 from __future__ import annotations
 
-import atexit
 import platform
 import time
 from functools import cache
@@ -260,16 +259,6 @@ def _onnxruntime_session(path: str, sha256: str) -> Any:
     from nndeploy.oracle import session
 
     return session(path)
-
-
-def _release_runtimes() -> None:
-    """Drop the cached onnxruntime sessions and TVM VMs while the interpreter is still whole: their
-    native thread pools must not be torn down after Python's own finalisation has begun."""
-    _onnxruntime_session.cache_clear()
-    _virtual_machine.cache_clear()
-
-
-atexit.register(_release_runtimes)
 
 
 def _run_onnxruntime(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from nndeploy.cutting import Group, cut, node_inputs
+from nndeploy.cutting import Group, cut, node_inputs, value_infos
 from nndeploy.targets.build import BuildRecord, build_compiled, model_artifact, onnxruntime_record
 from nndeploy.types import Artifact, Device, FallbackNode
 
@@ -84,7 +84,7 @@ def _dynamic_nodes(model: onnx.ModelProto, known: dict[str, FallbackNode]) -> di
     """Nodes reading or writing a tensor whose shape is known only at run time, as fallback nodes."""
     from nndeploy.targets.tvm_coverage import dynamic_shape_reason
 
-    types = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+    types = value_infos(model)
     found = {}
     for node in model.graph.node:
         reason = None if node.name in known else dynamic_shape_reason(node, types)

@@ -19,6 +19,7 @@ from typing import Any
 
 import onnx
 
+from nndeploy.cutting import value_infos
 from nndeploy.targets.function_expansion import expand_functions, expandable
 from nndeploy.types import FallbackNode
 
@@ -32,7 +33,7 @@ def compiler_problems(model: onnx.ModelProto, use_known_wrong: bool = True) -> d
 
     supported = tvm_onnx_ops()
     known_wrong = load_known_wrong() if use_known_wrong else {}
-    types = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+    types = value_infos(model)
     initializers = {init.name: init for init in model.graph.initializer}
     probed: dict[str, str | None] = {}
     problems = {}
@@ -44,7 +45,7 @@ def compiler_problems(model: onnx.ModelProto, use_known_wrong: bool = True) -> d
             if not domain and expandable(node, model):
                 key = _probe_key(node_signature(node, types, initializers), node, initializers)
                 if key not in probed:
-                    probed[key] = _import_problem(node, model, types, initializers, supported)
+                    probed[key] = import_problem(node, model, types, initializers, supported)
                 if probed[key] is None:
                     reason = None  # its function body (the standard's definition) imports
                 else:
@@ -56,14 +57,9 @@ def compiler_problems(model: onnx.ModelProto, use_known_wrong: bool = True) -> d
             else:
                 key = _probe_key(signature, node, initializers)
                 if key not in probed:
-                    probed[key] = _import_problem(node, model, types, initializers)
+                    probed[key] = import_problem(node, model, types, initializers)
                 reason = probed[key]
-        if reason is None and node.op_type != "Constant":
-            unknown = [
-                n for n in (*node.input, *node.output) if n and n in types and not static_shape(types[n])
-            ]
-            if unknown:
-                reason = f"the shape of '{unknown[0]}' is known only at run time (TVM builds static shapes)"
+        reason = reason or dynamic_shape_reason(node, types)
         if reason is not None:
             problems[node.name] = FallbackNode(node.name, node.op_type, reason)
     return problems
@@ -152,7 +148,7 @@ def _probe_key(signature: str, node: onnx.NodeProto, initializers: dict[str, onn
     return digest.hexdigest()
 
 
-def _import_problem(
+def import_problem(
     node: onnx.NodeProto,
     model: onnx.ModelProto,
     types: dict[str, onnx.ValueInfoProto],

@@ -132,7 +132,7 @@ def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
         with contextlib.redirect_stdout(io.StringIO()):  # the frontend prints each failure too
             return from_onnx(model, shapes, dtypes)
     except Exception as exc:  # the frontend raises many types; find the node it chokes on
-        node = _failing_node(model, shapes, dtypes)
+        node = _failing_node(model)
         where = f"node '{node.name}' (op {node.op_type})" if node is not None else "the stage"
         raise BuildError(f"device '{device.name}': TVM cannot import {where}: {first_line(exc)}") from None
 
@@ -169,36 +169,19 @@ def _c_identifier_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _failing_node(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> onnx.NodeProto | None:
+def _failing_node(model: onnx.ModelProto) -> onnx.NodeProto | None:
     """The first node that TVM fails to import on its own (one node per op type is tried)."""
-    from nndeploy.targets.tvm_converters import from_onnx
+    from nndeploy.cutting import value_infos
+    from nndeploy.targets.tvm_coverage import import_problem
 
-    known = {vi.name: vi for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
-    inits = {init.name: init for init in model.graph.initializer}
+    types = value_infos(model)
+    initializers = {init.name: init for init in model.graph.initializer}
     tried: set[str] = set()
     for node in model.graph.node:
         if node.op_type in tried:
             continue
         tried.add(node.op_type)
-        ins = [known[n] for n in node.input if n and n in known and n not in inits]
-        outs = [known[n] for n in node.output if n in known]
-        if len(outs) != len([n for n in node.output if n]):
-            continue
-        single = onnx.helper.make_model(
-            onnx.helper.make_graph([node], "probe", ins, outs, [inits[n] for n in node.input if n in inits]),
-            opset_imports=model.opset_import,
-        )
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                from_onnx(
-                    single,
-                    {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in ins},
-                    {
-                        vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
-                        for vi in ins
-                    },
-                )
-        except Exception:
+        if import_problem(node, model, types, initializers) is not None:
             return node
     return None
 
