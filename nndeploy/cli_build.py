@@ -48,11 +48,27 @@ def compile_command(
             "the fastest.",
         ),
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="Run every TVM-built part on sample inputs against onnxruntime as it is built; a part "
+            "that differs goes to onnxruntime with --fallback, and fails the build without.",
+        ),
+    ] = True,
+    check_atol: Annotated[
+        float | None, typer.Option("--check-atol", help="Absolute tolerance of the check (float outputs).")
+    ] = None,
+    check_rtol: Annotated[
+        float | None, typer.Option("--check-rtol", help="Relative tolerance of the check (float outputs).")
+    ] = None,
 ) -> None:
     """Build every stage of PLAN with TVM for its device; write artifacts and manifest.json."""
     from nndeploy.planfile import read_plan, write_plan
     from nndeploy.targets.build import BuildRecord
+    from nndeploy.targets.build_check import BuildCheck, check_summary
     from nndeploy.targets.compile import compile_stages
+    from nndeploy.targets.verify import float_tolerances
 
     if best_of and db is None:
         raise BuildError("--best-of compares tuned and untuned builds: give the tuning database with --db")
@@ -82,9 +98,10 @@ def compile_command(
             model_path=str(model_path.resolve()),
             tuning_db_root=db,
             best_of=best_of,
+            check=BuildCheck(float_tolerances(check_atol, check_rtol)) if check else None,
         )
     table = Table(title=f"build {output} (TVM {manifest.tvm_version})")
-    for column in ("stage", "device", "target", "status", "seconds", "artifact", "sha256"):
+    for column in ("stage", "device", "target", "status", "checked", "seconds", "artifact", "sha256"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
     for entry in manifest.stages:
         artifact = entry.artifact
@@ -101,6 +118,7 @@ def compile_command(
             entry.device,
             _target_text(target),
             status,
+            check_summary(artifact) if artifact else "-",
             f"{entry.build_seconds:.1f}",
             artifact.path if artifact else "-",
             artifact.sha256[:12] if artifact else "-",
@@ -142,7 +160,7 @@ def verify_command(
 ) -> None:
     """Compare every stage, and the whole chain, with onnxruntime; exit 1 on a mismatch."""
     from nndeploy.model_prep import file_sha256
-    from nndeploy.targets.verify import VERIFY_TOLERANCES, verify_build
+    from nndeploy.targets.verify import float_tolerances, verify_build
 
     manifest, plan = read_build(build_dir)
     model_path = Path(manifest.model_path)
@@ -156,10 +174,7 @@ def verify_command(
     missing = [str(p) for p in stage_models if not p.is_file()]
     if missing:
         raise ArtifactError(f"{missing[0]}: stage model missing from the build; compile again")
-    tolerances = {}
-    for dtype in ("float64", "float32", "float16", "bfloat16"):
-        default_atol, default_rtol = VERIFY_TOLERANCES[dtype]
-        tolerances[dtype] = (default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
+    tolerances = float_tolerances(atol, rtol)
     with err.status("running stages and onnxruntime..."):
         report = verify_build(
             build_dir, manifest, stage_models, model_path, plan.inputs, samples, inputs, tolerances

@@ -98,7 +98,7 @@ def run_way(case: Case, way: str, scratch: Path) -> tuple[str, str]:
             elif way == "tvm":
                 got = run_frontend_as_is(model, feeds)
             else:
-                got, fallback = _run_nndeploy(model, feeds, scratch, way == "nndeploy+fallback")
+                got, fallback = _run_nndeploy(model, feeds, scratch, way == "nndeploy+fallback", case)
             problem = _compare(got, expected, case.rtol, case.atol)
             if problem:
                 return "wrong", problem
@@ -146,21 +146,25 @@ def _run_onnxruntime(model: bytes, feeds: dict[str, Any]) -> list[Any]:
 
 
 def _run_nndeploy(
-    model: onnx.ModelProto, feeds: dict[str, Any], scratch: Path, fallback: bool
+    model: onnx.ModelProto, feeds: dict[str, Any], scratch: Path, fallback: bool, case: Case
 ) -> tuple[list[Any], bool]:
     """nndeploy's path for one x86 server, as `plan` and `compile` take it: prepare, find the nodes TVM
     cannot compile, plan (refused without fallback if there are any; with fallback they become
     onnxruntime regions), cut, build and run the artifacts in order. Returns the outputs and whether any
-    node ran on onnxruntime. Without fallback the known-wrong list is not used: that way measures what
-    TVM's compiled code computes."""
+    node ran on onnxruntime. Without fallback neither the known-wrong list nor the build-time check is
+    used: that way measures what TVM's compiled code computes. With fallback, the build-time check holds
+    compiled parts to the case's tolerance, as `compile --check-atol/--check-rtol` would, on its own
+    random inputs (never the case's)."""
     from nndeploy.cli_common import compiler_fallback, write_stage_models
     from nndeploy.graph import load_graph_and_model
     from nndeploy.partitioner.planner import plan as make_plan
     from nndeploy.planfile import write_plan
     from nndeploy.targets.build import build_stage
+    from nndeploy.targets.build_check import BuildCheck
     from nndeploy.targets.cluster import parse_cluster
     from nndeploy.targets.loader import run_artifact
     from nndeploy.targets.manifest import StageBuild
+    from nndeploy.targets.verify import float_tolerances
 
     folder = Path(tempfile.mkdtemp(dir=scratch))
     path = folder / "model.onnx"
@@ -185,6 +189,7 @@ def _run_nndeploy(
             folder / "build",
             "onnxruntime" if fallback else None,
             regions=stage.fallback,
+            check=BuildCheck(float_tolerances(case.atol, case.rtol)) if fallback else None,
         )
         if record.artifact is None:
             raise RuntimeError(record.error or "build failed")

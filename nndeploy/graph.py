@@ -156,6 +156,11 @@ def analyze(
         input_shapes={k: tuple(int(d) for d in v) for k, v in input_shapes.items()},
         batch=int(batch),
         warnings=tuple(warnings),
+        non_tensors=frozenset(
+            vi.name
+            for vi in (*model.graph.value_info, *model.graph.output)
+            if vi.type.WhichOneof("value") not in ("tensor_type", None)
+        ),
     )
 
 

@@ -87,11 +87,27 @@ def load_model(path: str | Path) -> onnx.ModelProto:
             onnx.checker.check_model(sorted_copy)
         except Exception as e2:
             raise ModelError(f"{path}: fails the ONNX checker: {_first_line(e2)}") from None
+    _refuse_non_tensor_io(model, str(path))
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(base))
     except Exception as e:
         raise ModelError(f"{path}: cannot read external data ({_first_line(e)})") from None
     return model
+
+
+def _refuse_non_tensor_io(model: onnx.ModelProto, name: str) -> None:
+    """ModelError for a model input or output that is not a tensor (a sequence, optional or map)."""
+    kinds = {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map"}
+    for role, values in (("input", real_inputs(model)), ("output", list(model.graph.output))):
+        for vi in values:
+            kind = vi.type.WhichOneof("value")
+            if kind != "tensor_type":
+                what = kinds.get(kind or "", kind or "untyped")
+                raise ModelError(
+                    f"{name}: {role} '{vi.name}' is {what}, not a tensor; "
+                    "nndeploy's stages and its KServe v2 endpoint carry tensors only: export the model with "
+                    "tensor inputs and outputs (sequences inside the model are fine)"
+                )
 
 
 def _unproduced_inputs(model: onnx.ModelProto) -> list[tuple[str, str]]:

@@ -98,7 +98,9 @@ class Graph:
     tensor's static shape. Node names are unique and stable (the analysis names unnamed nodes).
 
     `tensors` holds graph inputs and node outputs (not weights); `param_bytes` maps each weight
-    (initializer) to its size. `inputs`/`outputs` are the model's real inputs and outputs."""
+    (initializer) to its size. `inputs`/`outputs` are the model's real inputs and outputs.
+    `non_tensors` names the values inside the model that are sequences, optionals or maps: stages
+    exchange tensors only, so no stage boundary may carry one."""
 
     model_path: str
     model_sha256: str
@@ -110,6 +112,7 @@ class Graph:
     input_shapes: dict[str, tuple[int, ...]]
     batch: int = 1
     warnings: tuple[str, ...] = ()
+    non_tensors: frozenset[str] = frozenset()
 
     @property
     def total_flops(self) -> float:

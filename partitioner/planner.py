@@ -89,7 +89,7 @@ def setup(
             act_mem=np.array(
                 [lifetimes.live_bytes[p] + graph.nodes[i].out_bytes for p, i in enumerate(order)], dtype=float
             ),
-            live_bytes=lifetimes.live_bytes,
+            live_bytes=_transfer_bytes(graph, lifetimes),
             mem_capacity=np.array([d.mem_bytes for d in cluster.devices], dtype=float),
             link_latency_ms=latency,
             link_ms_per_byte=per_byte,
@@ -98,6 +98,15 @@ def setup(
         )
         orders.append(OrderProblem(order_name, order, lifetimes, problem))
     return Setup(graph, cluster, model, node_ms, tuple(orders), fallback)
+
+
+def _transfer_bytes(graph: Graph, lifetimes: Lifetimes) -> np.ndarray:
+    """Bytes crossing each cut, infinite where a sequence or optional would cross (stages exchange
+    tensors only, so the search never places a device change there)."""
+    crossing = np.asarray(lifetimes.live_bytes, dtype=float).copy()
+    for name in graph.non_tensors & lifetimes.produced.keys():
+        crossing[lifetimes.produced[name] + 1 : lifetimes.last_use[name] + 1] = np.inf
+    return crossing
 
 
 # Handing tensors between a TVM part and an onnxruntime region of one stage (in-process numpy arrays).

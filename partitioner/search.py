@@ -57,8 +57,8 @@ class Problem:
 
     def transfer_ms(self, a: int, b: int, k: int | np.ndarray) -> float | np.ndarray:
         """Time to send what crosses cut k from device a to device b."""
-        if a == b:
-            return 0.0 * np.asarray(self.live_bytes[k], dtype=float)
+        if a == b:  # zeros shaped like live_bytes[k] (0 * inf would be NaN where a cut is forbidden)
+            return np.zeros_like(np.asarray(self.live_bytes[k], dtype=float))
         return self.link_latency_ms[a, b] + self.live_bytes[k] * self.link_ms_per_byte[a, b]
 
 

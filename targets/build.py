@@ -22,10 +22,11 @@ import onnx
 
 from nndeploy.errors import BuildError
 from nndeploy.model_prep import file_sha256
+from nndeploy.targets.build_check import BuildCheck
 from nndeploy.targets.tuning_db import fingerprint
 from nndeploy.types import Artifact, Device, FallbackNode, TensorSpec
 
-BUILDER_VERSION = "8"  # bump when the pipeline changes, so cached builds are not reused
+BUILDER_VERSION = "10"  # bump when the pipeline changes, so cached builds are not reused
 
 
 @dataclass(frozen=True)
@@ -79,20 +80,50 @@ def build_stage(
     tuning_db_dir: Path | None = None,
     regions: Sequence[FallbackNode] = (),
     name: str | None = None,
+    check: BuildCheck | None = None,
 ) -> BuildRecord:
     """Build the stage model at `stage_path` for `device` into `out_dir` as `name` (default
     stage_<index>; reusing a cached build); with `tuning_db_dir` (the target's folder of a tuning
     database) its tuned schedules are applied. Nodes in `regions` run on onnxruntime, the rest is built
-    by TVM part by part; with `fallback` 'onnxruntime', nodes TVM then fails to build join them."""
+    by TVM part by part; with `fallback` 'onnxruntime', nodes TVM then fails to build join them. With
+    `check`, every TVM-built part is run on sample inputs against onnxruntime: one that differs is sent
+    to onnxruntime with `fallback`, and fails the build without."""
     failure = None
     if not regions:
         record = build_compiled(stage_path, index, device, out_dir, tuning_db_dir, name)
+        if record.artifact is not None and check is not None:
+            record = _checked_record(record, stage_path, check)
+            if record.artifact is None and fallback != "onnxruntime":
+                return _with_hint(record)
         if record.artifact is not None or fallback != "onnxruntime":
             return record
         failure = record.error
     from nndeploy.targets.regions import build_with_regions
 
-    return build_with_regions(stage_path, index, device, out_dir, regions, tuning_db_dir, fallback, failure)
+    return build_with_regions(
+        stage_path, index, device, out_dir, regions, tuning_db_dir, fallback, failure, check
+    )
+
+
+def _with_hint(record: BuildRecord) -> BuildRecord:
+    from dataclasses import replace
+
+    hint = "pass --fallback onnxruntime to run what differs on onnxruntime, or compile with --no-check"
+    return replace(record, error=f"{record.error}; {hint}")
+
+
+def _checked_record(record: BuildRecord, stage_path: Path, check: BuildCheck) -> BuildRecord:
+    """The record with its artifact's check outcome, or a failed record if the artifact differs."""
+    from dataclasses import replace
+
+    from nndeploy.targets.build_check import DIFFERS, StageSamples, check_stage, checked
+
+    assert record.artifact is not None
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(stage_path)))
+    outcome = check_stage(record.artifact, Path(), StageSamples(model, check.seed), check)
+    if outcome.status == DIFFERS:
+        return replace(record, artifact=None, error=outcome.detail)
+    return replace(record, artifact=checked(record.artifact, outcome))
 
 
 def build_compiled(

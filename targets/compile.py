@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nndeploy.targets.best_of import choose
 from nndeploy.targets.build import BuildRecord, build_stage, fallback_build, tvm_version
+from nndeploy.targets.build_check import BuildCheck
 from nndeploy.targets.manifest import Manifest, StageBuild, write_manifest
 from nndeploy.targets.tune_plan import why_not_tunable
 from nndeploy.targets.tuning_db import has_records, target_db_dir
@@ -31,13 +32,15 @@ def compile_stages(
     model_path: str | None = None,
     tuning_db_root: Path | None = None,
     best_of: bool = False,
+    check: BuildCheck | None = None,
 ) -> Manifest:
     """Build each stage model for its plan device into `out_dir` and write manifest.json.
 
     Builds run in worker processes (a crash in TVM cannot take the tool down with it); a stage that fails
     is recorded with its reason and the others are still built. With `tuning_db_root`, stages whose
     target has tuning records get the tuned build; with `best_of`, such stages that this machine can run
-    are also built untuned (and for onnxruntime, if `fallback` allows it), timed, and the fastest kept."""
+    are also built untuned (and for onnxruntime, if `fallback` allows it), timed, and the fastest kept.
+    With `check`, each TVM-built part is checked against onnxruntime as it is built (see build_check)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     candidates_dir = out_dir / "candidates"
     records: dict[int, BuildRecord] = {}
@@ -47,7 +50,7 @@ def compile_stages(
         for stage, path in zip(plan.stages, stage_models, strict=True):
             device = plan.cluster.device(stage.device)
             db_dir = _tuned_db_dir(tuning_db_root, device)
-            submit = partial(pool.submit, build_stage, path, stage.index, device)
+            submit = partial(pool.submit, build_stage, path, stage.index, device, check=check)
             futures[submit(out_dir, fallback, db_dir, stage.fallback)] = (stage, "main")
             if db_dir is not None and best_of and not stage.fallback and why_not_tunable(device) is None:
                 futures[submit(candidates_dir / "untuned")] = (stage, "tvm-untuned")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
 
 from nndeploy.cutting import Group, cut, node_inputs, value_infos
 from nndeploy.targets.build import BuildRecord, build_compiled, model_artifact, onnxruntime_record
+from nndeploy.targets.build_check import DIFFERS, BuildCheck, StageSamples, check_part, check_stage, checked
 from nndeploy.types import Artifact, Device, FallbackNode
 
 # Past this many nodes in a failing part, it falls back whole instead of being searched node by node.
@@ -33,19 +35,21 @@ def build_with_regions(
     tuning_db_dir: Path | None,
     fallback: str | None,
     failure: str | None = None,
+    check: BuildCheck | None = None,
 ) -> BuildRecord:
     """The stage built as TVM parts and onnxruntime regions (see the module docstring); with `fallback`
-    other than 'onnxruntime' a part TVM fails to build fails the stage, as without regions. `failure`:
-    TVM's error building the whole stage, already tried without regions."""
+    other than 'onnxruntime' a part TVM fails to build (or, with `check`, one that differs from
+    onnxruntime) fails the stage, as without regions. `failure`: why the whole stage, already tried
+    without regions, cannot be TVM's."""
     started = time.perf_counter()
     # Cutting needs every tensor's type; stage models carry them, inference fills any gap.
     model = onnx.shape_inference.infer_shapes(onnx.load(str(stage_path)))
+    prober = _Prober(model, index, device, check)
     fallback_nodes = {region.node: region for region in regions}
     fallback_nodes.update(_dynamic_nodes(model, fallback_nodes))
     if failure is not None:
         whole = Group("tvm", tuple(node.name for node in model.graph.node), ())
-        with tempfile.TemporaryDirectory(prefix="parts-") as scratch:
-            fallback_nodes.update(_failing_nodes(model, whole, failure, index, device, Path(scratch)))
+        fallback_nodes.update(prober.failing_nodes(whole, failure))
     for _ in range(len(model.graph.node) + 1):
         if len(fallback_nodes) == len(model.graph.node):
             reason = "; ".join(sorted({f"{r.op_type}: {r.reason}" for r in fallback_nodes.values()}))
@@ -67,16 +71,24 @@ def build_with_regions(
                     nodes = tuple(fallback_nodes[n] for n in group.nodes)
                     record = onnxruntime_record(path, index, device, out_dir, "", name, nodes)
                 else:
-                    record = build_compiled(path, index, device, out_dir, tuning_db_dir, name)
+                    record = prober.checked(build_compiled(path, index, device, out_dir, tuning_db_dir, name))
                 if record.artifact is None:
                     failed = (group, record.error or "build failed")
                     break
                 parts.append(record.artifact)
             if failed is None:
-                return _timed(_stage_record(stage_path, index, device, out_dir, parts), started)
-            if fallback != "onnxruntime":
-                return BuildRecord(index, device.name, None, time.perf_counter() - started, False, failed[1])
-            fallback_nodes.update(_failing_nodes(model, failed[0], failed[1], index, device, Path(scratch)))
+                record = prober.checked_stage(
+                    _stage_record(stage_path, index, device, out_dir, parts), out_dir
+                )
+                if record.artifact is not None:
+                    return _timed(record, started)
+                compiled = tuple(
+                    n for part, g in zip(parts, groups, strict=True) if not part.fallback for n in g.nodes
+                )
+                failed = (Group("tvm", compiled, ()), record.error or "differs")
+        if fallback != "onnxruntime":
+            return BuildRecord(index, device.name, None, time.perf_counter() - started, False, failed[1])
+        fallback_nodes.update(prober.failing_nodes(*failed, alone=not failed[1].startswith("TVM's parts")))
     raise AssertionError("the fallback regions stopped growing without a build")  # every round adds one
 
 
@@ -112,34 +124,62 @@ def _groups(model: onnx.ModelProto, fallback_nodes: dict[str, FallbackNode]) -> 
     return groups
 
 
-def _failing_nodes(
-    model: onnx.ModelProto, group: Group, error: str, index: int, device: Device, scratch: Path
-) -> dict[str, FallbackNode]:
-    """The nodes of a part TVM failed to build that fail alone too; the whole part when none does (or
-    when it is too large to search)."""
-    by_name = {node.name: node for node in model.graph.node}
+class _Prober:
+    """Builds (and with a check, checks) parts and single nodes of one stage model."""
 
-    def whole() -> dict[str, FallbackNode]:
-        reason = f"TVM failed to build its part: {error}"
-        return {n: FallbackNode(n, by_name[n].op_type, reason) for n in group.nodes}
+    def __init__(self, model: onnx.ModelProto, index: int, device: Device, check: BuildCheck | None) -> None:
+        self.model, self.index, self.device, self.check = model, index, device, check
+        self.samples = StageSamples(model, check.seed) if check is not None else None
 
-    if len(group.nodes) == 1 or len(group.nodes) > MAX_NODES_SEARCHED:
-        return whole()
-    found = {}
-    singles = cut(
-        model,
-        [Group(n, (n,), tuple(o for o in by_name[n].output if o)) for n in group.nodes],
-        "node",
-        independent=True,
-    )
-    for name, single in zip(group.nodes, singles, strict=True):
-        path = scratch / f"probe_{len(found)}_{name.replace('/', '_')}.onnx"
-        onnx.save(single, str(path))
-        record = build_compiled(path, index, device, scratch / "probe", None, "probe")
-        if record.artifact is None:
-            reason = f"TVM failed to build it: {record.error}"
-            found[name] = FallbackNode(name, by_name[name].op_type, reason)
-    return found or whole()
+    def checked(self, record: BuildRecord) -> BuildRecord:
+        """The record with its artifact checked against onnxruntime; failed if the artifact differs."""
+        if record.artifact is None or self.check is None or self.samples is None:
+            return record
+        outcome = check_part(record.artifact, self.samples, self.check)
+        if outcome.status == DIFFERS:
+            return replace(record, artifact=None, error=outcome.detail)
+        return replace(record, artifact=checked(record.artifact, outcome))
+
+    def checked_stage(self, record: BuildRecord, out_dir: Path) -> BuildRecord:
+        """The record of a stage built in parts, failed if its parts together differ from onnxruntime
+        (rounding that adds up across parts, each within tolerance alone)."""
+        if record.artifact is None or self.check is None or self.samples is None:
+            return record
+        outcome = check_stage(record.artifact, out_dir, self.samples, self.check)
+        if outcome.status == DIFFERS:
+            return replace(record, artifact=None, error=outcome.detail)
+        return record
+
+    def failing_nodes(self, group: Group, error: str, alone: bool = True) -> dict[str, FallbackNode]:
+        """The nodes of a part TVM failed to build (or that differs) that fail alone too; the whole part
+        when none does (or when it is too large, or `alone` is False, to search)."""
+        by_name = {node.name: node for node in self.model.graph.node}
+
+        def whole() -> dict[str, FallbackNode]:
+            reason = error if error.startswith("TVM's ") else f"TVM failed to build its part: {error}"
+            return {n: FallbackNode(n, by_name[n].op_type, reason) for n in group.nodes}
+
+        if not alone or len(group.nodes) == 1 or len(group.nodes) > MAX_NODES_SEARCHED:
+            return whole()
+        found = {}
+        singles = cut(
+            self.model,
+            [Group(n, (n,), tuple(o for o in by_name[n].output if o)) for n in group.nodes],
+            "node",
+            independent=True,
+        )
+        with tempfile.TemporaryDirectory(prefix="probe-") as scratch:
+            for name, single in zip(group.nodes, singles, strict=True):
+                path = Path(scratch) / f"probe_{len(found)}_{name.replace('/', '_')}.onnx"
+                onnx.save(single, str(path))
+                built = build_compiled(path, self.index, self.device, Path(scratch) / "probe", None, "probe")
+                record = self.checked(built)
+                if built.artifact is None:
+                    reason = f"TVM failed to build it: {built.error}"
+                    found[name] = FallbackNode(name, by_name[name].op_type, reason)
+                elif record.artifact is None:
+                    found[name] = FallbackNode(name, by_name[name].op_type, record.error or "differs")
+        return found or whole()
 
 
 def _stage_record(
@@ -157,6 +197,4 @@ def _stage_record(
 
 
 def _timed(record: BuildRecord, started: float) -> BuildRecord:
-    from dataclasses import replace
-
     return replace(record, seconds=time.perf_counter() - started)

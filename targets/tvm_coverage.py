@@ -38,7 +38,10 @@ def compiler_problems(model: onnx.ModelProto, use_known_wrong: bool = True) -> d
     probed: dict[str, str | None] = {}
     problems = {}
     for node in model.graph.node:
-        reason: str | None
+        reason = non_tensor_reason(node, types)
+        if reason is not None:
+            problems[node.name] = FallbackNode(node.name, node.op_type, reason)
+            continue
         if node.domain not in ("", "ai.onnx") or node.op_type not in supported:
             domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
             reason = f"TVM's ONNX frontend has no converter for {domain}{node.op_type}"
@@ -63,6 +66,17 @@ def compiler_problems(model: onnx.ModelProto, use_known_wrong: bool = True) -> d
         if reason is not None:
             problems[node.name] = FallbackNode(node.name, node.op_type, reason)
     return problems
+
+
+def non_tensor_reason(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> str | None:
+    """Why a node that reads or writes a sequence, optional or map stays on onnxruntime: TVM parts and
+    onnxruntime regions hand each other tensors only."""
+    for name in (*node.input, *node.output):
+        kind = types[name].type.WhichOneof("value") if name in types else "tensor_type"
+        if kind not in ("tensor_type", None):
+            what = kind.removesuffix("_type")
+            return f"it reads or writes '{name}', a {what}, and TVM parts exchange tensors only"
+    return None
 
 
 def dynamic_shape_reason(node: onnx.NodeProto, types: dict[str, onnx.ValueInfoProto]) -> str | None:

@@ -142,3 +142,23 @@ def test_lp_normalization_matches_onnxruntime(p: int) -> None:
     x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
     x[1] = 0.0  # a zero row stays zero
     check(model, {"x": x})
+
+
+@pytest.mark.parametrize("op", ["Softplus", "Mish"])
+def test_softplus_and_mish_keep_their_digits_far_below_zero(op: str) -> None:
+    """exp(x) is below float32's epsilon for x < -16: log(1 + exp(x)) is then 0, and softplus must be
+    exp(x) instead (relative error, not absolute, is what the tolerance below holds)."""
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"])],
+        op.lower(),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2001])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2001])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.linspace(-30, 30, 2001).astype(np.float32)
+    (got,) = compiled_outputs(model, {"x": x})
+    exact = np.log1p(np.exp(x.astype(np.float64)))
+    if op == "Mish":
+        exact = x * np.tanh(exact)
+    assert abs(got[0] - exact[0]) < 1e-6 * abs(exact[0])  # x = -30: about 9e-14 (Mish: -3e-12)
+    np.testing.assert_allclose(got, exact, rtol=2e-6, atol=0)

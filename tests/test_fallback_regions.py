@@ -235,3 +235,42 @@ def test_local_functions_are_inlined(tmp_path: Path) -> None:
     assert [n.op_type for n in inlined.graph.node] == ["Add", "Add"] and not inlined.functions
     x = np.arange(4, dtype=np.float32)
     np.testing.assert_array_equal(run_model(inlined, {"x": x})["y"], 3 * x)
+
+
+def inner_sequence_model() -> onnx.ModelProto:
+    """x -> Relu -> SplitToSequence -> (a sequence) -> ConcatFromSequence -> Sigmoid -> y: tensors at
+    the model's edges, a sequence inside."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("SplitToSequence", ["r"], ["s"], name="split", axis=1),
+        helper.make_node("ConcatFromSequence", ["s"], ["c"], name="concat", axis=1),
+        helper.make_node("Sigmoid", ["c"], ["y"], name="sig"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "inner_sequence",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 6])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_sequence_inside_the_model_stays_on_onnxruntime_inside_one_stage(
+    tmp_path: Path, make_cluster
+) -> None:
+    import dataclasses
+
+    path = tmp_path / "inner.onnx"
+    onnx.save(inner_sequence_model(), path)
+    problems = compiler_problems(load_prepared_model(path))
+    assert {"split", "concat"} <= set(problems)
+    assert "'s', a sequence" in problems["split"].reason
+    graph = load_graph(path)
+    assert graph.non_tensors == frozenset({"s"})
+    cluster = make_cluster(servers(2, gbps=400, latency_ms=0.0001))
+    carried = [
+        {i.name for s in plan(g, cluster, "throughput", None, problems).stages for i in s.inputs}
+        for g in (graph, dataclasses.replace(graph, non_tensors=frozenset()))
+    ]
+    assert "s" in carried[1]  # left free, the search would hand the sequence from one server to the next
+    assert "s" not in carried[0]

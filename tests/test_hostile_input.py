@@ -114,6 +114,11 @@ def _broken_models(tmp: Path) -> dict[str, Path]:
         weight.ClearField("external_data")
     unknown = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], name="n")], "unknown", [x], [y])
     save("unknown op", helper.make_model(unknown, opset_imports=[helper.make_opsetid("", 17)]))
+    sequence = helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, [1, 4])
+    to_sequence = helper.make_graph(
+        [helper.make_node("SequenceConstruct", ["x"], ["s"], name="seq")], "seq_out", [x], [sequence]
+    )
+    save("sequence output", helper.make_model(to_sequence, opset_imports=[helper.make_opsetid("", 17)]))
     return found
 
 
@@ -130,7 +135,7 @@ def test_broken_onnx_files_are_one_clear_error(tmp_path: Path) -> None:
         if name.startswith("external data"):
             assert "outside" in message, message
         OUTCOMES["onnx"] += 1
-    assert OUTCOMES["onnx"] >= 11
+    assert OUTCOMES["onnx"] >= 12
 
 
 def test_the_cli_reports_a_broken_model_in_one_line(tmp_path: Path) -> None:
@@ -139,6 +144,11 @@ def test_the_cli_reports_a_broken_model_in_one_line(tmp_path: Path) -> None:
     models = _broken_models(tmp_path)
     for name in ("truncated", "graph cycle", "external data at ../../../../etc/hostname"):
         assert_user_error(nndeploy("plan", models[name], "--cluster", cluster), str(models[name]))
+    assert_user_error(
+        nndeploy("plan", models["sequence output"], "--cluster", cluster),
+        "output 's' is a sequence, not a tensor",
+        "export the model with tensor inputs and outputs",
+    )
 
 
 @fuzz(100)
