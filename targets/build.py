@@ -26,7 +26,7 @@ from nndeploy.targets.build_check import BuildCheck
 from nndeploy.targets.tuning_db import fingerprint
 from nndeploy.types import Artifact, Device, FallbackNode, TensorSpec
 
-BUILDER_VERSION = "10"  # bump when the pipeline changes, so cached builds are not reused
+BUILDER_VERSION = "12"  # bump when the pipeline changes, so cached builds are not reused
 
 
 @dataclass(frozen=True)

@@ -188,17 +188,9 @@ def _sample_inputs(model: onnx.ModelProto, seed: int) -> list[dict[str, np.ndarr
     size at run time, a repeat count or a shape, and large random ones would ask for any amount of
     memory), plus all-false and all-true variants of any boolean ones."""
     from nndeploy.targets.build import io_specs
+    from nndeploy.targets.verify import random_inputs
 
-    rng = np.random.default_rng(seed)
-    inputs = {}
-    for spec in io_specs(model)[0]:
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            inputs[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
-        elif dtype.kind == "b":
-            inputs[spec.name] = rng.integers(0, 2, size=spec.shape).astype(bool)
-        else:
-            inputs[spec.name] = rng.integers(0, 3, size=spec.shape).astype(dtype)
+    inputs = random_inputs(io_specs(model)[0], seed, int_high=3)
     masks = [name for name, array in inputs.items() if array.dtype == np.bool_]
     if not masks:
         return [inputs]

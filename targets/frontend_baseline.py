@@ -34,6 +34,7 @@ def run_project_import(model: onnx.ModelProto, feeds: dict[str, Any]) -> list[An
     from tvm import relax
 
     from nndeploy.targets.function_expansion import expand_functions
+    from nndeploy.targets.opset_upgrade import upgrade_opset
     from nndeploy.targets.tvm_converters import from_onnx
     from nndeploy.targets.tvm_ops import tvm_onnx_ops
 
@@ -41,7 +42,7 @@ def run_project_import(model: onnx.ModelProto, feeds: dict[str, Any]) -> list[An
     inputs = [vi.name for vi in model.graph.input if vi.name not in initializers]
     shapes = {name: list(np.shape(x)) for name, x in feeds.items()}
     dtypes = {name: np.asarray(x).dtype.name for name, x in feeds.items()}
-    mod = from_onnx(expand_functions(model, tvm_onnx_ops()), shapes, dtypes)
+    mod = from_onnx(expand_functions(upgrade_opset(model), tvm_onnx_ops()), shapes, dtypes)
     executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
     vm = relax.VirtualMachine(executable, tvm.cpu())
     return _flatten(vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[name])) for name in inputs]))

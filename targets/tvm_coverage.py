@@ -21,6 +21,7 @@ import onnx
 
 from nndeploy.cutting import value_infos
 from nndeploy.targets.function_expansion import expand_functions, expandable
+from nndeploy.targets.opset_upgrade import upgrade_opset
 from nndeploy.types import FallbackNode
 
 KNOWN_WRONG_FILE = Path(__file__).parent / "data" / "tvm_known_wrong.json"
@@ -189,6 +190,7 @@ def import_problem(
         opset_imports=model.opset_import,
         ir_version=model.ir_version,
     )
+    single = upgrade_opset(single)  # as the build imports it
     if expand_unless is not None:
         single = expand_functions(single, expand_unless)
         missing = sorted({n.op_type for n in single.graph.node if n.op_type not in expand_unless})

@@ -16,6 +16,7 @@ import onnx
 from nndeploy.errors import BuildError
 from nndeploy.targets.function_expansion import expand_functions
 from nndeploy.targets.onnx_rewrites import fold_batch_norms, sums_to_adds
+from nndeploy.targets.opset_upgrade import upgrade_opset
 from nndeploy.types import Device
 
 X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
@@ -112,7 +113,7 @@ def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
     from nndeploy.targets.tvm_ops import tvm_onnx_ops
 
     supported = tvm_onnx_ops()
-    model = expand_functions(model, supported)
+    model = expand_functions(upgrade_opset(model), supported)
     for node in model.graph.node:
         if node.op_type not in supported:
             raise BuildError(

@@ -82,8 +82,11 @@ def _compiled_text(artifact: Artifact) -> str:
     return f"TVM llvm {triple.split('-')[0]}" + (" (emulated)" if triple.startswith("aarch64") else "")
 
 
-def random_inputs(specs: tuple[TensorSpec, ...], seed: int) -> dict[str, np.ndarray]:
-    """Seeded random tensors for the given specs (normal floats; small non-negative integers; booleans)."""
+def random_inputs(
+    specs: tuple[TensorSpec, ...], seed: int, int_high: int | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded random tensors for the given specs (normal floats; booleans; non-negative integers below
+    `int_high`, by default below 100, or 2 for an input named like a mask)."""
     rng = np.random.default_rng(seed)
     tensors = {}
     for spec in specs:
@@ -93,9 +96,8 @@ def random_inputs(specs: tuple[TensorSpec, ...], seed: int) -> dict[str, np.ndar
         elif dtype.kind == "b":
             tensors[spec.name] = rng.integers(0, 2, size=spec.shape).astype(bool)
         else:
-            tensors[spec.name] = rng.integers(0, 2 if "mask" in spec.name else 100, size=spec.shape).astype(
-                dtype
-            )
+            high = int_high or (2 if "mask" in spec.name else 100)
+            tensors[spec.name] = rng.integers(0, high, size=spec.shape).astype(dtype)
     return tensors
 
 
