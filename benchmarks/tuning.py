@@ -230,8 +230,20 @@ def ort_ms_by_family(stage_model: Path, threads: int, runs: int = 10) -> dict[st
     return {k: float(np.round(v, 4)) for k, v in totals.items()}
 
 
+def tuned_ms_by_family(plan: Plan, stage_models: list[Path], folder: Path, budget: float, db: Path) -> dict:
+    """`tvm_ms_by_family` of the tuned build made again with the VM's control code interpreted (the same
+    kernels): only the interpreter reports each kernel call to an instrument."""
+    os.environ["NNDEPLOY_VM_EXEC_MODE"] = "bytecode"
+    try:
+        build_dir = folder / f"tuned_{int(budget)}_bytecode"
+        manifest, _ = fresh_compile(plan, stage_models, build_dir, db)
+    finally:
+        os.environ.pop("NNDEPLOY_VM_EXEC_MODE")
+    return tvm_ms_by_family(build_dir, manifest.stages[0])
+
+
 def tvm_ms_by_family(build_dir: Path, entry: StageBuild, runs: int = 5) -> dict[str, float]:
-    """The compiled artifact's own time per op family: every kernel call of the VM timed (VM
+    """A bytecode build's own time per op family: every kernel call of the VM timed (VM
     instrumentation), summed per family, ms per inference (median over runs)."""
     import numpy as np
     import tvm
@@ -327,7 +339,7 @@ def run_model(
             "tuned_over_ort_isolated": isolated["tvm-tuned"] / isolated["onnxruntime"],
             "untuned_over_ort": measured["tvm-untuned"] / measured["onnxruntime"],
             "ort_ms_by_family": ort_ms_by_family(stage_models[0], threads),
-            "tvm_tuned_ms_by_family": tvm_ms_by_family(tuned_dir, tuned.stages[0]),
+            "tvm_tuned_ms_by_family": tuned_ms_by_family(plan, stage_models, work / name, budget, db),
         }
         result["checkpoints"].append(checkpoint)
         print(json.dumps({"model": name, **checkpoint}, indent=1), flush=True)

@@ -143,6 +143,9 @@ def build_compiled(
     options: dict[str, Any] = {"pipeline": _pipeline_name(device)}
     if tuning_db_dir is not None:
         options = {"pipeline": "llvm-metaschedule", "tuning_db": fingerprint(tuning_db_dir)}
+    from nndeploy.targets.tvm_pipeline import vm_exec_mode
+
+    options["vm"] = vm_exec_mode(str(device.tvm_target.get("kind")))
     key = build_key(stage_bytes, device, options)
     cached = cache_dir() / key
     try:

@@ -245,3 +245,20 @@ def test_cuda_kernels_load_from_the_builds_fatbins_after_a_sha256_check(tmp_path
     (tmp_path / "stage_3.kernels.json").write_text(json.dumps({"arch": "sm_90", "kernels": {}}))
     with pytest.raises(ArtifactError, match="not the one the manifest names"):
         offer_prebuilt_kernels(tmp_path, artifact)
+
+
+def test_cpu_stages_get_compiled_vm_control_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VM's control code is native for CPU stages (faster between kernels), interpreted on request."""
+    from nndeploy.errors import BuildError
+    from nndeploy.targets.tvm_pipeline import vm_exec_mode
+
+    record = build_stage(save(conv_model(), tmp_path), 0, device("x86"), tmp_path / "a")
+    assert record.artifact is not None and record.artifact.options["vm"] == "compiled"
+    assert vm_exec_mode("cuda") == "bytecode"
+    monkeypatch.setenv("NNDEPLOY_VM_EXEC_MODE", "bytecode")
+    again = build_stage(save(conv_model(), tmp_path), 0, device("x86"), tmp_path / "b")
+    assert again.artifact is not None and again.artifact.options["vm"] == "bytecode"
+    assert again.artifact.options["cache_key"] != record.artifact.options["cache_key"]
+    monkeypatch.setenv("NNDEPLOY_VM_EXEC_MODE", "jit")
+    with pytest.raises(BuildError, match="use compiled or bytecode"):
+        vm_exec_mode("llvm")
