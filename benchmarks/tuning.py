@@ -199,8 +199,8 @@ def _time_ort(stage_model: Path, threads: int, runs: int) -> float:
     return float(np.median(times))
 
 
-def ort_ms_by_family(stage_model: Path, threads: int, runs: int = 10) -> dict[str, float]:
-    """onnxruntime's own per-node profile, summed per op family, ms per inference."""
+def ort_nodes_ms(stage_model: Path, threads: int, runs: int = 10) -> list[tuple[str, str, float]]:
+    """onnxruntime's own per-node profile in execution order: (node, op, median ms per inference)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -221,30 +221,43 @@ def ort_ms_by_family(stage_model: Path, threads: int, runs: int = 10) -> dict[st
         for _ in range(runs):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
-    totals: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
     for event in events:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
             continue
-        family = ORT_FAMILIES.get(event["args"].get("op_name", ""), "other")
-        totals[family] = totals.get(family, 0.0) + event["dur"] / 1e3 / runs
-    return {k: float(np.round(v, 4)) for k, v in totals.items()}
+        node = event["name"].removesuffix("_kernel_time")
+        ops[node] = event["args"].get("op_name", "")
+        times.setdefault(node, []).append(event["dur"] / 1e3)
+    return [(node, ops[node], float(np.median(t))) for node, t in times.items()]
 
 
-def tuned_ms_by_family(plan: Plan, stage_models: list[Path], folder: Path, budget: float, db: Path) -> dict:
-    """`tvm_ms_by_family` of the tuned build made again with the VM's control code interpreted (the same
-    kernels): only the interpreter reports each kernel call to an instrument."""
+def ort_ms_by_family(nodes: list[tuple[str, str, float]]) -> dict[str, float]:
+    """onnxruntime's per-node profile summed per op family, ms per inference."""
+    totals: dict[str, float] = {}
+    for _, op, ms in nodes:
+        family = ORT_FAMILIES.get(op, "other")
+        totals[family] = totals.get(family, 0.0) + ms
+    return {k: round(v, 4) for k, v in totals.items()}
+
+
+def bytecode_twin(
+    plan: Plan, stage_models: list[Path], folder: Path, budget: float, db: Path
+) -> tuple[Path, StageBuild]:
+    """The tuned build made again with the VM's control code interpreted (the same kernels): only the
+    interpreter reports each kernel call to an instrument."""
     os.environ["NNDEPLOY_VM_EXEC_MODE"] = "bytecode"
     try:
         build_dir = folder / f"tuned_{int(budget)}_bytecode"
         manifest, _ = fresh_compile(plan, stage_models, build_dir, db)
     finally:
         os.environ.pop("NNDEPLOY_VM_EXEC_MODE")
-    return tvm_ms_by_family(build_dir, manifest.stages[0])
+    return build_dir, manifest.stages[0]
 
 
-def tvm_ms_by_family(build_dir: Path, entry: StageBuild, runs: int = 5) -> dict[str, float]:
-    """A bytecode build's own time per op family: every kernel call of the VM timed (VM
-    instrumentation), summed per family, ms per inference (median over runs)."""
+def tvm_calls_ms(build_dir: Path, entry: StageBuild, runs: int = 5) -> list[tuple[str, float]]:
+    """Every call of a bytecode build's VM (kernels and builtins) in order, timed through VM
+    instrumentation: (symbol, median ms over runs)."""
     import numpy as np
     import tvm
     from tvm.runtime.vm import VirtualMachine
@@ -255,24 +268,51 @@ def tvm_ms_by_family(build_dir: Path, entry: StageBuild, runs: int = 5) -> dict[
     vm = VirtualMachine(tvm.runtime.load_module(str(build_dir / entry.artifact.path)), tvm.cpu(0))
     args = [tvm.runtime.tensor(v) for v in random_inputs(entry.artifact.inputs, 0).values()]
     started: dict[str, float] = {}
-    totals: dict[str, float] = {}
+    calls: list[tuple[str, float]] = []
 
     def instrument(func: object, symbol: str, before_run: bool, ret_value: object, *call_args: object) -> int:
         if before_run:
             started[symbol] = time.perf_counter()
         elif symbol in started:
-            family = next((f for key, f in FAMILIES if key in symbol), "other")
-            totals[family] = totals.get(family, 0.0) + (time.perf_counter() - started.pop(symbol)) * 1e3
+            calls.append((symbol, (time.perf_counter() - started.pop(symbol)) * 1e3))
         return 0
 
     vm["main"](*args)
     per_run = []
     vm.set_instrument(instrument)
     for _ in range(runs):
-        totals.clear()
+        calls.clear()
         vm["main"](*args)
-        per_run.append(dict(totals))
-    return {k: round(float(np.median([r.get(k, 0.0) for r in per_run])), 4) for k in per_run[-1]}
+        per_run.append(list(calls))
+    return [
+        (symbol, float(np.median([r[i][1] for r in per_run]))) for i, (symbol, _) in enumerate(per_run[-1])
+    ]
+
+
+def tvm_ms_by_family(calls: list[tuple[str, float]]) -> dict[str, float]:
+    """The VM calls' time summed per op family, ms per inference."""
+    totals: dict[str, float] = {}
+    for symbol, ms in calls:
+        family = next((f for key, f in FAMILIES if key in symbol), "other")
+        totals[family] = totals.get(family, 0.0) + ms
+    return {k: round(v, 4) for k, v in totals.items()}
+
+
+def worst_convolutions(
+    calls: list[tuple[str, float]], nodes: list[tuple[str, str, float]], count: int = 5
+) -> list[dict]:
+    """The convolutions where the tuned kernel loses most against onnxruntime's node, paired in execution
+    order (both run the model's convolutions in its order); [] when the counts differ (no pairing)."""
+    kernels = [(symbol, ms) for symbol, ms in calls if "conv2d" in symbol]
+    convs = [(node, ms) for node, op, ms in nodes if ORT_FAMILIES.get(op) == "Conv"]
+    if len(kernels) != len(convs):
+        return []
+    pairs = [
+        {"kernel": k, "node": n, "tvm_ms": round(t, 4), "ort_ms": round(o, 4), "ratio": round(t / o, 3)}
+        for (k, t), (n, o) in zip(kernels, convs, strict=True)
+        if o > 0
+    ]
+    return sorted(pairs, key=lambda p: -(p["tvm_ms"] - p["ort_ms"]))[:count]
 
 
 def run_model(
@@ -338,12 +378,24 @@ def run_model(
             ),
             "tuned_over_ort_isolated": isolated["tvm-tuned"] / isolated["onnxruntime"],
             "untuned_over_ort": measured["tvm-untuned"] / measured["onnxruntime"],
-            "ort_ms_by_family": ort_ms_by_family(stage_models[0], threads),
-            "tvm_tuned_ms_by_family": tuned_ms_by_family(plan, stage_models, work / name, budget, db),
+            **_breakdown(plan, stage_models, work / name, budget, db, threads),
         }
         result["checkpoints"].append(checkpoint)
         print(json.dumps({"model": name, **checkpoint}, indent=1), flush=True)
     return result
+
+
+def _breakdown(
+    plan: Plan, stage_models: list[Path], folder: Path, budget: float, db: Path, threads: int
+) -> dict:
+    """Per op family, and the worst convolutions, of the tuned kernels against onnxruntime's nodes."""
+    calls = tvm_calls_ms(*bytecode_twin(plan, stage_models, folder, budget, db))
+    nodes = ort_nodes_ms(stage_models[0], threads)
+    return {
+        "ort_ms_by_family": ort_ms_by_family(nodes),
+        "tvm_tuned_ms_by_family": tvm_ms_by_family(calls),
+        "worst_convolutions": worst_convolutions(calls, nodes),
+    }
 
 
 def print_summary(results: list[dict]) -> None:
@@ -397,6 +449,20 @@ def print_summary(results: list[dict]) -> None:
             ratio = f"{t / o:.2f}x" if o > 0 else "-"
             ops.add_row(result["model"], family, f"{t:.3f}", f"{o:.3f}", ratio)
     console.print(ops)
+    worst = Table(title="worst convolutions at the last budget: tuned TVM kernel vs onnxruntime node")
+    for column in ("model", "TVM kernel", "onnxruntime node", "TVM ms", "onnxruntime ms", "TVM/ort"):
+        worst.add_column(column, justify="right" if "ms" in column or "/" in column else "left")
+    for result in results:
+        for pair in result["checkpoints"][-1].get("worst_convolutions", []):
+            worst.add_row(
+                result["model"],
+                pair["kernel"],
+                pair["node"],
+                f"{pair['tvm_ms']:.3f}",
+                f"{pair['ort_ms']:.3f}",
+                f"{pair['ratio']:.2f}x",
+            )
+    console.print(worst)
 
 
 def main() -> None:
