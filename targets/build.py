@@ -22,7 +22,7 @@ import onnx
 
 from nndeploy.errors import BuildError
 from nndeploy.model_prep import file_sha256
-from nndeploy.targets.build_check import BuildCheck
+from nndeploy.targets.build_check import BuildCheck, StageSamples, check_stage, with_outcome
 from nndeploy.targets.tuning_db import fingerprint
 from nndeploy.types import Artifact, Device, FallbackNode, TensorSpec
 
@@ -89,10 +89,12 @@ def build_stage(
     `check`, every TVM-built part is run on sample inputs against onnxruntime: one that differs is sent
     to onnxruntime with `fallback`, and fails the build without."""
     failure = None
+    samples = None
     if not regions:
         record = build_compiled(stage_path, index, device, out_dir, tuning_db_dir, name)
         if record.artifact is not None and check is not None:
-            record = _checked_record(record, stage_path, check)
+            samples = _stage_samples(stage_path, check)
+            record = with_outcome(record, check_stage(record.artifact, Path(), samples, check))
             if record.artifact is None and fallback != "onnxruntime":
                 return _with_hint(record)
         if record.artifact is not None or fallback != "onnxruntime":
@@ -101,7 +103,7 @@ def build_stage(
     from nndeploy.targets.regions import build_with_regions
 
     return build_with_regions(
-        stage_path, index, device, out_dir, regions, tuning_db_dir, fallback, failure, check
+        stage_path, index, device, out_dir, regions, tuning_db_dir, fallback, failure, check, samples
     )
 
 
@@ -112,18 +114,9 @@ def _with_hint(record: BuildRecord) -> BuildRecord:
     return replace(record, error=f"{record.error}; {hint}")
 
 
-def _checked_record(record: BuildRecord, stage_path: Path, check: BuildCheck) -> BuildRecord:
-    """The record with its artifact's check outcome, or a failed record if the artifact differs."""
-    from dataclasses import replace
-
-    from nndeploy.targets.build_check import DIFFERS, StageSamples, check_stage, checked
-
-    assert record.artifact is not None
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(stage_path)))
-    outcome = check_stage(record.artifact, Path(), StageSamples(model, check.seed), check)
-    if outcome.status == DIFFERS:
-        return replace(record, artifact=None, error=outcome.detail)
-    return replace(record, artifact=checked(record.artifact, outcome))
+def _stage_samples(stage_path: Path, check: BuildCheck) -> StageSamples:
+    """The check's samples of a stage model (its tensors' types filled in by shape inference)."""
+    return StageSamples(onnx.shape_inference.infer_shapes(onnx.load(str(stage_path))), check.seed)
 
 
 def build_compiled(

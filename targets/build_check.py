@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from nndeploy.cutting import value_infos
 from nndeploy.types import Artifact
+
+if TYPE_CHECKING:
+    from nndeploy.targets.build import BuildRecord
 
 PASSED, DIFFERS, NOT_RUN = "pass", "differs", "not run"
 
@@ -181,6 +184,15 @@ def check_summary(artifact: Artifact) -> str:
 def checked(artifact: Artifact, outcome: CheckOutcome) -> Artifact:
     """The artifact with its check outcome recorded in its options."""
     return replace(artifact, options={**artifact.options, "check": outcome.to_dict()})
+
+
+def with_outcome(record: BuildRecord, outcome: CheckOutcome, keep: bool = True) -> BuildRecord:
+    """A built record after its check: failed with the outcome's detail if it differs, else (with `keep`)
+    its artifact carrying the outcome."""
+    assert record.artifact is not None
+    if outcome.status == DIFFERS:
+        return replace(record, artifact=None, error=outcome.detail)
+    return replace(record, artifact=checked(record.artifact, outcome)) if keep else record
 
 
 def _sample_inputs(model: onnx.ModelProto, seed: int) -> list[dict[str, np.ndarray]]:

@@ -19,7 +19,7 @@ import onnx
 
 from nndeploy.cutting import Group, cut, node_inputs, value_infos
 from nndeploy.targets.build import BuildRecord, build_compiled, model_artifact, onnxruntime_record
-from nndeploy.targets.build_check import DIFFERS, BuildCheck, StageSamples, check_part, check_stage, checked
+from nndeploy.targets.build_check import BuildCheck, StageSamples, check_part, check_stage, with_outcome
 from nndeploy.types import Artifact, Device, FallbackNode
 
 # Past this many nodes in a failing part, it falls back whole instead of being searched node by node.
@@ -36,15 +36,16 @@ def build_with_regions(
     fallback: str | None,
     failure: str | None = None,
     check: BuildCheck | None = None,
+    samples: StageSamples | None = None,
 ) -> BuildRecord:
     """The stage built as TVM parts and onnxruntime regions (see the module docstring); with `fallback`
     other than 'onnxruntime' a part TVM fails to build (or, with `check`, one that differs from
     onnxruntime) fails the stage, as without regions. `failure`: why the whole stage, already tried
-    without regions, cannot be TVM's."""
+    without regions, cannot be TVM's; `samples`: the check's samples of this stage, if already taken."""
     started = time.perf_counter()
     # Cutting needs every tensor's type; stage models carry them, inference fills any gap.
     model = onnx.shape_inference.infer_shapes(onnx.load(str(stage_path)))
-    prober = _Prober(model, index, device, check)
+    prober = _Prober(model, index, device, check, samples)
     fallback_nodes = {region.node: region for region in regions}
     fallback_nodes.update(_dynamic_nodes(model, fallback_nodes))
     if failure is not None:
@@ -127,18 +128,24 @@ def _groups(model: onnx.ModelProto, fallback_nodes: dict[str, FallbackNode]) -> 
 class _Prober:
     """Builds (and with a check, checks) parts and single nodes of one stage model."""
 
-    def __init__(self, model: onnx.ModelProto, index: int, device: Device, check: BuildCheck | None) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        index: int,
+        device: Device,
+        check: BuildCheck | None,
+        samples: StageSamples | None = None,
+    ) -> None:
         self.model, self.index, self.device, self.check = model, index, device, check
-        self.samples = StageSamples(model, check.seed) if check is not None else None
+        if check is not None and samples is None:
+            samples = StageSamples(model, check.seed)
+        self.samples = samples
 
     def checked(self, record: BuildRecord) -> BuildRecord:
         """The record with its artifact checked against onnxruntime; failed if the artifact differs."""
         if record.artifact is None or self.check is None or self.samples is None:
             return record
-        outcome = check_part(record.artifact, self.samples, self.check)
-        if outcome.status == DIFFERS:
-            return replace(record, artifact=None, error=outcome.detail)
-        return replace(record, artifact=checked(record.artifact, outcome))
+        return with_outcome(record, check_part(record.artifact, self.samples, self.check))
 
     def checked_stage(self, record: BuildRecord, out_dir: Path) -> BuildRecord:
         """The record of a stage built in parts, failed if its parts together differ from onnxruntime
@@ -146,9 +153,7 @@ class _Prober:
         if record.artifact is None or self.check is None or self.samples is None:
             return record
         outcome = check_stage(record.artifact, out_dir, self.samples, self.check)
-        if outcome.status == DIFFERS:
-            return replace(record, artifact=None, error=outcome.detail)
-        return record
+        return with_outcome(record, outcome, keep=False)
 
     def failing_nodes(self, group: Group, error: str, alone: bool = True) -> dict[str, FallbackNode]:
         """The nodes of a part TVM failed to build (or that differs) that fail alone too; the whole part
