@@ -110,7 +110,18 @@ def _tune_with_progress(
 
 def _print_report(report_: TuneReport, plan_file: Path, db: Path) -> None:
     table = Table(title=f"tuning database {db}")
-    for column in ("target", "devices", "stages", "tasks", "were tuned", "now tuned", "trials", "seconds"):
+    columns = (
+        "target",
+        "devices",
+        "stages",
+        "tasks",
+        "cold weights",
+        "were tuned",
+        "now tuned",
+        "trials",
+        "seconds",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("target", "devices") else "right")
     for t in report_.targets:
         table.add_row(
@@ -118,6 +129,7 @@ def _print_report(report_: TuneReport, plan_file: Path, db: Path) -> None:
             ", ".join(t.devices),
             ", ".join(map(str, t.stages)),
             str(t.tasks),
+            str(t.tasks_weights_cold),
             str(t.tasks_already_tuned),
             str(t.tasks_complete),
             str(t.trials),

@@ -23,6 +23,7 @@ import onnx
 from nndeploy.errors import BuildError
 from nndeploy.model_prep import file_sha256
 from nndeploy.targets.build_check import BuildCheck, StageSamples, check_stage, with_outcome
+from nndeploy.targets.cold_measure import weights_cold
 from nndeploy.targets.tuning_db import fingerprint
 from nndeploy.types import Artifact, Device, FallbackNode, TensorSpec
 
@@ -135,7 +136,11 @@ def build_compiled(
     inputs, outputs = io_specs(model)
     options: dict[str, Any] = {"pipeline": _pipeline_name(device)}
     if tuning_db_dir is not None:
-        options = {"pipeline": "llvm-metaschedule", "tuning_db": fingerprint(tuning_db_dir)}
+        options = {
+            "pipeline": "llvm-metaschedule",
+            "tuning_db": fingerprint(tuning_db_dir),
+            "weights_cold": weights_cold(model),  # which of the database's two ways of measuring leads
+        }
     from nndeploy.targets.tvm_pipeline import vm_exec_mode
 
     options["vm"] = vm_exec_mode(str(device.tvm_target.get("kind")))

@@ -30,6 +30,7 @@ class TargetTuning:
     tasks: int
     tasks_already_tuned: int  # had their trials in the database before this run
     tasks_complete: int  # have their trials now
+    tasks_weights_cold: int  # measured with their weights evicted (the stage's weights exceed the cache)
     trials: int  # measured in this run
     seconds: float
 
@@ -118,9 +119,7 @@ def tune_plan(
             trials_per_task,
             on_progress=(lambda p, key=key: on_progress(key, p)) if on_progress else None,
         )
-        counts = tuning_db.trials_per_workload(db_dir)
-        for workload in tuning_db.exhausted_workloads(db_dir):
-            counts[workload] = tuning.EXHAUSTED
+        counts = {cold: tuning.trials_done(db_dir, cold) for cold in (False, True)}
         results.append(
             TargetTuning(
                 target_key=key,
@@ -128,7 +127,10 @@ def tune_plan(
                 stages=tuple(index for index, _, _ in groups[key]),
                 tasks=len(tasks),
                 tasks_already_tuned=len(tasks) - open_counts[key],
-                tasks_complete=sum(counts.get(t.workload, 0) >= trials_per_task for t in tasks),
+                tasks_complete=sum(
+                    counts[t.weights_cold].get(t.workload, 0) >= trials_per_task for t in tasks
+                ),
+                tasks_weights_cold=sum(t.weights_cold for t in tasks),
                 trials=trials,
                 seconds=time.perf_counter() - started,
             )

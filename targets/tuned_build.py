@@ -15,6 +15,7 @@ import onnx
 
 from nndeploy.errors import BuildError
 from nndeploy.targets import tuning_db
+from nndeploy.targets.cold_measure import weights_cold
 from nndeploy.targets.tuning import tuning_module
 from nndeploy.types import Device
 
@@ -27,10 +28,10 @@ HOST_TARGET = {"kind": "llvm"}
 
 def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scratch: Path) -> dict[str, str]:
     """CPU build with the tuned schedules of `db_dir` applied and weights pre-packed; no trials run.
-    Workloads the database does not know get a plain parallel, vectorised schedule."""
+    Workloads the database does not know get a plain parallel, vectorised schedule. A stage whose
+    weights exceed the CPU's cache takes each workload's schedule from the cold-weights database first."""
     import tvm
     from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
 
     from nndeploy.targets.tvm_pipeline import compile_module, export_llvm
 
@@ -38,11 +39,7 @@ def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scrat
         raise BuildError(f"no tuning records for device '{device.name}' in {db_dir}")
     target = tvm.target.Target(device.tvm_target)
     mod = tuning_module(model, device)
-    database = ms.database.JSONDatabase(
-        path_workload=str(db_dir / tuning_db.WORKLOADS),
-        path_tuning_record=str(db_dir / tuning_db.RECORDS),
-        allow_missing=False,
-    )
+    database = _database(db_dir, weights_cold(model))
     with target, database:
         mod = tvm.transform.Sequential(
             [
@@ -53,6 +50,24 @@ def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scrat
     mod = schedule_untuned(fold_constant_calls(mod), device)
     executable = compile_module(mod, target, "default")
     return export_llvm(executable, device, scratch)
+
+
+def _database(db_dir: Path, cold_first: bool) -> Any:
+    """The warm and cold-weights databases of `db_dir` as one: each workload's record comes from the
+    first of the two (in the stage's own way of measuring first) that knows the workload."""
+    from tvm.s_tir import meta_schedule as ms
+
+    folders = [tuning_db.cold_dir(db_dir), db_dir] if cold_first else [db_dir, tuning_db.cold_dir(db_dir)]
+    databases = [
+        ms.database.JSONDatabase(
+            path_workload=str(folder / tuning_db.WORKLOADS),
+            path_tuning_record=str(folder / tuning_db.RECORDS),
+            allow_missing=False,
+        )
+        for folder in folders
+        if (folder / tuning_db.RECORDS).is_file()
+    ]
+    return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
 
 
 def schedule_untuned(mod: Any, device: Device) -> Any:

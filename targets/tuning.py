@@ -5,7 +5,9 @@ NHWC, TVM's inference decompositions, operator fusion, and weights marked layout
 schedules may pre-pack them at compile time. Tasks (fused TIR functions) are extracted per stage, merged
 across stages and models by workload, and tuned by MetaSchedule (XGBoost cost model + measurement on this
 machine) until the time budget is spent or every task has its trials; results go to the per-target JSON
-database of `tuning_db`, which `tuned_build` applies without running a single trial.
+database of `tuning_db`, which `tuned_build` applies without running a single trial. Tasks of stages
+whose weights exceed the CPU's cache are timed with their weights evicted (`cold_measure`), starting from
+the warm records re-timed that way, into the database's cold-weights half.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import onnx
 
 from nndeploy.errors import BuildError
-from nndeploy.targets import tuning_db
+from nndeploy.targets import cold_measure, tuning_db
 from nndeploy.types import Device
 
 # MetaSchedule's layout rewrite reaches onnxruntime's speed on convolutions only in NHWC (measured: NCHW
@@ -48,6 +50,7 @@ class Task:
     trials_done: int
     flops: float  # per run, TVM's estimate
     extracted: Any  # the MetaSchedule ExtractedTask
+    weights_cold: bool = False  # measured with its weights evicted (see cold_measure), in the cold database
 
 
 @dataclass(frozen=True)
@@ -160,36 +163,48 @@ def _activation_transposes(mod: Any) -> int:
 
 
 def extract_tasks(models: Sequence[tuple[int, onnx.ModelProto]], device: Device, db_dir: Path) -> list[Task]:
-    """The tuning tasks of the given (stage index, stage model) pairs for `device`, one per workload."""
+    """The tuning tasks of the given (stage index, stage model) pairs for `device`, one per workload. A
+    task that occurs in a stage whose weights exceed the CPU's cache is measured with cold weights."""
     import tvm
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
     target = tvm.target.Target(device.tvm_target)
-    done = tuning_db.trials_per_workload(db_dir)
-    for workload in tuning_db.exhausted_workloads(db_dir):
-        done[workload] = EXHAUSTED
     merged: dict[str, dict[str, Any]] = {}
     for index, model in models:
+        cold = cold_measure.weights_cold(model)
         for task in ms.relax_integration.extract_tasks(tuning_module(model, device), target):
             if task.mod.attrs is not None and task.mod.attrs.get("tirx.is_scheduled", False):
                 continue
             workload = str(tvm_ffi.structural_hash(task.dispatched[0]))
-            entry = merged.setdefault(workload, {"task": task, "weight": 0.0, "stages": set()})
+            entry = merged.setdefault(workload, {"task": task, "weight": 0.0, "stages": set(), "cold": False})
             entry["weight"] += float(task.weight)
             entry["stages"].add(index)
+            entry["cold"] |= cold
+    done = {cold: trials_done(db_dir, cold) for cold in (False, True)}
     return [
         Task(
             name=entry["task"].task_name,
             workload=workload,
             weight=entry["weight"],
             stages=tuple(sorted(entry["stages"])),
-            trials_done=done.get(workload, 0),
+            trials_done=done[entry["cold"]].get(workload, 0),
             flops=_flops(entry["task"].dispatched[0]),
             extracted=entry["task"],
+            weights_cold=entry["cold"],
         )
         for workload, entry in merged.items()
     ]
+
+
+def trials_done(db_dir: Path, weights_cold: bool) -> dict[str, int]:
+    """Trials per workload in the warm or the cold database of `db_dir`, EXHAUSTED where the search
+    space is used up."""
+    folder = tuning_db.cold_dir(db_dir) if weights_cold else db_dir
+    done: dict[str, int] = dict(tuning_db.trials_per_workload(folder))
+    for workload in tuning_db.exhausted_workloads(folder):
+        done[workload] = EXHAUSTED
+    return done
 
 
 def tune_tasks(
@@ -227,31 +242,34 @@ def tune_tasks(
     measured = [0]
     current = [""]
 
+    def record(workload: str, count: int, latest: float | None) -> None:
+        measured[0] += count
+        done[workload] += count
+        if latest is not None and latest < best.get(workload, float("inf")) * 0.99:
+            best[workload], stalls[workload] = latest, 0
+        else:
+            stalls[workload] += 1
+        if on_progress is not None:
+            elapsed = time.perf_counter() - started
+            on_progress(Progress(measured[0], elapsed, todo[workload].name, best.get(workload)))
+
     @derived_object
     class _Record(PyMeasureCallback):
         """Counts trials and keeps each task's best latency."""
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            workload = current[0]
-            measured[0] += len(runner_results)
-            done[workload] += len(runner_results)
-            latest = _best_ms(runner_results)
-            if latest is not None and latest < best.get(workload, float("inf")) * 0.99:
-                best[workload], stalls[workload] = latest, 0
-            else:
-                stalls[workload] += 1
-            if on_progress is not None:
-                elapsed = time.perf_counter() - started
-                on_progress(Progress(measured[0], elapsed, todo[workload].name, best.get(workload)))
+            record(current[0], len(runner_results), _best_ms(runner_results))
 
     work_dir = str(db_dir / "logs")
-    database = ms.database.JSONDatabase(
-        path_workload=str(db_dir / tuning_db.WORKLOADS), path_tuning_record=str(db_dir / tuning_db.RECORDS)
-    )
-    best.update(_known_best_ms(database, todo.values()))
+    ways = {False} | {t.weights_cold for t in todo.values()}  # the warm database seeds the cold one
+    databases = {cold: open_database(db_dir, cold) for cold in ways}
+    for cold, database in databases.items():
+        best.update(_known_best_ms(database, [t for t in todo.values() if t.weights_cold == cold]))
     builder = ms.Builder.create("local")
-    runner = ms.Runner.create("local")
-    cost_model = ms.CostModel.create("xgb", num_tuning_cores=2, tree_method="auto")
+    runners: dict[Any, Any] = {}
+    cost_models = {
+        cold: ms.CostModel.create("xgb", num_tuning_cores=2, tree_method="auto") for cold in databases
+    }
     callbacks = [*ms.MeasureCallback.create("default"), _Record()]
     contexts = dict(
         zip(
@@ -269,7 +287,7 @@ def tune_tasks(
     )
     interrupted = _StopOnInterrupt()
     try:
-        with tvm.target.Target(device.tvm_target), interrupted:
+        with tvm.target.Target(device.tvm_target) as target, interrupted:
             while not interrupted.requested and (
                 measured[0] == 0 or time.perf_counter() - started < budget_s
             ):
@@ -277,24 +295,39 @@ def tune_tasks(
                 if not open_tasks:
                     break
                 workload = max(open_tasks, key=lambda w: _priority(todo[w], best.get(w), stalls[w]))
+                task = todo[workload]
                 current[0] = workload
                 before = done[workload]
+                runner = _runner(runners, task)
+                if task.weights_cold and done[workload] == 0:
+                    seeds = cold_measure.seed_from_warm(
+                        task.extracted.dispatched[0],
+                        databases[False],
+                        databases[True],
+                        builder,
+                        runner,
+                        target,
+                    )
+                    if seeds:
+                        record(workload, *seeds)
+                        continue
                 batch = FIRST_BATCH if done[workload] == 0 else TRIALS_PER_ITERATION
                 ms.tune_tasks(
                     tasks=[contexts[workload]],
-                    task_weights=[todo[workload].weight],
+                    task_weights=[task.weight],
                     work_dir=work_dir,
                     max_trials_global=min(batch, trials_per_task - done[workload]),
                     num_trials_per_iter=batch,
                     builder=builder,
                     runner=runner,
-                    database=database,
-                    cost_model=cost_model,
+                    database=databases[task.weights_cold],
+                    cost_model=cost_models[task.weights_cold],
                     measure_callbacks=callbacks,
                 )
                 if done[workload] == before:  # its search space is used up
                     done[workload] = EXHAUSTED
-                    tuning_db.mark_exhausted(db_dir, {workload})
+                    folder = tuning_db.cold_dir(db_dir) if task.weights_cold else db_dir
+                    tuning_db.mark_exhausted(folder, {workload})
     except Exception as exc:  # MetaSchedule raises many types; one line for the user
         from nndeploy.targets.tvm_pipeline import first_line
 
@@ -302,6 +335,32 @@ def tune_tasks(
     if interrupted.requested:
         raise KeyboardInterrupt
     return measured[0]
+
+
+def open_database(db_dir: Path, weights_cold: bool) -> Any:
+    """The MetaSchedule JSON database of `db_dir` (or of its cold-weights folder), created if missing."""
+    from tvm.s_tir import meta_schedule as ms
+
+    folder = tuning_db.cold_dir(db_dir) if weights_cold else db_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(
+        path_workload=str(folder / tuning_db.WORKLOADS), path_tuning_record=str(folder / tuning_db.RECORDS)
+    )
+
+
+def _runner(runners: dict[Any, Any], task: Task) -> Any:
+    """MetaSchedule's local runner for the task's way of measuring, made once per way."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not task.weights_cold:
+        key: Any = "warm"
+        make = lambda: ms.Runner.create("local")  # noqa: E731
+    else:
+        key = cold_measure.weight_arguments(task.extracted.dispatched[0])
+        make = lambda: cold_measure.runner(key)  # noqa: E731
+    if key not in runners:
+        runners[key] = make()
+    return runners[key]
 
 
 class _StopOnInterrupt:

@@ -2,8 +2,11 @@
 
 Records are keyed by workload (TVM's structural hash of the scheduled function) inside a folder keyed by
 the target, so a convolution shape tuned for one stage or model is reused by every other stage and model
-built for the same target, and a schedule tuned for one CPU is never applied to another. Nothing here
-imports TVM: `compile` reads the fingerprint to key its build cache, `tune` counts records per workload.
+built for the same target, and a schedule tuned for one CPU is never applied to another. Workloads of
+stages whose weights exceed the CPU's cache are measured with cold weights (`cold_measure`); their
+records go to a second database in the target folder's `weights-cold/`, since their timings cannot be
+ranked against warm ones. Nothing here imports TVM: `compile` reads the fingerprint to key its build
+cache, `tune` counts records per workload.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from nndeploy.errors import BuildError
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
+COLD = "weights-cold"
 
 
 def target_key(tvm_target: dict[str, Any]) -> str:
@@ -34,10 +38,17 @@ def target_db_dir(db_root: Path, tvm_target: dict[str, Any]) -> Path:
     return Path(db_root) / target_key(tvm_target)
 
 
+def cold_dir(db_dir: Path) -> Path:
+    """The database of workloads measured with cold weights, inside a target's folder."""
+    return Path(db_dir) / COLD
+
+
 def has_records(db_dir: Path) -> bool:
-    """Whether `db_dir` holds at least one tuning record."""
-    path = db_dir / RECORDS
-    return path.is_file() and path.stat().st_size > 0
+    """Whether `db_dir` (or its cold-weights database) holds at least one tuning record."""
+    return any(
+        (folder / RECORDS).is_file() and (folder / RECORDS).stat().st_size > 0
+        for folder in (Path(db_dir), cold_dir(db_dir))
+    )
 
 
 def fingerprint(db_dir: Path) -> str:
@@ -45,10 +56,11 @@ def fingerprint(db_dir: Path) -> str:
     if not has_records(db_dir):
         return ""
     digest = hashlib.sha256()
-    for name in (WORKLOADS, RECORDS):
-        path = db_dir / name
-        if path.is_file():
-            digest.update(path.read_bytes())
+    for folder in (db_dir, cold_dir(db_dir)):
+        for name in (WORKLOADS, RECORDS):
+            path = folder / name
+            if path.is_file():
+                digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -116,7 +128,15 @@ def mark_exhausted(db_dir: Path, workloads: set[str]) -> None:
 def export_best(db_dir: Path, out_dir: Path) -> tuple[int, int]:
     """Copy `db_dir` into `out_dir` keeping only each workload's fastest record (all a build applies):
     a database small enough to ship or commit. Returns (workloads, records) written. Workloads
-    without a successful measurement are left out."""
+    without a successful measurement are left out. The cold-weights database is exported alongside."""
+    exported = _export_best_one(db_dir, out_dir)
+    if has_records(cold_dir(db_dir)):
+        cold = _export_best_one(cold_dir(db_dir), cold_dir(out_dir))
+        exported = (exported[0] + cold[0], exported[1] + cold[1])
+    return exported
+
+
+def _export_best_one(db_dir: Path, out_dir: Path) -> tuple[int, int]:
     hashes = workload_hashes(db_dir)
     lines = (db_dir / WORKLOADS).read_text().splitlines() if hashes else []
     workload_lines = [line for line in lines if line.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTERS = ROOT / "examples" / "clusters"
 
 
-def nndeploy(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a fresh interpreter, as a user would."""
+def nndeploy(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a fresh interpreter, as a user would (`env`: variables added to this one's)."""
     return subprocess.run(
         [sys.executable, "-m", "nndeploy", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=300,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
