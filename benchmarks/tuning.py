@@ -14,7 +14,7 @@ For each model, only through nndeploy's own functions:
    median of --repeats; print TVM / onnxruntime ratios, and per op family the tuned artifact's own kernel
    times (every VM call timed through the VM's instrument hook) against onnxruntime's profiler (per node,
    summed), worst ratio first. "alone": the tuned artifact and onnxruntime again, each timed in a fresh
-   process of its own (alternating, 3 rounds of 10 runs): no other runtime's thread pool shares the process.
+   process of its own (alternating, 9 rounds of 10 runs): no other runtime's thread pool shares the process.
 
 TVM_NUM_THREADS is set from --threads before TVM loads, so both runtimes use the same thread count.
 Models: resnet50 is the onnx wheel's light_resnet50.onnx; tiny_bert (input 1x128) and small_unet come from
@@ -113,11 +113,13 @@ def time_isolated(
     builds: dict[str, tuple[Path, StageBuild]],
     stage_model: Path,
     threads: int,
-    rounds: int = 3,
+    rounds: int = 9,
     runs: int = 10,
 ) -> dict[str, float]:
     """Median ms of each build and of onnxruntime, each timed alone in a fresh process (no other runtime's
-    thread pool in the process), the processes alternating; median over rounds of each one's median."""
+    thread pool in the process), the processes alternating; median over rounds of each one's median.
+    Many rounds, because a process's buffer addresses move its kernels' speed: resnet50's max pool took
+    0.03 or 0.14 ms on the same data depending on where its input lay."""
     import numpy as np
 
     jobs = {name: ["--time-one", str(folder), str(entry.stage)] for name, (folder, entry) in builds.items()}
@@ -240,6 +242,7 @@ def run_model(
             "trials_this_run": report.trials,
             "trials_in_db_for_target": sum(counts.values()),
             "tasks": report.targets[0].tasks if report.targets else 0,
+            "tasks_weights_cold": report.targets[0].tasks_weights_cold if report.targets else 0,
             "tuned_compile_s": tuned_s,
             "compile_ran_no_trials": unchanged,
             "ms": measured,
