@@ -136,10 +136,14 @@ def build_compiled(
     inputs, outputs = io_specs(model)
     options: dict[str, Any] = {"pipeline": _pipeline_name(device)}
     if tuning_db_dir is not None:
+        try:
+            cold = weights_cold(model)  # which of the database's two ways of measuring leads
+        except BuildError as exc:
+            return BuildRecord(index, device.name, None, time.perf_counter() - started, False, str(exc))
         options = {
             "pipeline": "llvm-metaschedule",
             "tuning_db": fingerprint(tuning_db_dir),
-            "weights_cold": weights_cold(model),  # which of the database's two ways of measuring leads
+            "weights_cold": cold,
         }
     from nndeploy.targets.tvm_pipeline import vm_exec_mode
 

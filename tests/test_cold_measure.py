@@ -144,3 +144,14 @@ def test_a_cold_stage_is_tuned_from_the_warm_records_into_its_own_database(tmp_p
         assert options["weights_cold"] is (name == "cold")
         verified = nndeploy("verify", builds[name], "--samples", "1")
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # A cache size that is not one: a clear error from both verbs, no traceback.
+    bad = {cold_measure.LLC_ENV: "lots"}
+    for verb in (
+        ("tune", plan, "--budget", "1s", "--db", db),
+        ("compile", plan, "-o", tmp_path / "x", "--db", db),
+    ):
+        done = nndeploy(*verb, env=bad)
+        assert done.returncode != 0
+        assert "NNDEPLOY_LLC_BYTES='lots' is not a size" in done.stderr + done.stdout
+        assert "Traceback" not in done.stderr + done.stdout
