@@ -134,23 +134,10 @@ def build_compiled(
     stage_bytes = stage_path.read_bytes()
     model = onnx.load_from_string(stage_bytes)
     inputs, outputs = io_specs(model)
-    options: dict[str, Any] = {"pipeline": _pipeline_name(device)}
-    if tuning_db_dir is not None:
-        try:
-            cold = weights_cold(model)  # which of the database's two ways of measuring leads
-        except BuildError as exc:
-            return BuildRecord(index, device.name, None, time.perf_counter() - started, False, str(exc))
-        options = {
-            "pipeline": "llvm-metaschedule",
-            "tuning_db": fingerprint(tuning_db_dir),
-            "weights_cold": cold,
-        }
-    from nndeploy.targets.tvm_pipeline import vm_exec_mode
-
-    options["vm"] = vm_exec_mode(str(device.tvm_target.get("kind")))
-    key = build_key(stage_bytes, device, options)
-    cached = cache_dir() / key
     try:
+        options = _build_options(model, device, tuning_db_dir)
+        key = build_key(stage_bytes, device, options)
+        cached = cache_dir() / key
         hit = (cached / "meta.json").is_file()
         if not hit:
             _build_into(model, device, cached, tuning_db_dir)
@@ -184,6 +171,22 @@ def build_compiled(
         fallback=None,
     )
     return BuildRecord(index, device.name, artifact, time.perf_counter() - started, hit, None, sources)
+
+
+def _build_options(model: onnx.ModelProto, device: Device, tuning_db_dir: Path | None) -> dict[str, Any]:
+    """What, besides the model and the device, decides the build (part of its cache key); a BuildError
+    for a bad setting (NNDEPLOY_VM_EXEC_MODE, NNDEPLOY_LLC_BYTES)."""
+    from nndeploy.targets.tvm_pipeline import vm_exec_mode
+
+    options: dict[str, Any] = {"pipeline": _pipeline_name(device)}
+    if tuning_db_dir is not None:
+        options = {
+            "pipeline": "llvm-metaschedule",
+            "tuning_db": fingerprint(tuning_db_dir),
+            "weights_cold": weights_cold(model),  # which of the database's two ways of measuring leads
+        }
+    options["vm"] = vm_exec_mode(str(device.tvm_target.get("kind")))
+    return options
 
 
 def fallback_build(stage_path: Path, index: int, device: Device, out_dir: Path) -> BuildRecord:

@@ -147,7 +147,6 @@ def seed_from_warm(
     them in the cold database, so its search starts from them and never ends worse than they run in the
     network. Returns (records measured, best ms), or None when the warm database has none."""
     import shutil
-    from pathlib import Path
 
     from tvm.s_tir import meta_schedule as ms
 

@@ -57,7 +57,7 @@ def _database(db_dir: Path, cold_first: bool) -> Any:
     first of the two (in the stage's own way of measuring first) that knows the workload."""
     from tvm.s_tir import meta_schedule as ms
 
-    folders = [tuning_db.cold_dir(db_dir), db_dir] if cold_first else [db_dir, tuning_db.cold_dir(db_dir)]
+    folders = [tuning_db.half_dir(db_dir, cold) for cold in (cold_first, not cold_first)]
     databases = [
         ms.database.JSONDatabase(
             path_workload=str(folder / tuning_db.WORKLOADS),

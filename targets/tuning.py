@@ -200,7 +200,7 @@ def extract_tasks(models: Sequence[tuple[int, onnx.ModelProto]], device: Device,
 def trials_done(db_dir: Path, weights_cold: bool) -> dict[str, int]:
     """Trials per workload in the warm or the cold database of `db_dir`, EXHAUSTED where the search
     space is used up."""
-    folder = tuning_db.cold_dir(db_dir) if weights_cold else db_dir
+    folder = tuning_db.half_dir(db_dir, weights_cold)
     done: dict[str, int] = dict(tuning_db.trials_per_workload(folder))
     for workload in tuning_db.exhausted_workloads(folder):
         done[workload] = EXHAUSTED
@@ -326,8 +326,7 @@ def tune_tasks(
                 )
                 if done[workload] == before:  # its search space is used up
                     done[workload] = EXHAUSTED
-                    folder = tuning_db.cold_dir(db_dir) if task.weights_cold else db_dir
-                    tuning_db.mark_exhausted(folder, {workload})
+                    tuning_db.mark_exhausted(tuning_db.half_dir(db_dir, task.weights_cold), {workload})
     except Exception as exc:  # MetaSchedule raises many types; one line for the user
         from nndeploy.targets.tvm_pipeline import first_line
 
@@ -341,7 +340,7 @@ def open_database(db_dir: Path, weights_cold: bool) -> Any:
     """The MetaSchedule JSON database of `db_dir` (or of its cold-weights folder), created if missing."""
     from tvm.s_tir import meta_schedule as ms
 
-    folder = tuning_db.cold_dir(db_dir) if weights_cold else db_dir
+    folder = tuning_db.half_dir(db_dir, weights_cold)
     folder.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(
         path_workload=str(folder / tuning_db.WORKLOADS), path_tuning_record=str(folder / tuning_db.RECORDS)
@@ -349,17 +348,13 @@ def open_database(db_dir: Path, weights_cold: bool) -> Any:
 
 
 def _runner(runners: dict[Any, Any], task: Task) -> Any:
-    """MetaSchedule's local runner for the task's way of measuring, made once per way."""
+    """MetaSchedule's local runner for the task's way of measuring (cold: per set of weight arguments),
+    made once per way."""
     from tvm.s_tir import meta_schedule as ms
 
-    if not task.weights_cold:
-        key: Any = "warm"
-        make = lambda: ms.Runner.create("local")  # noqa: E731
-    else:
-        key = cold_measure.weight_arguments(task.extracted.dispatched[0])
-        make = lambda: cold_measure.runner(key)  # noqa: E731
+    key = cold_measure.weight_arguments(task.extracted.dispatched[0]) if task.weights_cold else None
     if key not in runners:
-        runners[key] = make()
+        runners[key] = ms.Runner.create("local") if key is None else cold_measure.runner(key)
     return runners[key]
 
 

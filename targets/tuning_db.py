@@ -43,12 +43,19 @@ def cold_dir(db_dir: Path) -> Path:
     return Path(db_dir) / COLD
 
 
+def half_dir(db_dir: Path, weights_cold: bool) -> Path:
+    """The folder of the target's warm or cold-weights database."""
+    return cold_dir(db_dir) if weights_cold else Path(db_dir)
+
+
 def has_records(db_dir: Path) -> bool:
     """Whether `db_dir` (or its cold-weights database) holds at least one tuning record."""
-    return any(
-        (folder / RECORDS).is_file() and (folder / RECORDS).stat().st_size > 0
-        for folder in (Path(db_dir), cold_dir(db_dir))
-    )
+    return _holds_records(db_dir) or _holds_records(cold_dir(db_dir))
+
+
+def _holds_records(folder: Path) -> bool:
+    path = Path(folder) / RECORDS
+    return path.is_file() and path.stat().st_size > 0
 
 
 def fingerprint(db_dir: Path) -> str:
@@ -130,7 +137,7 @@ def export_best(db_dir: Path, out_dir: Path) -> tuple[int, int]:
     a database small enough to ship or commit. Returns (workloads, records) written. Workloads
     without a successful measurement are left out. The cold-weights database is exported alongside."""
     exported = _export_best_one(db_dir, out_dir)
-    if has_records(cold_dir(db_dir)):
+    if _holds_records(cold_dir(db_dir)):
         cold = _export_best_one(cold_dir(db_dir), cold_dir(out_dir))
         exported = (exported[0] + cold[0], exported[1] + cold[1])
     return exported

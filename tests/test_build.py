@@ -262,3 +262,6 @@ def test_cpu_stages_get_compiled_vm_control_code(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("NNDEPLOY_VM_EXEC_MODE", "jit")
     with pytest.raises(BuildError, match="use compiled or bytecode"):
         vm_exec_mode("llvm")
+    refused = build_stage(save(conv_model(), tmp_path), 0, device("x86"), tmp_path / "c")
+    assert refused.artifact is None
+    assert "NNDEPLOY_VM_EXEC_MODE=jit: use compiled or bytecode" in str(refused.error)
