@@ -56,7 +56,7 @@ from rich.console import Console
 
 from nndeploy.cli_common import write_stage_models
 from nndeploy.graph import load_graph
-from nndeploy.oracle import run_chain, session
+from nndeploy.oracle import random_inputs, run_chain, session
 from nndeploy.partitioner.planner import plan as make_plan
 from nndeploy.planfile import write_plan
 from nndeploy.targets.cluster import parse_cluster
@@ -64,7 +64,7 @@ from nndeploy.targets.compile import compile_stages
 from nndeploy.targets.emulate import find_emulator
 from nndeploy.targets.loader import run_artifact, why_not_runnable
 from nndeploy.targets.tvm_ops import restrict_to_compiler
-from nndeploy.targets.verify import random_inputs, verify_build
+from nndeploy.targets.verify import verify_build
 
 DEFAULT_THREADS = 2
 

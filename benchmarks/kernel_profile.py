@@ -45,7 +45,7 @@ def ort_nodes_ms(stage_model: Path, threads: int, runs: int = 10) -> list[tuple[
     import numpy as np
     import onnxruntime as ort
 
-    from nndeploy.targets.verify import random_inputs
+    from nndeploy.oracle import random_inputs
     from nndeploy.types import TensorSpec
 
     options = ort.SessionOptions()
@@ -89,7 +89,7 @@ def tvm_calls_ms(build_dir: Path, entry: StageBuild, runs: int = 5) -> list[tupl
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    from nndeploy.targets.verify import random_inputs
+    from nndeploy.oracle import random_inputs
 
     assert entry.artifact is not None
     vm = VirtualMachine(tvm.runtime.load_module(str(build_dir / entry.artifact.path)), tvm.cpu(0))

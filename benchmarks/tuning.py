@@ -84,9 +84,8 @@ def time_side_by_side(
     """Median ms of each build and of onnxruntime, one run of each in turn."""
     import numpy as np
 
-    from nndeploy.oracle import session
+    from nndeploy.oracle import random_inputs, session
     from nndeploy.targets.loader import run_artifact
-    from nndeploy.targets.verify import random_inputs
 
     first = next(iter(builds.values()))[1].artifact
     feed = random_inputs(first.inputs, 0)
@@ -142,9 +141,9 @@ def _time_one(build_dir: Path, stage: int, runs: int) -> float:
     """Median ms of one built stage, alone in this process."""
     import numpy as np
 
+    from nndeploy.oracle import random_inputs
     from nndeploy.targets.loader import run_artifact
     from nndeploy.targets.manifest import read_manifest
-    from nndeploy.targets.verify import random_inputs
 
     entry = read_manifest(build_dir).stages[stage]
     assert entry.artifact is not None
@@ -156,8 +155,7 @@ def _time_ort(stage_model: Path, threads: int, runs: int) -> float:
     """Median ms of onnxruntime on a stage model, alone in this process."""
     import numpy as np
 
-    from nndeploy.oracle import session
-    from nndeploy.targets.verify import random_inputs
+    from nndeploy.oracle import random_inputs, session
     from nndeploy.types import TensorSpec
 
     sess = session(str(stage_model), threads)

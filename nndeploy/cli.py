@@ -107,13 +107,14 @@ def plan(
     ] = None,
 ) -> Plan:
     """Split MODEL into pipeline stages over the devices of a cluster; write plan.json."""
-    from nndeploy.graph import load_graph_and_model
+    from nndeploy.graph import check_fixed_outputs, load_graph_and_model
     from nndeploy.partitioner.planner import plan as make_plan
     from nndeploy.planfile import write_plan
     from nndeploy.targets.cluster import load_cluster
 
     the_cluster = load_cluster(cluster, profiles or ())
     the_graph, prepared = load_graph_and_model(model, parse_input_shapes(input_shape or []), batch)
+    check_fixed_outputs(the_graph)
     for warning in the_graph.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     uncompilable = compiler_fallback(prepared, fallback is not None)

@@ -99,6 +99,7 @@ def compile_command(
             tuning_db_root=db,
             best_of=best_of,
             check=BuildCheck(float_tolerances(check_atol, check_rtol)) if check else None,
+            log=lambda line: progress.console.print(line, highlight=False),
         )
     table = Table(title=f"build {output} (TVM {manifest.tvm_version})")
     for column in ("stage", "device", "target", "status", "checked", "seconds", "artifact", "sha256"):

@@ -28,6 +28,14 @@ def value_dims(vi: onnx.ValueInfoProto) -> Dims | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
 
 
+def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The model's real inputs: graph inputs that are not initializers (old IR lists weights as inputs)."""
+    inits = {t.name for t in model.graph.initializer} | {
+        t.values.name for t in model.graph.sparse_initializer
+    }
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
 def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:

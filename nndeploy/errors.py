@@ -42,9 +42,20 @@ class EmulatorError(NNDeployError):
     """The aarch64 emulator (qemu-user + an arm64 Python with TVM) cannot be set up or run."""
 
 
+class HostToolError(NNDeployError):
+    """A host tool (cross compiler, qemu-user, nvcc) is missing and cannot be installed here; the message
+    names the command to run."""
+
+
 class CalibrationError(NNDeployError):
     """calibration.json (written by `nndeploy profile`) is missing, unreadable or malformed."""
 
 
 class ProfileError(NNDeployError):
     """`nndeploy profile` cannot measure anything (no device of the cluster can run on this host)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto
 
 from nndeploy.constant_folding import Dims, node_reads, tensor_types
+from nndeploy.errors import ModelError
 from nndeploy.model_prep import (
     file_sha256,
     load_model,
@@ -24,6 +25,7 @@ from nndeploy.model_prep import (
     real_inputs,
 )
 from nndeploy.op_costs import node_cost
+from nndeploy.shape_probe import open_tensors
 from nndeploy.types import Graph, Node, TensorSpec
 
 _ELEM_NAMES: dict[int, str] = {
@@ -161,6 +163,24 @@ def analyze(
             for vi in (*model.graph.value_info, *model.graph.output)
             if vi.type.WhichOneof("value") not in ("tensor_type", None)
         ),
+        data_dependent=frozenset(open_tensors(model)),
+    )
+
+
+def check_fixed_outputs(graph: Graph) -> None:
+    """Refuse, in one line, a model whose outputs' sizes depend on the input data."""
+    dependent = [name for name in graph.outputs if name in graph.data_dependent]
+    if not dependent:
+        return
+    producers = {out: node for node in graph.nodes for out in node.outputs}
+    named = ", ".join(
+        f"'{name}'"
+        + (f" (from {producers[name].op_type} '{producers[name].name}')" if name in producers else "")
+        for name in dependent
+    )
+    raise ModelError(
+        f"{graph.model_path}: output {named} has a shape that depends on the input data; nndeploy serves "
+        "fixed-shape outputs: make it fixed-size in the model (e.g. pad to a maximum count)"
     )
 
 

@@ -22,10 +22,12 @@ from nndeploy.constant_folding import (
     drop_unused_initializers,
     fold_constants,
     node_reads,
+    real_inputs,
     value_dims,
 )
-from nndeploy.errors import ModelError
+from nndeploy.errors import ModelError, first_line
 from nndeploy.paths import inside
+from nndeploy.shape_probe import fill_open_shapes
 
 _KEEP_INIT_ELEMS = 4096  # initializers up to this size stay in the copy given to shape inference
 
@@ -52,7 +54,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:
-        raise ModelError(f"{path}: not an ONNX model file ({_first_line(e)})") from None
+        raise ModelError(f"{path}: not an ONNX model file ({first_line(e)})") from None
     if not model.HasField("graph") or model.ir_version <= 0:
         raise ModelError(f"{path}: not an ONNX model file (no graph or IR version)")
     base = p.parent
@@ -79,19 +81,24 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(str(p))
     except Exception as e:
-        if "topologically sorted" not in str(e):
-            raise ModelError(f"{path}: fails the ONNX checker: {_first_line(e)}") from None
-        sorted_copy = _light_copy(model, None)  # the checker wants sorted nodes; prepare_model sorts them
+        # The checker wants sorted nodes and graph outputs with a shape field; prepare_model sorts the
+        # nodes and infers the outputs' shapes (onnxruntime, too, runs such files)
+        if "topologically sorted" not in str(e) and "'shape' of 'type' is required" not in str(e):
+            raise ModelError(f"{path}: fails the ONNX checker: {first_line(e)}") from None
+        sorted_copy = _light_copy(model, None)
         _toposort(sorted_copy, str(path))
+        for out in sorted_copy.graph.output:
+            if out.type.HasField("tensor_type"):
+                out.type.tensor_type.shape.SetInParent()
         try:
             onnx.checker.check_model(sorted_copy)
         except Exception as e2:
-            raise ModelError(f"{path}: fails the ONNX checker: {_first_line(e2)}") from None
+            raise ModelError(f"{path}: fails the ONNX checker: {first_line(e2)}") from None
     _refuse_non_tensor_io(model, str(path))
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(base))
     except Exception as e:
-        raise ModelError(f"{path}: cannot read external data ({_first_line(e)})") from None
+        raise ModelError(f"{path}: cannot read external data ({first_line(e)})") from None
     return model
 
 
@@ -122,19 +129,6 @@ def _unproduced_inputs(model: onnx.ModelProto) -> list[tuple[str, str]]:
         for name in node.input
         if name and name not in available
     ]
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The model's real inputs: graph inputs that are not initializers (old IR lists weights as inputs)."""
-    inits = {t.name for t in model.graph.initializer} | {
-        t.values.name for t in model.graph.sparse_initializer
-    }
-    return [vi for vi in model.graph.input if vi.name not in inits]
 
 
 def _shape_text(dims: Dims | None) -> str:
@@ -179,14 +173,7 @@ def _bind(
         if batch is not None and len(tt.shape.dim) >= 1:
             tt.shape.dim[0].Clear()
             tt.shape.dim[0].dim_value = batch
-        dims = value_dims(vi) or []
-        negative = [d for d in dims if isinstance(d, int) and d < 0]
-        if negative:
-            raise ModelError(
-                f"{name}: input '{vi.name}' declares negative dimension(s) {negative} in "
-                f"{_shape_text(dims)}; the model file is broken (re-export it, or pass --input-shape "
-                f"{vi.name}=...)"
-            )
+        dims = value_dims(vi) or []  # exporters write a dynamic dim as '?', a name, 0 or -1
         dynamic = [d if d is not None else "?" for d in dims if not isinstance(d, int) or d <= 0]
         if dynamic:
             first_dim_dynamic |= not isinstance(dims[0], int)
@@ -211,6 +198,16 @@ def bind_input_shapes(
     out.CopyFrom(model)
     _bind(out, input_shapes, batch, name)
     return out
+
+
+def _unpin_outputs(model: onnx.ModelProto) -> None:
+    """Forget graph output dims declared negative (exporters write -1 for "any") so inference fills them."""
+    for out in model.graph.output:
+        tensor = out.type.tensor_type
+        if out.type.HasField("tensor_type") and tensor.HasField("shape"):
+            for dim in tensor.shape.dim:
+                if dim.HasField("dim_value") and dim.dim_value < 0:
+                    dim.Clear()
 
 
 def _toposort(model: onnx.ModelProto, name: str) -> None:
@@ -272,11 +269,11 @@ def _infer_shapes(model: onnx.ModelProto, warnings: list[str], name: str) -> Non
     try:
         inferred = shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:
-        warnings.append(f"strict shape inference failed ({_first_line(e)}); continuing with partial shapes")
+        warnings.append(f"strict shape inference failed ({first_line(e)}); continuing with partial shapes")
         try:
             inferred = shape_inference.infer_shapes(light, data_prop=True)
         except Exception as e2:
-            raise ModelError(f"{name}: shape inference failed: {_first_line(e2)}") from None
+            raise ModelError(f"{name}: shape inference failed: {first_line(e2)}") from None
     inits = {t.name for t in model.graph.initializer}
     model.graph.ClearField("value_info")
     model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in inits)
@@ -351,6 +348,7 @@ def prepare_model_with_warnings(
     out.CopyFrom(model)
     _normalize_inputs(out)
     _bind(out, input_shapes, batch, name)
+    _unpin_outputs(out)
     _toposort(out, name)
     _trim_unused_outputs(out)
     for _ in range(MAX_FOLD_ROUNDS):
@@ -360,6 +358,7 @@ def prepare_model_with_warnings(
     else:
         _infer_shapes(out, warnings, name)
     drop_unused_initializers(out)
+    fill_open_shapes(out, warnings)
     _name_nodes(out)
     return out, list(dict.fromkeys(warnings))
 
@@ -371,5 +370,6 @@ def prepare_model(
     name: str = "model.onnx",
 ) -> onnx.ModelProto:
     """Bind input shapes, sort nodes topologically, infer static shapes, fold constant subgraphs into
-    initializers, drop unused initializers and name every node uniquely and stably. Returns a new model."""
+    initializers, drop unused initializers, measure with onnxruntime the shapes inference leaves open, and
+    name every node uniquely and stably. Returns a new model."""
     return prepare_model_with_warnings(model, input_shapes, batch, name)[0]

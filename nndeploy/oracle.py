@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from nndeploy.types import TensorSpec
+
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     # dtype: (atol, rtol)
     "float64": (1e-9, 1e-7),
@@ -55,15 +57,56 @@ def session(model: onnx.ModelProto | str, threads: int | None = None, optimizati
     return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
 
 
+def random_inputs(
+    specs: tuple[TensorSpec, ...], seed: int, int_high: int | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded random tensors for the given specs (normal floats; booleans; non-negative integers below
+    `int_high`, by default below 100, or 2 for an input named like a mask)."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            tensors[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+        elif dtype.kind == "b":
+            tensors[spec.name] = rng.integers(0, 2, size=spec.shape).astype(bool)
+        else:
+            high = int_high or (2 if "mask" in spec.name else 100)
+            tensors[spec.name] = rng.integers(0, high, size=spec.shape).astype(dtype)
+    return tensors
+
+
 def run_model(
     model: onnx.ModelProto | str, inputs: Mapping[str, np.ndarray], threads: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Run `model` on `inputs` with onnxruntime; returns every graph output by name."""
-    sess = session(model, threads)
+    """Run `model` on `inputs` with onnxruntime; returns every graph output by name. A model onnxruntime
+    has no kernel for (old opsets: PRelu-6, AveragePool-1, ...) runs on onnx's reference evaluator."""
+    try:
+        sess = session(model, threads)
+    except Exception as exc:  # onnxruntime's errors have no common base class
+        if "NOT_IMPLEMENTED" not in str(exc):
+            raise
+        return _run_reference(model, inputs, exc)
     wanted = {i.name for i in sess.get_inputs()}
     names = [o.name for o in sess.get_outputs()]
     results = sess.run(names, {k: v for k, v in inputs.items() if k in wanted})
     return dict(zip(names, results, strict=True))
+
+
+def _run_reference(
+    model: onnx.ModelProto | str, inputs: Mapping[str, np.ndarray], refused: Exception
+) -> dict[str, np.ndarray]:
+    """Every graph output of `model` from onnx's reference evaluator; onnxruntime's `refused` error is
+    raised again when the evaluator cannot run the model either."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        evaluator = ReferenceEvaluator(model)
+        wanted = set(evaluator.input_names)
+        results = evaluator.run(None, {k: v for k, v in inputs.items() if k in wanted})
+    except Exception:  # the evaluator's errors are plain Python exceptions of many kinds
+        raise refused from None
+    return dict(zip(evaluator.output_names, (np.asarray(r) for r in results), strict=True))
 
 
 def run_chain(

@@ -100,7 +100,9 @@ class Graph:
     `tensors` holds graph inputs and node outputs (not weights); `param_bytes` maps each weight
     (initializer) to its size. `inputs`/`outputs` are the model's real inputs and outputs.
     `non_tensors` names the values inside the model that are sequences, optionals or maps: stages
-    exchange tensors only, so no stage boundary may carry one."""
+    exchange tensors only, so no stage boundary may carry one. `data_dependent` names the tensors whose
+    shape depends on the input data (NonZero's output, a Reshape to computed sizes) or could not be
+    measured: stages exchange fixed-shape tensors, so no boundary and no graph output may be one."""
 
     model_path: str
     model_sha256: str
@@ -113,6 +115,7 @@ class Graph:
     batch: int = 1
     warnings: tuple[str, ...] = ()
     non_tensors: frozenset[str] = frozenset()
+    data_dependent: frozenset[str] = frozenset()
 
     @property
     def total_flops(self) -> float:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nndeploy.errors import PlanError
+from nndeploy.graph import check_fixed_outputs
 from nndeploy.partitioner.cost import CostModel, RooflineCostModel, supports
 from nndeploy.partitioner.orders import candidate_orders
 from nndeploy.partitioner.search import Problem, Solution, solve
@@ -72,6 +73,7 @@ def setup(
         raise PlanError(f"unknown objective '{objective}'; use one of: {', '.join(OBJECTIVES)}")
     if not graph.nodes:
         raise PlanError(f"{graph.model_path}: the model has no operators to place")
+    check_fixed_outputs(graph)
     model = cost_model or RooflineCostModel()
     fallback = dict(fallback or {})
     _check_op_support(graph, cluster, fallback)
@@ -101,10 +103,11 @@ def setup(
 
 
 def _transfer_bytes(graph: Graph, lifetimes: Lifetimes) -> np.ndarray:
-    """Bytes crossing each cut, infinite where a sequence or optional would cross (stages exchange
-    tensors only, so the search never places a device change there)."""
+    """Bytes crossing each cut, infinite where a sequence, an optional or a tensor of data-dependent shape
+    would cross (stages exchange fixed-shape tensors only, so the search never places a device change
+    there)."""
     crossing = np.asarray(lifetimes.live_bytes, dtype=float).copy()
-    for name in graph.non_tensors & lifetimes.produced.keys():
+    for name in (graph.non_tensors | graph.data_dependent) & lifetimes.produced.keys():
         crossing[lifetimes.produced[name] + 1 : lifetimes.last_use[name] + 1] = np.inf
     return crossing
 

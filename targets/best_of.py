@@ -22,8 +22,8 @@ RUNS_PER_ROUND = 5
 
 def time_candidates(candidates: dict[str, tuple[Path, StageBuild]], seed: int = 0) -> dict[str, float]:
     """Median milliseconds of each candidate (name -> (build folder, entry)), timed interleaved."""
+    from nndeploy.oracle import random_inputs
     from nndeploy.targets.loader import run_artifact
-    from nndeploy.targets.verify import random_inputs
 
     first = next(iter(candidates.values()))[1].artifact
     assert first is not None

@@ -254,7 +254,14 @@ def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[Tens
     def spec(vi: onnx.ValueInfoProto) -> TensorSpec:
         tensor = vi.type.tensor_type
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        return TensorSpec(vi.name, tuple(d.dim_value for d in tensor.shape.dim), dtype)
+        dims = tensor.shape.dim
+        if not tensor.HasField("shape") or any(not d.HasField("dim_value") or d.dim_value < 0 for d in dims):
+            shown = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims]
+            raise BuildError(
+                f"stage tensor '{vi.name}' has no static shape {shown if tensor.HasField('shape') else '?'}; "
+                "plan the model again with this nndeploy (it fixes every boundary shape)"
+            )
+        return TensorSpec(vi.name, tuple(d.dim_value for d in dims), dtype)
 
     inits = {init.name for init in model.graph.initializer}
     return (

@@ -199,8 +199,8 @@ def _sample_inputs(model: onnx.ModelProto, seed: int) -> list[dict[str, np.ndarr
     """Seeded random stage inputs (standard normal floats; integers 0-2, since an integer input may set a
     size at run time, a repeat count or a shape, and large random ones would ask for any amount of
     memory), plus all-false and all-true variants of any boolean ones."""
+    from nndeploy.oracle import random_inputs
     from nndeploy.targets.build import io_specs
-    from nndeploy.targets.verify import random_inputs
 
     inputs = random_inputs(io_specs(model)[0], seed, int_high=3)
     masks = [name for name, array in inputs.items() if array.dtype == np.bool_]

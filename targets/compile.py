@@ -10,9 +10,11 @@ from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
+from nndeploy.errors import HostToolError
 from nndeploy.targets.best_of import choose
 from nndeploy.targets.build import BuildRecord, build_stage, fallback_build, tvm_version
 from nndeploy.targets.build_check import BuildCheck
+from nndeploy.targets.host_tools import ensure_cross_compiler
 from nndeploy.targets.manifest import Manifest, StageBuild, write_manifest
 from nndeploy.targets.tune_plan import why_not_tunable
 from nndeploy.targets.tuning_db import has_records, target_db_dir
@@ -33,6 +35,7 @@ def compile_stages(
     tuning_db_root: Path | None = None,
     best_of: bool = False,
     check: BuildCheck | None = None,
+    log: Callable[[str], None] = print,
 ) -> Manifest:
     """Build each stage model for its plan device into `out_dir` and write manifest.json.
 
@@ -40,8 +43,11 @@ def compile_stages(
     is recorded with its reason and the others are still built. With `tuning_db_root`, stages whose
     target has tuning records get the tuned build; with `best_of`, such stages that this machine can run
     are also built untuned (and for onnxruntime, if `fallback` allows it), timed, and the fastest kept.
-    With `check`, each TVM-built part is checked against onnxruntime as it is built (see build_check)."""
+    With `check`, each TVM-built part is checked against onnxruntime as it is built (see build_check).
+    A missing cross compiler is installed first where this host can (`log` says so), else its stages fail
+    with the command to run."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    no_tools = _install_cross_compilers(plan, log)
     candidates_dir = out_dir / "candidates"
     records: dict[int, BuildRecord] = {}
     alternatives: dict[int, dict[str, BuildRecord]] = {}
@@ -49,6 +55,12 @@ def compile_stages(
         futures = {}
         for stage, path in zip(plan.stages, stage_models, strict=True):
             device = plan.cluster.device(stage.device)
+            if device.name in no_tools:
+                record = BuildRecord(stage.index, device.name, None, 0.0, False, no_tools[device.name])
+                records[stage.index] = record
+                if on_done is not None:
+                    on_done(record)
+                continue
             db_dir = _tuned_db_dir(tuning_db_root, device)
             submit = partial(pool.submit, build_stage, path, stage.index, device, check=check)
             futures[submit(out_dir, fallback, db_dir, stage.fallback)] = (stage, "main")
@@ -109,6 +121,17 @@ def compile_stages(
     )
     write_manifest(manifest, out_dir)
     return manifest
+
+
+def _install_cross_compilers(plan: Plan, log: Callable[[str], None]) -> dict[str, str]:
+    """Install the cross compilers the plan's devices lack; {device name: why it cannot be} for the rest."""
+    problems: dict[str, str] = {}
+    for name in dict.fromkeys(stage.device for stage in plan.stages):
+        try:
+            ensure_cross_compiler(plan.cluster.device(name), log)
+        except HostToolError as exc:
+            problems[name] = str(exc)
+    return problems
 
 
 def _tuned_db_dir(db_root: Path | None, device: Device) -> Path | None:

@@ -23,16 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from nndeploy.errors import EmulatorError
+from nndeploy.targets.host_tools import PACKAGES, run_command
 
 # arch -> (Debian architecture, qemu binaries in order of preference)
 ARCHES: dict[str, tuple[str, tuple[str, ...]]] = {
     "aarch64": ("arm64", ("qemu-aarch64-static", "qemu-aarch64")),
-}
-# host tool -> Debian packages that provide it (installed with --no-install-recommends; the cross gcc only
-# recommends the arm64 libc headers and crt files that linking a shared library needs)
-HOST_TOOLS = {
-    "qemu-aarch64-static": "qemu-user-static",
-    "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
 }
 DEBS = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libstdc++6",
@@ -107,28 +102,14 @@ def find_emulator(arch: str = "aarch64") -> Emulator | None:
     return Emulator(arch, qemu, folder / "root", folder / "site", python, dict(recorded))
 
 
-def _run(cmd: Sequence[str], what: str, timeout: float = 1800, **kwargs) -> str:
-    try:
-        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kwargs)
-    except FileNotFoundError:
-        raise EmulatorError(f"{what} failed: {cmd[0]} is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise EmulatorError(f"{what} timed out after {timeout:.0f} s: {' '.join(cmd)}") from None
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["(no output)"]
-        errors = [ln for ln in lines if ln.startswith(("E:", "ERROR", "error"))]
-        raise EmulatorError(f"{what} failed ({' '.join(cmd[:3])} ...): {(errors or lines)[-1].strip()}")
-    return proc.stdout
-
-
 def _system_needs(arch: str, need_env: bool) -> tuple[list[str], bool, bool]:
     """(Debian packages to install, whether to add the arm64 architecture, whether to run apt-get update)."""
     debarch = _check_arch(arch)[0]
-    packages = [pkg for tool, pkgs in HOST_TOOLS.items() if _lacks(tool) for pkg in pkgs.split()]
+    packages = [pkg for tool, pkgs in PACKAGES.items() if _lacks(tool) for pkg in pkgs]
     need_arch = need_lists = False
     if need_env and shutil.which("dpkg") and shutil.which("apt-cache"):
-        archs = _run(["dpkg", "--print-foreign-architectures"], "dpkg").split()
-        need_arch = debarch not in [*archs, _run(["dpkg", "--print-architecture"], "dpkg").strip()]
+        archs = run_command(["dpkg", "--print-foreign-architectures"], "dpkg").split()
+        need_arch = debarch not in [*archs, run_command(["dpkg", "--print-architecture"], "dpkg").strip()]
         probe = ["apt-cache", "show", "--no-all-versions", f"{DEBS[0]}:{debarch}"]
         need_lists = need_arch or subprocess.run(probe, capture_output=True).returncode != 0
     return packages, need_arch, need_lists or bool(packages)
@@ -147,7 +128,7 @@ def missing_prerequisites(arch: str = "aarch64") -> list[str]:
     """What setup_emulator would have to install or configure first, one human-readable item each
     (empty when the emulator can be set up, or is set up, without touching the system)."""
     need_env = find_emulator(arch) is None
-    missing = [f"{t} (apt-get install {p})" for t, p in HOST_TOOLS.items() if _lacks(t)]
+    missing = [f"{t} (apt-get install {' '.join(p)})" for t, p in PACKAGES.items() if _lacks(t)]
     if not need_env:
         return missing
     missing += [f"{tool} (a Debian or Ubuntu host)" for tool in ("apt-get", "dpkg") if not shutil.which(tool)]
@@ -188,17 +169,17 @@ def _build(arch: str, tmp: Path, versions: dict[str, str], log: Callable[[str], 
     log(f"emulator: downloading {len(DEBS)} Debian {debarch} packages (apt-get download)")
     sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
     debs = [f"{p}:{debarch}" for p in DEBS]
-    _run(
+    run_command(
         ["apt-get", "download", *sandbox, *debs], f"apt-get download of {debarch} packages", cwd=tmp / "debs"
     )
     for deb in sorted((tmp / "debs").glob("*.deb")):
-        _run(["dpkg", "-x", str(deb), str(root)], f"unpacking {deb.name}")
+        run_command(["dpkg", "-x", str(deb), str(root)], f"unpacking {deb.name}")
     log(f"emulator: downloading the {arch} wheels of {', '.join(f'{d}=={v}' for d, v in versions.items())}")
     platforms = [arg for plat in WHEEL_PLATFORMS for arg in ("--platform", plat)]
     pip = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
     pip += ["--only-binary=:all:", *platforms, "--python-version", "3.11", "--implementation", "cp"]
     pip += ["--no-deps", "-d", str(tmp / "wheels"), *(f"{d}=={v}" for d, v in versions.items())]
-    _run(pip, "pip download of the aarch64 wheels")
+    run_command(pip, "pip download of the aarch64 wheels")
     for wheel in sorted((tmp / "wheels").glob("*.whl")):
         _unpack_wheel(wheel, site)
     shutil.rmtree(tmp / "debs")
@@ -244,7 +225,7 @@ def setup_emulator(arch: str = "aarch64", log: Callable[[str], None] = print) ->
         raise EmulatorError(f"the {arch} emulator needs system packages; run as root: {line}")
     for cmd in commands:
         log(f"emulator: {' '.join(cmd)}")
-        _run(cmd, " ".join(cmd[:2]), env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        run_command(cmd, " ".join(cmd[:2]), env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     if ready is not None:
         return ready
     final = emulator_dir(arch)

@@ -15,6 +15,7 @@ import onnx
 
 from nndeploy.errors import BuildError
 from nndeploy.targets.function_expansion import expand_functions
+from nndeploy.targets.host_tools import NVCC_HINT, apt_command, cross_compiler, packages_of
 from nndeploy.targets.onnx_rewrites import fold_batch_norms, sums_to_adds
 from nndeploy.targets.opset_upgrade import upgrade_opset
 from nndeploy.types import Device
@@ -50,9 +51,7 @@ def build_cuda(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[st
     import tvm
 
     if shutil.which("nvcc") is None:
-        raise BuildError(
-            f"device '{device.name}': nvcc not found; install the CUDA toolkit to build CUDA stages"
-        )
+        raise BuildError(f"device '{device.name}': nvcc not found; {NVCC_HINT}")
     arch = str(device.tvm_target.get("arch", ""))
     if not arch.startswith("sm_"):
         raise BuildError(f"device '{device.name}': its CUDA target has no sm_XX arch")
@@ -216,17 +215,11 @@ def compile_module(mod: Any, target: Any, pipeline: Any) -> Any:
 
 def _linker_for(target: dict[str, Any], device: Device) -> str | None:
     """The cross compiler for a target whose triple is not this machine's (None: the native compiler)."""
-    import platform
-
-    triple = str(target.get("mtriple", ""))
-    if not triple or triple.startswith(platform.machine()):
-        return None
-    cross = (device.cross_compile or {}).get("cc") or f"{triple}-gcc"
-    if shutil.which(cross) is None:
-        package = (device.cross_compile or {}).get("debian_package", f"gcc-{triple}")
+    cross = cross_compiler(target, device)
+    if cross is not None and shutil.which(cross) is None:
         raise BuildError(
-            f"device '{device.name}': cross compiler '{cross}' not found; "
-            f"install it (apt-get install {package})"
+            f"device '{device.name}': cross compiler '{cross}' not found; run as root: "
+            f"{apt_command(packages_of(cross, device))}"
         )
     return cross
 

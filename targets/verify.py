@@ -7,14 +7,15 @@ artifacts run in order on their own outputs and are compared with onnxruntime on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from nndeploy.errors import VerifyError
-from nndeploy.oracle import DEFAULT_TOLERANCES, Comparison, compare, run_chain, run_model
+from nndeploy.errors import VerifyError, first_line
+from nndeploy.oracle import DEFAULT_TOLERANCES, Comparison, compare, random_inputs, run_chain, run_model
 from nndeploy.targets.loader import NotRunnable, run_artifact, why_not_runnable
 from nndeploy.targets.manifest import Manifest, StageBuild
 from nndeploy.types import Artifact, TensorSpec
@@ -82,23 +83,12 @@ def _compiled_text(artifact: Artifact) -> str:
     return f"TVM llvm {triple.split('-')[0]}" + (" (emulated)" if triple.startswith("aarch64") else "")
 
 
-def random_inputs(
-    specs: tuple[TensorSpec, ...], seed: int, int_high: int | None = None
-) -> dict[str, np.ndarray]:
-    """Seeded random tensors for the given specs (normal floats; booleans; non-negative integers below
-    `int_high`, by default below 100, or 2 for an input named like a mask)."""
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for spec in specs:
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            tensors[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
-        elif dtype.kind == "b":
-            tensors[spec.name] = rng.integers(0, 2, size=spec.shape).astype(bool)
-        else:
-            high = int_high or (2 if "mask" in spec.name else 100)
-            tensors[spec.name] = rng.integers(0, high, size=spec.shape).astype(dtype)
-    return tensors
+def _reference(run: Callable[..., dict[str, np.ndarray]], models: Any, inputs: dict) -> dict[str, np.ndarray]:
+    """`run(models, inputs)` (the oracle), with its failure turned into one VerifyError line."""
+    try:
+        return run(models, inputs)
+    except Exception as exc:  # onnxruntime's errors have no common base class
+        raise VerifyError(f"the reference (onnxruntime) cannot run the model: {first_line(exc)}") from None
 
 
 def load_npz_inputs(path: Path, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
@@ -142,7 +132,7 @@ def verify_build(
     whole: list[Comparison] = []
     for sample in range(1 if npz else samples):
         inputs = load_npz_inputs(npz, model_inputs) if npz else random_inputs(model_inputs, seed=sample)
-        reference = run_chain([str(p) for p in stage_models], inputs)
+        reference = _reference(run_chain, [str(p) for p in stage_models], inputs)
         flowing = dict(inputs)
         for entry in manifest.stages:
             if skipped[entry.stage] is not None:
@@ -159,7 +149,7 @@ def verify_build(
                 chained, _ = run_artifact(build_dir, entry, flowing)
                 flowing.update(chained)
         if all(v is None for v in skipped.values()):
-            expected = run_model(str(original_model), inputs)
+            expected = _reference(run_model, str(original_model), inputs)
             whole += compare(expected, flowing, table)
     stages = tuple(
         Check(

@@ -126,7 +126,10 @@ def test_missing_cross_compiler_says_what_to_install(tmp_path: Path, monkeypatch
     )
     record = build_stage(save(conv_model(), tmp_path), 0, device("aarch64"), tmp_path)
     assert record.artifact is None
-    assert "aarch64-linux-gnu-gcc" in record.error and "apt-get install gcc-aarch64-linux-gnu" in record.error
+    assert (
+        "aarch64-linux-gnu-gcc" in record.error
+        and "apt-get install -y --no-install-recommends gcc-aarch64-linux-gnu" in record.error
+    )
 
 
 def test_tampered_artifact_is_refused_before_loading(tmp_path: Path) -> None:
@@ -167,6 +170,7 @@ def test_missing_nvcc_says_what_to_install(tmp_path: Path, monkeypatch: pytest.M
     )
     record = build_stage(save(conv_model(), tmp_path), 0, device("cuda"), tmp_path)
     assert record.artifact is None and "nvcc not found" in record.error and "CUDA toolkit" in record.error
+    assert "apt-get install nvidia-cuda-toolkit" in record.error and "\n" not in record.error
 
 
 @pytest.mark.gpu

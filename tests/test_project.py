@@ -12,7 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"partitioner": "partitioner", "targets": "targets", "runtime": "runtime", "deploy": "deploy"}
-CORE = ("types", "errors", "graph", "model_prep", "constant_folding", "op_costs", "paths", "cutting")
+CORE = (
+    "types", "errors", "graph", "model_prep", "constant_folding", "op_costs", "paths", "cutting", "oracle",
+    "shape_probe",
+)  # fmt: skip
 
 
 def imports_of(path: Path) -> set[str]:
