@@ -26,6 +26,7 @@ from nndeploy.deploy.options import (
 )
 from nndeploy.deploy.security import container_security, pod_security
 from nndeploy.errors import NNDeployError
+from nndeploy.types import device_resource
 
 SCHEMA_PATH = Path(__file__).with_name("kuberay.schema.json")
 # KubeRay switches to HTTP health probes (no wget needed in the image) for Ray >= 2.53.
@@ -35,11 +36,6 @@ DASHBOARD_PORT = 8265
 RAY_CLIENT_PORT = 10001
 BUILD_VOLUME = "build"
 RAY_TMP_VOLUME = "ray-tmp"  # shared by the Ray head and the serve container: raylet sockets, session files
-
-
-def device_resource(device: str) -> str:
-    """The Ray custom resource a device's node declares (the same name runtime/ray_cluster.py asks for)."""
-    return f"nndeploy-device-{device}"
 
 
 def dns_label(text: str) -> str:

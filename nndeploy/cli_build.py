@@ -64,11 +64,11 @@ def compile_command(
     ] = None,
 ) -> None:
     """Build every stage of PLAN with TVM for its device; write artifacts and manifest.json."""
+    from nndeploy.oracle import float_tolerances
     from nndeploy.planfile import read_plan, write_plan
     from nndeploy.targets.build import BuildRecord
     from nndeploy.targets.build_check import BuildCheck, check_summary
     from nndeploy.targets.compile import compile_stages
-    from nndeploy.targets.verify import float_tolerances
 
     if best_of and db is None:
         raise BuildError("--best-of compares tuned and untuned builds: give the tuning database with --db")
@@ -161,7 +161,8 @@ def verify_command(
 ) -> None:
     """Compare every stage, and the whole chain, with onnxruntime; exit 1 on a mismatch."""
     from nndeploy.model_prep import file_sha256
-    from nndeploy.targets.verify import float_tolerances, verify_build
+    from nndeploy.oracle import float_tolerances
+    from nndeploy.targets.verify import verify_build
 
     manifest, plan = read_build(build_dir)
     model_path = Path(manifest.model_path)

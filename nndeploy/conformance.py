@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from nndeploy.errors import first_line
 from nndeploy.targets.frontend_baseline import run_frontend_as_is
 
 WAYS = ("onnxruntime", "tvm", "nndeploy", "nndeploy+fallback")
@@ -103,7 +104,7 @@ def run_way(case: Case, way: str, scratch: Path) -> tuple[str, str]:
             if problem:
                 return "wrong", problem
     except Exception as exc:  # every way fails in its own words; one line of them is the detail
-        return "error", _first_line(exc)
+        return "error", first_line(exc, with_type=True)
     return "pass", "onnxruntime fallback" if way.startswith("nndeploy") and fallback else ""
 
 
@@ -157,6 +158,7 @@ def _run_nndeploy(
     random inputs (never the case's)."""
     from nndeploy.cli_common import compiler_fallback, write_stage_models
     from nndeploy.graph import load_graph_and_model
+    from nndeploy.oracle import float_tolerances
     from nndeploy.partitioner.planner import plan as make_plan
     from nndeploy.planfile import write_plan
     from nndeploy.targets.build import build_stage
@@ -164,7 +166,6 @@ def _run_nndeploy(
     from nndeploy.targets.cluster import parse_cluster
     from nndeploy.targets.loader import run_artifact
     from nndeploy.targets.manifest import StageBuild
-    from nndeploy.targets.verify import float_tolerances
 
     folder = Path(tempfile.mkdtemp(dir=scratch))
     path = folder / "model.onnx"
@@ -209,7 +210,7 @@ def culprit_job(case: Case, way: str, scratch: Path) -> tuple[str, str]:
     try:
         return "pass", json.dumps(wrong_node_signatures(case, scratch))
     except Exception as exc:  # a case the search cannot take apart: nothing to add
-        return "error", _first_line(exc)
+        return "error", first_line(exc, with_type=True)
 
 
 def wrong_node_signatures(case: Case, scratch: Path) -> list[str]:
@@ -263,13 +264,6 @@ def host_profile() -> str:
         if not missing_cpu_features(profiles[name].tvm_target):
             return name
     return HOST_PROFILES[-1]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    telling = [line for line in lines if "Error" in line or "error" in line]
-    text = telling[-1] if telling else lines[-1] if lines else type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 # --- isolation -----------------------------------------------------------------------------------------

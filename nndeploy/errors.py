@@ -55,7 +55,13 @@ class ProfileError(NNDeployError):
     """`nndeploy profile` cannot measure anything (no device of the cluster can run on this host)."""
 
 
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type's name when it has none)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__
+def first_line(exc: BaseException, with_type: bool = False) -> str:
+    """The most telling line of an exception's message, at most 300 characters: of a multi-line message (a
+    TVM or compiler traceback) the last line naming an error, else the first line; with `with_type`,
+    prefixed by the exception's type."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    telling = [line for line in lines if "Error" in line or "error" in line or "Check failed" in line]
+    text = telling[-1] if telling else lines[0] if lines else ""
+    if with_type or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text[:300]

@@ -167,6 +167,28 @@ def analyze(
     )
 
 
+def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Static input and output specs of a stage model."""
+
+    def spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+        tensor = vi.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        dims = tensor.shape.dim
+        if not tensor.HasField("shape") or any(not d.HasField("dim_value") or d.dim_value < 0 for d in dims):
+            shown = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims]
+            raise ModelError(
+                f"stage tensor '{vi.name}' has no static shape {shown if tensor.HasField('shape') else '?'}; "
+                "plan the model again with this nndeploy (it fixes every boundary shape)"
+            )
+        return TensorSpec(vi.name, tuple(d.dim_value for d in dims), dtype)
+
+    inits = {init.name for init in model.graph.initializer}
+    return (
+        tuple(spec(vi) for vi in model.graph.input if vi.name not in inits),
+        tuple(spec(vi) for vi in model.graph.output),
+    )
+
+
 def check_fixed_outputs(graph: Graph) -> None:
     """Refuse, in one line, a model whose outputs' sizes depend on the input data."""
     dependent = [name for name in graph.outputs if name in graph.data_dependent]

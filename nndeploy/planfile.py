@@ -19,11 +19,6 @@ def schema(name: str) -> dict[str, Any]:
     return json.loads(text)
 
 
-def plan_schema() -> dict[str, Any]:
-    """The JSON Schema every plan.json must satisfy."""
-    return schema("plan")
-
-
 def schema_problem(data: Any, name: str) -> str | None:
     """'field.path: what is wrong' (one line) if `data` breaks schema `name`, else None."""
     import jsonschema

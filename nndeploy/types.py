@@ -455,3 +455,9 @@ class OpSample:
     dtype: str = "float32"
     source: str = "sweep"
     label: str = ""
+
+
+def device_resource(device: str) -> str:
+    """The Ray custom resource that stands for a cluster.yaml device: its node declares it, its stage's
+    actor asks for it (serve --address, and KubeRay's worker groups)."""
+    return f"nndeploy-device-{device}"

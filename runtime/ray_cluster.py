@@ -12,22 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nndeploy.errors import NNDeployError
 from nndeploy.runtime.worker import StageSpec
+from nndeploy.types import device_resource
 
 
 class ServeError(NNDeployError):
     """The serving cluster could not be started or reached."""
-
-
-def device_resource(device: str) -> str:
-    """The Ray custom resource that stands for a cluster.yaml device."""
-    return f"nndeploy-device-{device}"
 
 
 class StageActorImpl:
@@ -227,13 +222,3 @@ class RayStages:
         if self.started_ray:
             ray.shutdown()
             self.started_ray = False
-
-
-def wait_until(predicate: Any, timeout_s: float, period_s: float = 0.1) -> bool:
-    """Poll `predicate` until true or timeout; returns the last value."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(period_s)
-    return bool(predicate())

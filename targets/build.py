@@ -21,11 +21,12 @@ from typing import Any
 import onnx
 
 from nndeploy.errors import BuildError
+from nndeploy.graph import io_specs
 from nndeploy.model_prep import file_sha256
 from nndeploy.targets.build_check import BuildCheck, StageSamples, check_stage, with_outcome
 from nndeploy.targets.cold_measure import weights_cold
 from nndeploy.targets.tuning_db import fingerprint
-from nndeploy.types import Artifact, Device, FallbackNode, TensorSpec
+from nndeploy.types import Artifact, Device, FallbackNode
 
 BUILDER_VERSION = "12"  # bump when the pipeline changes, so cached builds are not reused
 
@@ -246,28 +247,6 @@ def model_artifact(
 
 def _pipeline_name(device: Device) -> str:
     return "cuda-default-dlight" if device.tvm_target.get("kind") == "cuda" else "llvm-default"
-
-
-def io_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Static input and output specs of a stage model."""
-
-    def spec(vi: onnx.ValueInfoProto) -> TensorSpec:
-        tensor = vi.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        dims = tensor.shape.dim
-        if not tensor.HasField("shape") or any(not d.HasField("dim_value") or d.dim_value < 0 for d in dims):
-            shown = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims]
-            raise BuildError(
-                f"stage tensor '{vi.name}' has no static shape {shown if tensor.HasField('shape') else '?'}; "
-                "plan the model again with this nndeploy (it fixes every boundary shape)"
-            )
-        return TensorSpec(vi.name, tuple(d.dim_value for d in dims), dtype)
-
-    inits = {init.name for init in model.graph.initializer}
-    return (
-        tuple(spec(vi) for vi in model.graph.input if vi.name not in inits),
-        tuple(spec(vi) for vi in model.graph.output),
-    )
 
 
 def _build_into(model: onnx.ModelProto, device: Device, folder: Path, tuning_db_dir: Path | None) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from nndeploy.cutting import value_infos
+from nndeploy.errors import first_line
 from nndeploy.types import Artifact
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class BuildCheck:
 
     def table(self) -> dict[str, tuple[float, float]]:
         """The tolerances in force: `verify`'s defaults, overridden by this check's."""
-        from nndeploy.targets.verify import VERIFY_TOLERANCES
+        from nndeploy.oracle import VERIFY_TOLERANCES
 
         return {**VERIFY_TOLERANCES, **self.tolerances}
 
@@ -81,7 +82,9 @@ class StageSamples:
                     _sample(self._model, inputs) for inputs in _sample_inputs(self._model, self._seed)
                 ]
             except Exception as exc:  # onnxruntime's errors have no common base class
-                self.problem = f"onnxruntime cannot run the stage on random inputs ({_first_line(exc)})"
+                self.problem = (
+                    f"onnxruntime cannot run the stage on random inputs ({first_line(exc, with_type=True)})"
+                )
         return self._samples
 
 
@@ -124,7 +127,8 @@ def _check(
             return CheckOutcome(NOT_RUN, str(exc))
         except Exception as exc:  # TVM's runtime errors: the part cannot be trusted to run
             return CheckOutcome(
-                DIFFERS, f"TVM's build fails at run time where onnxruntime runs: {_first_line(exc)}"
+                DIFFERS,
+                f"TVM's build fails at run time where onnxruntime runs: {first_line(exc, with_type=True)}",
             )
         comparisons = compare({s.name: reference[s.name] for s in artifact.outputs}, got, check.table())
         bad = [c for c in comparisons if not c.ok]
@@ -199,8 +203,8 @@ def _sample_inputs(model: onnx.ModelProto, seed: int) -> list[dict[str, np.ndarr
     """Seeded random stage inputs (standard normal floats; integers 0-2, since an integer input may set a
     size at run time, a repeat count or a shape, and large random ones would ask for any amount of
     memory), plus all-false and all-true variants of any boolean ones."""
+    from nndeploy.graph import io_specs
     from nndeploy.oracle import random_inputs
-    from nndeploy.targets.build import io_specs
 
     inputs = random_inputs(io_specs(model)[0], seed, int_high=3)
     masks = [name for name, array in inputs.items() if array.dtype == np.bool_]
@@ -236,9 +240,3 @@ def _library_name(folder: Path) -> str:
 
     meta: dict[str, Any] = json.loads((folder / "meta.json").read_text())
     return str(meta["library"])
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    message = next((line for line in lines if "Error" in line or "Check failed" in line), None)
-    return f"{type(exc).__name__}: {message or (lines[0] if lines else '')}"[:300]

@@ -1,11 +1,9 @@
 """Runs inside the emulated aarch64 python: load a Relax VM library, run `main`, save outputs and timings.
 
 Usage: emulated_runner.py LIBRARY INPUTS.npz OUTPUTS.npz KEY[,KEY...] REPEATS
-       emulated_runner.py --serve LIBRARY KEY[,KEY...]
 Inputs are the arrays of INPUTS.npz in KEY order; OUTPUTS.npz gets out0, out1, ... and latency_ms (one entry
 per timed repeat). Only the standard library, numpy and tvm may be used here. On failure it prints one line
-to stderr and exits 1. With --serve it loads the library once and then answers requests, one per stdin line
-"INPUTS.npz OUTPUTS.npz", with one stdout line each ("ok" or "error: ..."), until stdin closes.
+to stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -45,33 +43,8 @@ def run(library: str, inputs_path: str, outputs_path: str, order: str, repeats: 
     np.savez(outputs_path, latency_ms=np.asarray(latencies, dtype=np.float64), **arrays)
 
 
-def serve(library: str, order: str) -> int:
-    """Answer requests from stdin with the library loaded once (a stage worker's long-lived executor)."""
-    import numpy as np
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
-    device = tvm.cpu()
-    main = VirtualMachine(tvm.runtime.load_module(library), device)["main"]
-    make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
-    print("ready", flush=True)
-    for line in sys.stdin:
-        try:
-            inputs_path, outputs_path = line.split()
-            with np.load(inputs_path, allow_pickle=False) as data:
-                args = [make(np.asarray(data[key], order="C"), device) for key in order.split(",") if key]
-            outputs = _to_numpy(main(*args), np)
-            np.savez(outputs_path, **{f"out{i}": array for i, array in enumerate(outputs)})
-            print("ok", flush=True)
-        except Exception as exc:
-            print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())[-300:]}", flush=True)
-    return 0
-
-
 def main(argv: list[str]) -> int:
     """Entry point; returns the exit status."""
-    if len(argv) == 4 and argv[1] == "--serve":
-        return serve(argv[2], argv[3])
     if len(argv) != 6:
         print("usage: emulated_runner.py LIBRARY INPUTS.npz OUTPUTS.npz KEYS REPEATS", file=sys.stderr)
         return 2

@@ -206,20 +206,6 @@ def _register_kernel_callback() -> None:
 
 
 @cache
-def _emulated_session(path: str, sha256: str, order: tuple[str, ...], names: tuple[str, ...]) -> Any:
-    """One long-lived emulated process per artifact (closed when this process exits)."""
-    import atexit
-
-    from nndeploy.targets.emulate import EmulatedSession, find_emulator
-
-    emulator = find_emulator("aarch64")
-    assert emulator is not None
-    session = EmulatedSession(emulator, Path(path), list(order), list(names))
-    atexit.register(session.close)
-    return session
-
-
-@cache
 def _virtual_machine(path: str, kind: str) -> Any:
     import tvm
     from tvm.runtime.vm import VirtualMachine

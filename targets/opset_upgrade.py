@@ -54,8 +54,8 @@ def _same_results(original: onnx.ModelProto, upgraded: onnx.ModelProto) -> bool:
     neither can run the original (nothing to compare with)."""
     import numpy as np
 
+    from nndeploy.graph import io_specs
     from nndeploy.oracle import random_inputs, run_model
-    from nndeploy.targets.build import io_specs
 
     inputs = random_inputs(io_specs(original)[0], 0, int_high=3)
     try:

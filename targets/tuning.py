@@ -328,7 +328,7 @@ def tune_tasks(
                     done[workload] = EXHAUSTED
                     tuning_db.mark_exhausted(tuning_db.half_dir(db_dir, task.weights_cold), {workload})
     except Exception as exc:  # MetaSchedule raises many types; one line for the user
-        from nndeploy.targets.tvm_pipeline import first_line
+        from nndeploy.errors import first_line
 
         raise BuildError(f"tuning for device '{device.name}' failed: {first_line(exc)}") from None
     if interrupted.requested:

@@ -172,8 +172,8 @@ def import_problem(
 ) -> str | None:
     """None if TVM's frontend imports the node on its own with its static shapes, else its first line;
     with `expand_unless` (the ops TVM imports) the node is first expanded as the build will expand it."""
+    from nndeploy.errors import first_line
     from nndeploy.targets.tvm_converters import from_onnx
-    from nndeploy.targets.tvm_pipeline import first_line
 
     inputs = [types[n] for n in dict.fromkeys(node.input) if n and n not in initializers and n in types]
     outputs = [types[n] for n in node.output if n and n in types]

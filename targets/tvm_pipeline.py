@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from nndeploy.errors import BuildError
+from nndeploy.errors import BuildError, first_line
 from nndeploy.targets.function_expansion import expand_functions
 from nndeploy.targets.host_tools import NVCC_HINT, apt_command, cross_compiler, packages_of
 from nndeploy.targets.onnx_rewrites import fold_batch_norms, sums_to_adds
@@ -234,10 +234,3 @@ def _export(executable: Any, path: Path, cross: str | None) -> None:
             executable.export_library(str(path), fcompile=cc.cross_compiler(cross))
     except Exception as exc:
         raise BuildError(f"linking the stage library failed: {first_line(exc)}") from None
-
-
-def first_line(exc: BaseException) -> str:
-    """The most telling line of a (multi-line) TVM or compiler error message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    meaningful = [line for line in lines if "Error" in line or "error" in line]
-    return (meaningful[-1] if meaningful else lines[-1] if lines else type(exc).__name__)[:300]

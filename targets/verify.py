@@ -15,22 +15,10 @@ from typing import Any
 import numpy as np
 
 from nndeploy.errors import VerifyError, first_line
-from nndeploy.oracle import DEFAULT_TOLERANCES, Comparison, compare, random_inputs, run_chain, run_model
+from nndeploy.oracle import VERIFY_TOLERANCES, Comparison, compare, random_inputs, run_chain, run_model
 from nndeploy.targets.loader import NotRunnable, run_artifact, why_not_runnable
 from nndeploy.targets.manifest import Manifest, StageBuild
 from nndeploy.types import Artifact, TensorSpec
-
-# Compiled code reorders floating-point sums, so it is held to looser bounds than onnxruntime vs itself.
-VERIFY_TOLERANCES: dict[str, tuple[float, float]] = {**DEFAULT_TOLERANCES, "float32": (1e-4, 1e-3)}
-
-
-def float_tolerances(atol: float | None, rtol: float | None) -> dict[str, tuple[float, float]]:
-    """Per float dtype (atol, rtol): `verify`'s defaults, with the given ones in their place."""
-    table = {}
-    for dtype in ("float64", "float32", "float16", "bfloat16"):
-        default_atol, default_rtol = VERIFY_TOLERANCES[dtype]
-        table[dtype] = (default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
-    return table
 
 
 @dataclass(frozen=True)
