@@ -15,7 +15,7 @@ For each model, only through nndeploy's own functions:
 1. plan it (load_graph, restrict_to_compiler, plan) on a cluster of one x86-avx512-server ("server"), one
    raspberry-pi-5 ("pi") and one nvidia-t4 ("gpu"), every pair joined by --gbps/--latency-ms links; requests
    arrive at the Pi and results go to the server;
-2. cut it (write_stage_models) and build every stage with TVM (compile_stages, --jobs in parallel) into
+2. cut it (write_stage_models) and build every stage with TVM (compile_plan, --jobs in parallel) into
    <out>/<model>/ (out: --out, else a temporary folder removed at the end unless --keep);
 3. verify every stage and the whole chain against onnxruntime (verify_build). aarch64 stages run under the
    qemu emulator when `nndeploy emulator setup aarch64` was done (find_emulator), CUDA stages only where
@@ -54,16 +54,16 @@ import onnx
 from compile_verify_report import results_table
 from rich.console import Console
 
-from nndeploy.cli_common import write_stage_models
+from nndeploy.cli.common import write_stage_models
 from nndeploy.graph import load_graph
 from nndeploy.oracle import random_inputs, run_chain, session
 from nndeploy.partitioner.planner import plan as make_plan
 from nndeploy.planfile import write_plan
-from nndeploy.targets.cluster import parse_cluster
-from nndeploy.targets.compile import compile_stages
-from nndeploy.targets.emulate import find_emulator
-from nndeploy.targets.loader import run_artifact, why_not_runnable
-from nndeploy.targets.tvm_ops import restrict_to_compiler
+from nndeploy.targets.artifacts.emulator import find_emulator
+from nndeploy.targets.artifacts.loader import run_artifact, why_not_runnable
+from nndeploy.targets.compile import compile_plan
+from nndeploy.targets.devices.cluster import parse_cluster
+from nndeploy.targets.frontend.ops import restrict_to_compiler
 from nndeploy.targets.verify import verify_build
 
 DEFAULT_THREADS = 2
@@ -290,7 +290,7 @@ def run_one(name: str, root: Path, cluster: Any, opts: Options) -> dict[str, Any
             state = "FAILED" if record.error else "cached" if record.cached else f"{record.seconds:.1f} s"
             err.print(f"    stage {record.stage} on {record.device}: {state}")
 
-        manifest = compile_stages(
+        manifest = compile_plan(
             plan,
             "plan.json",
             stage_models,

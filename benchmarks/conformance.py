@@ -4,7 +4,8 @@ by TVM, and nndeploy with its onnxruntime fallback, on the onnx package's own no
     python benchmarks/conformance.py                       # every case, 2 worker processes
     python benchmarks/conformance.py --sample 100 --json conformance.json
     python benchmarks/conformance.py --cases test_abs,test_celu
-    python benchmarks/conformance.py --write-known-wrong   # also regenerate targets/data/tvm_known_wrong.json
+    python benchmarks/conformance.py --write-known-wrong
+        # also regenerates targets/frontend/data/tvm_known_wrong.json
 
 Each (case, way) runs in a worker process with a time limit (a TVM crash or hang costs one case). Prints
 per op type and in total how many cases each way passes, then the comparisons the issue asks for: cases
@@ -42,10 +43,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from conformance_runner import WAYS, IsolatedPool, load_cases
     from rich.console import Console
     from rich.table import Table
-
-    from nndeploy.conformance import WAYS, IsolatedPool, load_cases
 
     started = time.monotonic()
     cases = load_cases(args.cases.split(",") if args.cases else None)
@@ -225,10 +225,10 @@ def write_known_wrong(results: dict, cases: list, workers: int, timeout: float) 
     node; in a case of several nodes each node is run alone on onnxruntime's values of its inputs."""
     import onnx
     import onnxruntime
+    from conformance_runner import IsolatedPool, culprit_job
 
-    from nndeploy.conformance import IsolatedPool, culprit_job
-    from nndeploy.targets.build import tvm_version
-    from nndeploy.targets.tvm_coverage import write_known_wrong as write
+    from nndeploy.targets.build.record import tvm_version
+    from nndeploy.targets.frontend.coverage import write_known_wrong as write
 
     wrong = [
         case

@@ -29,10 +29,10 @@ from nndeploy.partitioner.calibration import CalibratedCostModel, Calibration, f
 from nndeploy.partitioner.cost import CostModel, RooflineCostModel
 from nndeploy.partitioner.planner import plan
 from nndeploy.partitioner.split import split
-from nndeploy.targets import profiling
-from nndeploy.targets.cluster import parse_cluster
-from nndeploy.targets.measured_profile import measured_profile_data
-from nndeploy.targets.registry import device_from_profile, load_profiles, parse_profile
+from nndeploy.targets.devices.cluster import parse_cluster
+from nndeploy.targets.devices.measured import measured_profile_data
+from nndeploy.targets.devices.registry import device_from_profile, load_profiles, parse_profile
+from nndeploy.targets.measure import profiling
 from nndeploy.types import Cluster, Device
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nndeploy.targets.manifest import StageBuild
+    from nndeploy.targets.artifacts.manifest import StageBuild
 
 FAMILIES = (
     ("conv2d", "Conv"),

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nndeploy.graph import load_graph
 from nndeploy.partitioner.planner import plan
-from nndeploy.targets.cluster import parse_cluster
+from nndeploy.targets.devices.cluster import parse_cluster
 
 CLUSTER = {
     "name": "bench-4-devices",

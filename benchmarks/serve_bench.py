@@ -21,7 +21,7 @@ alternates the two things it compares, --repeats rounds of --requests requests e
    at each --concurrency. Each stage is also timed alone; the bound is 1 / the slowest stage.
    Prints throughput, measured / bound (goal >= 0.8) and the speed-up over concurrency 1.
 3. End-to-end overhead: --model planned on --cluster (restrict_to_compiler, plan), cut
-   (write_stage_models) and compiled with TVM (compile_stages; content-cached, so a second run does no
+   (write_stage_models) and compiled with TVM (compile_plan; content-cached, so a second run does no
    build work) into a temporary folder (or --build-dir); then (a) the stage artifacts run one after the
    other in this process (run_artifact) against (b) the same artifacts behind the chain of workers +
    endpoint (stage_specs, model_spec, artifact_executor), concurrency 1. Both (a) and (b) check the
@@ -274,20 +274,20 @@ def part_pipeline(args: argparse.Namespace) -> None:
 
 def build(args: argparse.Namespace, folder: Path) -> tuple[Any, Any]:
     """Plan, cut and compile --model on --cluster into `folder`; returns (plan, manifest)."""
-    from nndeploy.cli_common import write_stage_models
+    from nndeploy.cli.common import write_stage_models
     from nndeploy.graph import load_graph
     from nndeploy.partitioner.planner import plan as make_plan
     from nndeploy.planfile import write_plan
-    from nndeploy.targets.cluster import load_cluster
-    from nndeploy.targets.compile import compile_stages
-    from nndeploy.targets.tvm_ops import restrict_to_compiler
+    from nndeploy.targets.compile import compile_plan
+    from nndeploy.targets.devices.cluster import load_cluster
+    from nndeploy.targets.frontend.ops import restrict_to_compiler
 
     graph = load_graph(args.model)
     cluster = restrict_to_compiler(load_cluster(args.cluster))
     plan = make_plan(graph, cluster, args.objective)
     plan_file = write_plan(plan, folder / "plan.json")
     model_path, stage_models = write_stage_models(plan, plan_file, folder / "stages", args.model)
-    manifest = compile_stages(
+    manifest = compile_plan(
         plan, "plan.json", stage_models, folder, args.jobs, None, None, model_path=str(model_path.resolve())
     )
     return plan, manifest
@@ -295,7 +295,7 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[Any, Any]:
 
 def part_end_to_end(args: argparse.Namespace) -> None:
     from nndeploy.runtime.chain import artifact_executor, model_spec, stage_specs
-    from nndeploy.targets.loader import run_artifact, why_not_runnable
+    from nndeploy.targets.artifacts.loader import run_artifact, why_not_runnable
 
     folder = args.build_dir or Path(tempfile.mkdtemp(prefix="nndeploy-serve-bench-"))
     folder.mkdir(parents=True, exist_ok=True)

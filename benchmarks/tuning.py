@@ -6,7 +6,7 @@
 For each model, only through nndeploy's own functions:
 1. plan it on one CPU server (x86-avx512-server where this CPU has AVX-512, else x86-avx2-server) and cut
    the one stage (write_stage_models);
-2. compile it untuned into a fresh build cache (compile_stages), timing the compile;
+2. compile it untuned into a fresh build cache (compile_plan), timing the compile;
 3. for each budget (cumulative: "5m,30m" tunes 5 minutes, measures, then tunes 25 more): tune (tune_plan
    into --db, shared by the models), compile with the database into a fresh cache, timing it and checking
    that the database did not change (the compile ran no trials), then time the tuned artifact, the untuned
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nndeploy.targets.manifest import Manifest, StageBuild
+    from nndeploy.targets.artifacts.manifest import Manifest, StageBuild
     from nndeploy.types import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,13 +64,13 @@ def host_profile() -> str:
 def fresh_compile(
     plan: Plan, stage_models: list[Path], out_dir: Path, db: Path | None
 ) -> tuple[Manifest, float]:
-    """compile_stages into `out_dir` with an empty build cache; returns (manifest, seconds)."""
-    from nndeploy.targets.compile import compile_stages
+    """compile_plan into `out_dir` with an empty build cache; returns (manifest, seconds)."""
+    from nndeploy.targets.compile import compile_plan
 
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
         os.environ["NNDEPLOY_CACHE_DIR"] = cache
         started = time.perf_counter()
-        manifest = compile_stages(plan, "plan.json", stage_models, out_dir, tuning_db_root=db)
+        manifest = compile_plan(plan, "plan.json", stage_models, out_dir, tuning_db_root=db)
         seconds = time.perf_counter() - started
     os.environ.pop("NNDEPLOY_CACHE_DIR")
     if not manifest.ok:
@@ -85,7 +85,7 @@ def time_side_by_side(
     import numpy as np
 
     from nndeploy.oracle import random_inputs, session
-    from nndeploy.targets.loader import run_artifact
+    from nndeploy.targets.artifacts.loader import run_artifact
 
     first = next(iter(builds.values()))[1].artifact
     feed = random_inputs(first.inputs, 0)
@@ -142,8 +142,8 @@ def _time_one(build_dir: Path, stage: int, runs: int) -> float:
     import numpy as np
 
     from nndeploy.oracle import random_inputs
-    from nndeploy.targets.loader import run_artifact
-    from nndeploy.targets.manifest import read_manifest
+    from nndeploy.targets.artifacts.loader import run_artifact
+    from nndeploy.targets.artifacts.manifest import read_manifest
 
     entry = read_manifest(build_dir).stages[stage]
     assert entry.artifact is not None
@@ -192,13 +192,13 @@ def run_model(
     name: str, budgets: list[float], db: Path, threads: int, repeats: int, work: Path, already: float = 0.0
 ) -> dict:
     """Every measurement for one model (see the module docstring)."""
-    from nndeploy.cli_common import write_stage_models
+    from nndeploy.cli.common import write_stage_models
     from nndeploy.graph import load_graph
     from nndeploy.partitioner.planner import plan as make_plan
     from nndeploy.planfile import write_plan
-    from nndeploy.targets.cluster import parse_cluster
-    from nndeploy.targets.tune_plan import tune_plan
-    from nndeploy.targets.tuning_db import fingerprint, target_db_dir, trials_per_workload
+    from nndeploy.targets.devices.cluster import parse_cluster
+    from nndeploy.targets.tune import tune_plan
+    from nndeploy.targets.tuning.database import fingerprint, target_db_dir, trials_per_workload
 
     path, shapes = model_file(name)
     profile = host_profile()
@@ -370,7 +370,7 @@ def main() -> None:
     if args.time_ort:
         print(_time_ort(args.time_ort, args.threads, args.repeats))
         return
-    from nndeploy.cli_tune import parse_duration
+    from nndeploy.cli.tune import parse_duration
 
     budgets = [parse_duration(b) for b in args.budgets.split(",")]
     results = []

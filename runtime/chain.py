@@ -11,8 +11,8 @@ import numpy as np
 
 from nndeploy.runtime.endpoint import ModelSpec
 from nndeploy.runtime.worker import Execute, StageSpec
-from nndeploy.targets.loader import run_artifact
-from nndeploy.targets.manifest import Manifest, StageBuild, checked_artifact_path
+from nndeploy.targets.artifacts.loader import run_artifact
+from nndeploy.targets.artifacts.manifest import Manifest, StageBuild, checked_artifact_path
 from nndeploy.types import Plan
 
 

@@ -33,7 +33,7 @@ class StageActorImpl:
     ) -> None:
         from nndeploy.runtime.chain import artifact_executor
         from nndeploy.runtime.worker import serve_stage
-        from nndeploy.targets.manifest import read_manifest
+        from nndeploy.targets.artifacts.manifest import read_manifest
 
         manifest = read_manifest(build_dir)
         entry = next(e for e in manifest.stages if e.stage == stage)

@@ -16,8 +16,8 @@ from nndeploy.runtime.endpoint import Endpoint, ModelSpec, start_endpoint
 from nndeploy.runtime.metrics import start_metrics_server
 from nndeploy.runtime.ray_cluster import RayStages, ServeError
 from nndeploy.runtime.tls import TlsFiles
-from nndeploy.targets.loader import why_not_runnable
-from nndeploy.targets.manifest import Manifest
+from nndeploy.targets.artifacts.loader import why_not_runnable
+from nndeploy.targets.artifacts.manifest import Manifest
 from nndeploy.types import Plan
 
 

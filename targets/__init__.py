@@ -1,9 +1,9 @@
-"""nndeploy.targets: the device-capability registry, cluster.yaml parsing, and per-target builds."""
+"""nndeploy.targets: devices and cluster.yaml, the ONNX frontend, per-target builds, tuning, artifacts and
+measurement, each a room of its own; the verbs (compile, tune, verify, inspect) are modules at this root."""
 
-from nndeploy.targets.cluster import load_cluster, parse_cluster
-from nndeploy.targets.registry import (
+from nndeploy.targets.devices.cluster import load_cluster, parse_cluster
+from nndeploy.targets.devices.registry import (
     Profile,
-    check_tvm_target,
     closest_names,
     device_from_profile,
     load_profiles,
@@ -11,7 +11,6 @@ from nndeploy.targets.registry import (
 
 __all__ = [
     "Profile",
-    "check_tvm_target",
     "closest_names",
     "device_from_profile",
     "load_cluster",

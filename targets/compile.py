@@ -11,19 +11,21 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from nndeploy.errors import HostToolError
-from nndeploy.targets.best_of import choose
-from nndeploy.targets.build import BuildRecord, build_stage, fallback_build, tvm_version
-from nndeploy.targets.build_check import BuildCheck
-from nndeploy.targets.host_tools import ensure_cross_compiler
-from nndeploy.targets.manifest import Manifest, StageBuild, write_manifest
-from nndeploy.targets.tune_plan import why_not_tunable
-from nndeploy.targets.tuning_db import has_records, target_db_dir
+from nndeploy.targets.artifacts.host_tools import ensure_cross_compiler
+from nndeploy.targets.artifacts.manifest import Manifest, StageBuild, write_manifest
+from nndeploy.targets.build.best_of import choose
+from nndeploy.targets.build.check import BuildCheck
+from nndeploy.targets.build.compiled import fallback_build
+from nndeploy.targets.build.record import BuildRecord, tvm_version
+from nndeploy.targets.build.stage import build_stage
+from nndeploy.targets.tuning.database import has_records, target_db_dir
+from nndeploy.targets.tuning.tuner import why_not_tunable
 from nndeploy.types import Device, Plan
 
 ProgressCallback = Callable[[BuildRecord], None]
 
 
-def compile_stages(
+def compile_plan(
     plan: Plan,
     plan_file: str,
     stage_models: Sequence[Path],
@@ -43,7 +45,7 @@ def compile_stages(
     is recorded with its reason and the others are still built. With `tuning_db_root`, stages whose
     target has tuning records get the tuned build; with `best_of`, such stages that this machine can run
     are also built untuned (and for onnxruntime, if `fallback` allows it), timed, and the fastest kept.
-    With `check`, each TVM-built part is checked against onnxruntime as it is built (see build_check).
+    With `check`, each TVM-built part is checked against onnxruntime as it is built (see build.check).
     A missing cross compiler is installed first where this host can (`log` says so), else its stages fail
     with the command to run."""
     out_dir.mkdir(parents=True, exist_ok=True)

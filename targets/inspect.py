@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nndeploy.errors import ArtifactError
-from nndeploy.targets.manifest import Manifest
+from nndeploy.targets.artifacts.manifest import Manifest
 
 # Instruction classes worth a line in the summary, per architecture: (label, regex on the mnemonic).
 CLASSES: dict[str, tuple[tuple[str, str], ...]] = {

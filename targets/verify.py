@@ -16,8 +16,8 @@ import numpy as np
 
 from nndeploy.errors import VerifyError, first_line
 from nndeploy.oracle import VERIFY_TOLERANCES, Comparison, compare, random_inputs, run_chain, run_model
-from nndeploy.targets.loader import NotRunnable, run_artifact, why_not_runnable
-from nndeploy.targets.manifest import Manifest, StageBuild
+from nndeploy.targets.artifacts.loader import NotRunnable, run_artifact, why_not_runnable
+from nndeploy.targets.artifacts.manifest import Manifest, StageBuild
 from nndeploy.types import Artifact, TensorSpec
 
 

@@ -35,7 +35,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip `gpu` tests without nvidia-smi and `emulator` tests when the aarch64 emulator is not set up."""
-    from nndeploy.targets.emulate import find_emulator
+    from nndeploy.targets.artifacts.emulator import find_emulator
 
     skips = {
         "gpu": (shutil.which("nvidia-smi") is None, "no NVIDIA GPU on this machine"),
@@ -71,7 +71,7 @@ def example_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Callable[..., Any]:
     """Build a Cluster from a cluster.yaml-shaped dict (profiles resolved from the registry)."""
-    from nndeploy.targets.cluster import parse_cluster
+    from nndeploy.targets.devices.cluster import parse_cluster
 
     def build(data: dict[str, Any], extra_profile_paths: tuple[Path, ...] = ()) -> Any:
         return parse_cluster(data, "cluster.yaml", tmp_path, extra_profile_paths)

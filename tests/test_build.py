@@ -13,9 +13,9 @@ import pytest
 
 from nndeploy.errors import ArtifactError
 from nndeploy.model_prep import file_sha256
-from nndeploy.targets.build import build_stage
-from nndeploy.targets.manifest import checked_artifact_path
-from nndeploy.targets.registry import device_from_profile, load_profiles
+from nndeploy.targets.artifacts.manifest import checked_artifact_path
+from nndeploy.targets.build.stage import build_stage
+from nndeploy.targets.devices.registry import device_from_profile, load_profiles
 
 from models import attention_model, conv_model, uncompilable_model
 
@@ -93,8 +93,8 @@ def test_op_tvm_cannot_import_names_node_and_op_or_falls_back(tmp_path: Path) ->
     """Without fallback the stage fails naming the node; with it, only that node runs on onnxruntime,
     between two TVM-built parts, and the stage still computes what onnxruntime does."""
     from nndeploy.oracle import run_model
-    from nndeploy.targets.loader import run_artifact
-    from nndeploy.targets.manifest import StageBuild
+    from nndeploy.targets.artifacts.loader import run_artifact
+    from nndeploy.targets.artifacts.manifest import StageBuild
 
     path = save(uncompilable_model(), tmp_path)
     record = build_stage(path, 0, device("x86"), tmp_path)
@@ -155,7 +155,7 @@ def test_unknown_target_kind_is_refused(tmp_path: Path) -> None:
 
 
 def test_plan_time_op_support_comes_from_tvm(make_cluster) -> None:
-    from nndeploy.targets.tvm_ops import restrict_to_compiler, tvm_onnx_ops
+    from nndeploy.targets.frontend.ops import restrict_to_compiler, tvm_onnx_ops
 
     ops = tvm_onnx_ops()
     assert {"Conv", "MatMul", "Softmax", "LayerNormalization"} <= ops and "ReverseSequence" not in ops
@@ -176,8 +176,8 @@ def test_missing_nvcc_says_what_to_install(tmp_path: Path, monkeypatch: pytest.M
 @pytest.mark.gpu
 def test_cuda_stage_executes_on_a_gpu_and_matches_onnxruntime(tmp_path: Path) -> None:
     from nndeploy.oracle import compare, run_model
-    from nndeploy.targets.loader import run_artifact, why_not_runnable
-    from nndeploy.targets.manifest import StageBuild
+    from nndeploy.targets.artifacts.loader import run_artifact, why_not_runnable
+    from nndeploy.targets.artifacts.manifest import StageBuild
 
     from models import random_inputs
 
@@ -210,7 +210,7 @@ def test_cuda_kernels_load_from_the_builds_fatbins_after_a_sha256_check(tmp_path
     import tvm_ffi
 
     from nndeploy.errors import ArtifactError
-    from nndeploy.targets.loader import offer_prebuilt_kernels
+    from nndeploy.targets.artifacts.loader import offer_prebuilt_kernels
     from nndeploy.types import Artifact
 
     source = 'extern "C" __global__ void add_kernel(float* x) { x[threadIdx.x] += 1.0f; }'
@@ -254,7 +254,7 @@ def test_cuda_kernels_load_from_the_builds_fatbins_after_a_sha256_check(tmp_path
 def test_cpu_stages_get_compiled_vm_control_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The VM's control code is native for CPU stages (faster between kernels), interpreted on request."""
     from nndeploy.errors import BuildError
-    from nndeploy.targets.tvm_pipeline import vm_exec_mode
+    from nndeploy.targets.build.codegen import vm_exec_mode
 
     record = build_stage(save(conv_model(), tmp_path), 0, device("x86"), tmp_path / "a")
     assert record.artifact is not None and record.artifact.options["vm"] == "compiled"

@@ -12,9 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_cli import assert_user_error, nndeploy
 
-from nndeploy.targets.build import build_stage
-from nndeploy.targets.build_check import BuildCheck, StageSamples, _sample_inputs
-from nndeploy.targets.registry import device_from_profile, load_profiles
+from nndeploy.targets.build.check import BuildCheck, StageSamples, _sample_inputs
+from nndeploy.targets.build.stage import build_stage
+from nndeploy.targets.devices.registry import device_from_profile, load_profiles
 from nndeploy.types import Device
 
 EXACT = BuildCheck({dtype: (0.0, 0.0) for dtype in ("float32", "float16", "float64")})
@@ -70,8 +70,8 @@ def test_the_differing_node_alone_goes_to_onnxruntime_with_fallback(three: Path,
     """Checked node by node on onnxruntime's own values, only the Exp differs: both negations stay
     compiled, and the stage computes what onnxruntime computes."""
     from nndeploy.oracle import run_model
-    from nndeploy.targets.loader import run_artifact
-    from nndeploy.targets.manifest import StageBuild
+    from nndeploy.targets.artifacts.loader import run_artifact
+    from nndeploy.targets.artifacts.manifest import StageBuild
 
     record = build_stage(three, 0, x86(), tmp_path / "build", "onnxruntime", check=EXACT)
     artifact = record.artifact

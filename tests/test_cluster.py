@@ -1,4 +1,4 @@
-"""Tests for nndeploy.targets.cluster: the example clusters, every validation error, link lookup."""
+"""Tests for nndeploy.targets.devices.cluster: the example clusters, every validation error, link lookup."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from nndeploy.errors import ClusterError
-from nndeploy.targets.cluster import MAX_DEVICES, load_cluster, parse_cluster
-from nndeploy.targets.registry import BUILTIN_DIR, PROFILE_PATH_ENV
+from nndeploy.targets.devices.cluster import MAX_DEVICES, load_cluster, parse_cluster
+from nndeploy.targets.devices.registry import BUILTIN_DIR, PROFILE_PATH_ENV
 from nndeploy.types import Cluster
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "clusters"

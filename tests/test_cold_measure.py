@@ -10,7 +10,8 @@ from test_cli import nndeploy
 from test_tuning import ONE_SERVER, avx2_host, matmul_model
 
 from nndeploy.errors import BuildError
-from nndeploy.targets import cold_measure, tuning_db
+from nndeploy.targets.tuning import cold as cold_measure
+from nndeploy.targets.tuning import database as tuning_db
 
 
 def write_cache(folder: Path, index: int, level: int, kind: str, size: str) -> None:

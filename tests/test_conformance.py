@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from nndeploy.conformance import WAYS, Case, IsolatedPool, load_cases
+from conformance_runner import WAYS, Case, IsolatedPool, load_cases
 
 SAMPLE = ("test_abs", "test_relu", "test_softmax_axis_0", "test_celu", "test_lstm_defaults", "test_cumsum_1d")
 
@@ -70,7 +69,7 @@ def test_a_crash_or_a_hang_costs_one_case(tmp_path: Path) -> None:
 def test_the_node_tvm_computes_wrongly_is_found_on_its_own(tmp_path: Path) -> None:
     """IsInf with detect_negative=0 compiles and answers True for -inf too; run node by node, that node is
     the one named."""
-    from nndeploy.conformance import wrong_node_signatures
+    from conformance_runner import wrong_node_signatures
 
     (isinf,) = load_cases(["test_isinf_positive"])
     assert wrong_node_signatures(isinf, tmp_path) == ["ai.onnx.IsInf(float32[1]; detect_negative=0) -> 1"]
@@ -79,7 +78,7 @@ def test_the_node_tvm_computes_wrongly_is_found_on_its_own(tmp_path: Path) -> No
 
 
 def test_shipped_known_wrong_list_was_generated_and_is_used() -> None:
-    from nndeploy.targets.tvm_coverage import KNOWN_WRONG_FILE, load_known_wrong
+    from nndeploy.targets.frontend.coverage import KNOWN_WRONG_FILE, load_known_wrong
 
     data = json.loads(KNOWN_WRONG_FILE.read_text())
     assert data["generated_by"]["by"].startswith("benchmarks/conformance.py --write-known-wrong")

@@ -1,4 +1,4 @@
-"""The project's own TVM converters (targets/tvm_converters.py, targets/tvm_recurrent.py): each op,
+"""The project's own TVM converters (targets/frontend/converters.py, targets/frontend/recurrent.py): each op,
 imported through the extended importer, compiled for llvm and run, against onnxruntime."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def compiled_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> li
     import tvm
     from tvm import relax
 
-    from nndeploy.targets.tvm_converters import from_onnx
+    from nndeploy.targets.frontend.converters import from_onnx
 
     shapes = {name: list(x.shape) for name, x in feeds.items()}
     dtypes = {name: x.dtype.name for name, x in feeds.items()}
@@ -105,7 +105,7 @@ def test_recurrent_ops_match_onnxruntime(op: str, attrs: dict) -> None:
 
 
 def test_recurrent_op_with_short_sequences_is_refused() -> None:
-    from nndeploy.targets.tvm_converters import from_onnx
+    from nndeploy.targets.frontend.converters import from_onnx
 
     model, _ = recurrent_model("GRU", 3, seq=5, batch=3, size=4, hidden=6)
     lengths = next(t for t in model.graph.initializer if t.name == "lengths")

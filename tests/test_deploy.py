@@ -19,7 +19,7 @@ MIB = 1024**2
 
 
 def fake_build(plan_path: Path) -> Path:
-    """A build folder next to `plan_path` whose manifest.json has targets/manifest.py's schema, with
+    """A build folder next to `plan_path` whose manifest.json has targets/artifacts/manifest.py's schema, with
     one small file per stage standing in for the compiled artifact."""
     build = plan_path.parent
     plan = json.loads(plan_path.read_text())

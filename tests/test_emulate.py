@@ -1,4 +1,5 @@
-"""Tests for targets/emulate.py: the cached aarch64 environment under qemu-user and running artifacts in it.
+"""Tests for targets/artifacts/emulator.py: the cached aarch64 environment under qemu-user and running
+artifacts in it.
 
 The `emulator` tests set the environment up in the user's cache on first use (about a minute, then cached)
 and run real cross-compiled TVM libraries against onnxruntime.
@@ -16,8 +17,8 @@ import pytest
 
 from nndeploy.errors import EmulatorError, NNDeployError
 from nndeploy.oracle import run_model
-from nndeploy.targets import emulate
-from nndeploy.targets.emulate import (
+from nndeploy.targets.artifacts import emulator as emulate
+from nndeploy.targets.artifacts.emulator import (
     Emulator,
     emulator_dir,
     find_emulator,

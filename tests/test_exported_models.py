@@ -229,7 +229,7 @@ def test_onnxruntime_has_no_kernel_for_these_old_opsets() -> None:
 @pytest.mark.parametrize("name", list(OLD_OPSETS))
 def test_old_opsets_are_upgraded_when_the_reference_agrees(name: str) -> None:
     from nndeploy.oracle import run_model
-    from nndeploy.targets.opset_upgrade import upgrade_opset
+    from nndeploy.targets.frontend.opset_upgrade import upgrade_opset
 
     model = OLD_OPSETS[name]
     upgraded = upgrade_opset(model)

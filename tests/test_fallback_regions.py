@@ -16,12 +16,12 @@ from nndeploy.errors import PlanError
 from nndeploy.graph import load_graph, load_prepared_model
 from nndeploy.partitioner.planner import plan
 from nndeploy.planfile import read_plan, write_plan
-from nndeploy.targets import tvm_coverage
-from nndeploy.targets.build import build_stage
-from nndeploy.targets.loader import run_artifact
-from nndeploy.targets.manifest import Manifest, StageBuild
-from nndeploy.targets.registry import device_from_profile, load_profiles
-from nndeploy.targets.tvm_coverage import compiler_problems
+from nndeploy.targets.artifacts.loader import run_artifact
+from nndeploy.targets.artifacts.manifest import Manifest, StageBuild
+from nndeploy.targets.build.stage import build_stage
+from nndeploy.targets.devices.registry import device_from_profile, load_profiles
+from nndeploy.targets.frontend import coverage as tvm_coverage
+from nndeploy.targets.frontend.coverage import compiler_problems
 from nndeploy.types import Device, FallbackNode
 
 from conftest import servers
@@ -191,8 +191,8 @@ def test_endpoint_metadata_names_the_onnxruntime_nodes(mixed: Path, make_cluster
 def test_ops_tvm_lacks_are_expanded_into_their_standard_definition(op: str, attributes: dict) -> None:
     """The expansion computes what onnxruntime computes on the original node, and TVM then imports it."""
     from nndeploy.oracle import run_model
-    from nndeploy.targets.function_expansion import expand_functions
-    from nndeploy.targets.tvm_ops import tvm_onnx_ops
+    from nndeploy.targets.frontend.expansion import expand_functions
+    from nndeploy.targets.frontend.ops import tvm_onnx_ops
 
     node = helper.make_node(op, ["x"], ["y"], name="op", **attributes)
     graph = helper.make_graph(
@@ -212,7 +212,7 @@ def test_ops_tvm_lacks_are_expanded_into_their_standard_definition(op: str, attr
 
 def test_local_functions_are_inlined(tmp_path: Path) -> None:
     from nndeploy.oracle import run_model
-    from nndeploy.targets.function_expansion import expand_functions
+    from nndeploy.targets.frontend.expansion import expand_functions
 
     body = helper.make_function(
         "local",

@@ -14,7 +14,7 @@ import pytest
 from nndeploy.graph import load_graph
 from nndeploy.partitioner.planner import plan
 from nndeploy.planfile import plan_text
-from nndeploy.targets.cluster import load_cluster
+from nndeploy.targets.devices.cluster import load_cluster
 
 from models import light_model_path
 

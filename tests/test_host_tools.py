@@ -14,8 +14,8 @@ import pytest
 from test_cli import nndeploy
 
 from nndeploy.errors import HostToolError
-from nndeploy.targets import host_tools
-from nndeploy.targets.registry import device_from_profile, load_profiles
+from nndeploy.targets.artifacts import host_tools
+from nndeploy.targets.devices.registry import device_from_profile, load_profiles
 
 from models import conv_model
 

@@ -31,8 +31,8 @@ from nndeploy.runtime.chain import free_ports
 from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
 from nndeploy.runtime.links import CHANNEL_OPTIONS
 from nndeploy.runtime.worker import StageSpec, serve_stage
-from nndeploy.targets.cluster import parse_cluster
-from nndeploy.targets.manifest import read_manifest
+from nndeploy.targets.artifacts.manifest import read_manifest
+from nndeploy.targets.devices.cluster import parse_cluster
 from nndeploy.types import TensorSpec
 
 from models import chain_model

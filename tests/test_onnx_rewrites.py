@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from nndeploy.oracle import run_model
-from nndeploy.targets.onnx_rewrites import fold_batch_norms
+from nndeploy.targets.frontend.rewrites import fold_batch_norms
 
 from models import conv_model, light_model_path, random_inputs
 

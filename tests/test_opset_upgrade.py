@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from nndeploy.oracle import run_model
-from nndeploy.targets.build import build_stage
-from nndeploy.targets.loader import run_artifact
-from nndeploy.targets.manifest import StageBuild
-from nndeploy.targets.opset_upgrade import FRONTEND_OPSET, default_opset, upgrade_opset
-from nndeploy.targets.registry import device_from_profile, load_profiles
+from nndeploy.targets.artifacts.loader import run_artifact
+from nndeploy.targets.artifacts.manifest import StageBuild
+from nndeploy.targets.build.stage import build_stage
+from nndeploy.targets.devices.registry import device_from_profile, load_profiles
+from nndeploy.targets.frontend.opset_upgrade import FRONTEND_OPSET, default_opset, upgrade_opset
 
 
 def one_node(node: onnx.NodeProto, opset: int, shape: list[int], out: list[int], inits=()) -> onnx.ModelProto:

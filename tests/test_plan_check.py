@@ -18,15 +18,15 @@ import pytest
 import yaml
 from onnx import helper, numpy_helper
 
-from nndeploy.cli_plan_check import check_plans
+from nndeploy.cli.plan_check import check_plans
 from nndeploy.errors import PlanError
 from nndeploy.graph import load_graph
 from nndeploy.partitioner.candidates import candidate_plans, device_subsets, solve_on_subset
 from nndeploy.partitioner.planner import plan, setup
 from nndeploy.partitioner.search import solve
 from nndeploy.planfile import read_plan
-from nndeploy.targets import plan_check
-from nndeploy.targets.profiling import host_machine, why_not_runnable
+from nndeploy.targets.measure import plan_check
+from nndeploy.targets.measure.profiling import host_machine, why_not_runnable
 from nndeploy.types import Graph, Plan
 
 from conftest import servers
@@ -90,7 +90,7 @@ def rank_key(the_plan: Plan) -> tuple[float, ...]:
 
 
 def avx2_here() -> bool:
-    from nndeploy.targets.registry import device_from_profile, load_profiles
+    from nndeploy.targets.devices.registry import device_from_profile, load_profiles
 
     return why_not_runnable(device_from_profile(load_profiles()["x86-avx2-server"], "x")) is None
 

@@ -129,7 +129,7 @@ def test_device_without_an_op_never_gets_it(make_cluster, tmp_path: Path) -> Non
     profile_dir = tmp_path / "profiles"
     profile_dir.mkdir()
     base = (
-        Path(__file__).resolve().parents[1] / "targets" / "profiles" / "x86-avx512-server.yaml"
+        Path(__file__).resolve().parents[1] / "targets" / "devices" / "profiles" / "x86-avx512-server.yaml"
     ).read_text()
     no_relu = base.replace("name: x86-avx512-server", "name: npu-no-relu").replace(
         "ops: null", "ops: [MatMul, Add]"
@@ -161,7 +161,9 @@ def test_memory_capacity_is_respected_and_reported(make_cluster, tmp_path: Path)
     graph = load_graph(light_model_path("vgg19"))  # ~550 MB of weights
     profile_dir = tmp_path / "profiles"
     profile_dir.mkdir()
-    base = (Path(__file__).resolve().parents[1] / "targets" / "profiles" / "raspberry-pi-5.yaml").read_text()
+    base = (
+        Path(__file__).resolve().parents[1] / "targets" / "devices" / "profiles" / "raspberry-pi-5.yaml"
+    ).read_text()
     small = base.replace("name: raspberry-pi-5", "name: tiny-board").replace("mem_gib: 8", "mem_gib: 0.5")
     assert "mem_gib: 0.5" in small
     (profile_dir / "tiny.yaml").write_text(small)

@@ -1,4 +1,4 @@
-"""targets/profiling.py and `nndeploy profile`: which devices this host can stand in for, real (quick)
+"""targets/measure/profiling.py and `nndeploy profile`: which devices this host can stand in for, real (quick)
 measurements, and the point of it all: a calibrated model predicts a held-out model's stage times better
 than the spec-sheet roofline."""
 
@@ -18,9 +18,9 @@ from nndeploy.partitioner.calibration import CalibratedCostModel, Calibration, f
 from nndeploy.partitioner.cost import RooflineCostModel
 from nndeploy.partitioner.planner import plan
 from nndeploy.partitioner.split import split
-from nndeploy.targets import profiling
-from nndeploy.targets.op_sweep import sweep_cases
-from nndeploy.targets.registry import device_from_profile, load_profiles
+from nndeploy.targets.devices.registry import device_from_profile, load_profiles
+from nndeploy.targets.measure import profiling
+from nndeploy.targets.measure.op_sweep import sweep_cases
 
 from conftest import servers
 from models import chain_model, light_model_path

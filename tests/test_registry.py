@@ -1,4 +1,4 @@
-"""Tests for nndeploy.targets.registry: the built-in profiles, user profiles, validation messages."""
+"""Tests for nndeploy.targets.devices.registry: the built-in profiles, user profiles, validation messages."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from nndeploy.errors import ClusterError
-from nndeploy.targets.registry import (
+from nndeploy.targets.build.codegen import check_tvm_target
+from nndeploy.targets.devices.registry import (
     BUILTIN_DIR,
     PROFILE_PATH_ENV,
     Profile,
-    check_tvm_target,
     closest_names,
     device_from_profile,
     load_profiles,

@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_cli import assert_user_error, nndeploy
 
-from nndeploy.cli_tune import DurationError, parse_duration
+from nndeploy.cli.tune import DurationError, parse_duration
 from nndeploy.errors import BuildError
-from nndeploy.targets import tuning_db
+from nndeploy.targets.tuning import database as tuning_db
 
 from models import attention_model, conv_model, random_inputs
 
@@ -112,7 +112,7 @@ def test_a_damaged_database_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_devices_this_machine_cannot_measure_are_not_tuned(make_cluster) -> None:
-    from nndeploy.targets.tune_plan import why_not_tunable
+    from nndeploy.targets.tuning.tuner import why_not_tunable
 
     cluster = make_cluster(
         {
@@ -222,8 +222,8 @@ def test_the_shipped_database_tunes_the_quickstart_server_stage(example_models, 
     stages = {s["device"]: s for s in json.loads((build / "manifest.json").read_text())["stages"]}
     assert stages["server"]["artifact"]["options"]["pipeline"] == "llvm-metaschedule"
     assert stages["camera"]["artifact"]["options"]["pipeline"] == "llvm-default"  # aarch64: not tuned here
-    from nndeploy.targets.registry import device_from_profile, load_profiles
-    from nndeploy.targets.tuning import extract_tasks
+    from nndeploy.targets.devices.registry import device_from_profile, load_profiles
+    from nndeploy.targets.tuning.tuner import extract_tasks
 
     server = device_from_profile(load_profiles()["x86-avx512-server"], "server")
     stage_model = onnx.load(str(build / "stages" / f"stage_{stages['server']['stage']}.onnx"))
@@ -240,10 +240,10 @@ def test_functions_without_records_get_a_parallel_vectorised_schedule(build_mode
     from tvm import relax
 
     from nndeploy.oracle import run_model
-    from nndeploy.targets.registry import device_from_profile, load_profiles
-    from nndeploy.targets.tuned_build import schedule_untuned
-    from nndeploy.targets.tuning import tuning_module
-    from nndeploy.targets.tvm_pipeline import compile_module
+    from nndeploy.targets.build.codegen import compile_module
+    from nndeploy.targets.build.tuned import schedule_untuned
+    from nndeploy.targets.devices.registry import device_from_profile, load_profiles
+    from nndeploy.targets.tuning.tuner import tuning_module
 
     model = build_model()
     device = device_from_profile(load_profiles()["x86-avx2-server"], "server")
@@ -267,7 +267,7 @@ def test_weight_rewrites_are_computed_once_at_compile_time() -> None:
     import tvm
     from tvm import relax, topi
 
-    from nndeploy.targets.tuned_build import fold_constant_calls
+    from nndeploy.targets.build.tuned import fold_constant_calls
 
     weight = np.arange(12, dtype=np.float32).reshape(3, 4)
     builder = relax.BlockBuilder()
@@ -297,7 +297,7 @@ def test_weight_packing_is_computed_with_numpy_without_compiling(monkeypatch: py
     from tvm import relax
     from tvm.script import tirx as T
 
-    from nndeploy.targets import tuned_build
+    from nndeploy.targets.build import tuned as tuned_build
 
     @T.prim_func(private=True, s_tir=True)
     def pack(w: T.Buffer((16, 3), "float32"), packed: T.Buffer((2, 3, 8), "float32")) -> None:

@@ -1,0 +1,49 @@
+"""The `nndeploy` command line: one thin command per verb, printing with rich; one module per verb group.
+
+Each command parses its arguments, calls the verb's public function, and prints. Problems a user can fix
+are NNDeployError: printed as one `error:` line with exit code 2 (`--debug` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from nndeploy.cli import build, certs, deploy, plan, profile, serve
+from nndeploy.cli.common import err
+from nndeploy.errors import NNDeployError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Plan, compile, verify, serve and deploy one ONNX model over a heterogeneous cluster.",
+)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Plan, compile, verify, serve and deploy one ONNX model over a heterogeneous cluster."""
+
+
+for group in (plan, build, serve, deploy, profile, certs):
+    group.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning NNDeployError into `error: ...` and exit 2."""
+    if "--debug" not in sys.argv:
+        # gRPC's C core logs its own copy of errors we already report in one line.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    try:
+        app()
+    except NNDeployError as exc:
+        if "--debug" in sys.argv:
+            raise
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,291 @@
+"""The compiler half of the command line: compile, verify, inspect, and the aarch64 emulator."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from nndeploy.cli.common import FallbackOption, err, out, read_build, write_stage_models
+from nndeploy.cli.tune import tune_command
+from nndeploy.errors import ArtifactError, BuildError, ModelError
+
+EXIT_MISMATCH = 1
+
+emulator_app = typer.Typer(no_args_is_help=True, help="The emulated aarch64 environment edge stages run in.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""
+    app.command("compile")(compile_command)
+    app.command("verify")(verify_command)
+    app.command("inspect")(inspect_command)
+    app.command("tune")(tune_command)
+    app.add_typer(emulator_app, name="emulator")
+
+
+def compile_command(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="plan.json written by nndeploy plan.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The build folder.")] = Path("build"),
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Stages built in parallel.")] = 1,
+    fallback: FallbackOption = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="The model, if it moved since planning.")
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option("--db", help="Tuning database (nndeploy tune): apply its schedules; nothing is tuned."),
+    ] = None,
+    best_of: Annotated[
+        bool,
+        typer.Option(
+            "--best-of",
+            help="With --db: also build untuned (and onnxruntime with --fallback), time each here, keep "
+            "the fastest.",
+        ),
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="Run every TVM-built part on sample inputs against onnxruntime as it is built; a part "
+            "that differs goes to onnxruntime with --fallback, and fails the build without.",
+        ),
+    ] = True,
+    check_atol: Annotated[
+        float | None, typer.Option("--check-atol", help="Absolute tolerance of the check (float outputs).")
+    ] = None,
+    check_rtol: Annotated[
+        float | None, typer.Option("--check-rtol", help="Relative tolerance of the check (float outputs).")
+    ] = None,
+) -> None:
+    """Build every stage of PLAN with TVM for its device; write artifacts and manifest.json."""
+    from nndeploy.oracle import float_tolerances
+    from nndeploy.planfile import read_plan, write_plan
+    from nndeploy.targets.build.check import BuildCheck, check_summary
+    from nndeploy.targets.build.record import BuildRecord
+    from nndeploy.targets.compile import compile_plan
+
+    if best_of and db is None:
+        raise BuildError("--best-of compares tuned and untuned builds: give the tuning database with --db")
+    if db is not None and not db.is_dir():
+        raise BuildError(f"--db {db}: no such tuning database folder; create it with nndeploy tune")
+    plan = read_plan(plan_file)
+    output.mkdir(parents=True, exist_ok=True)
+    model_path, stage_models = write_stage_models(plan, plan_file, output / "stages", model)
+    write_plan(plan, output / "plan.json")
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    with Progress(*columns, TimeElapsedColumn(), console=out, transient=True) as progress:
+        task = progress.add_task(f"building {len(plan.stages)} stage(s)", total=len(plan.stages))
+
+        def done(record: BuildRecord) -> None:
+            state = "failed" if record.error else "cached" if record.cached else f"{record.seconds:.1f} s"
+            progress.console.print(f"  stage {record.stage} on {record.device}: {state}", highlight=False)
+            progress.advance(task)
+
+        manifest = compile_plan(
+            plan,
+            "plan.json",
+            stage_models,
+            output,
+            jobs,
+            fallback.value if fallback else None,
+            done,
+            model_path=str(model_path.resolve()),
+            tuning_db_root=db,
+            best_of=best_of,
+            check=BuildCheck(float_tolerances(check_atol, check_rtol)) if check else None,
+            log=lambda line: progress.console.print(line, highlight=False),
+        )
+    table = Table(title=f"build {output} (TVM {manifest.tvm_version})")
+    for column in ("stage", "device", "target", "status", "checked", "seconds", "artifact", "sha256"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for entry in manifest.stages:
+        artifact = entry.artifact
+        target = artifact.target if artifact else plan.cluster.device(entry.device).tvm_target
+        status = "FAILED" if artifact is None else entry.status.replace("fallback", "onnxruntime fallback")
+        if artifact is not None and artifact.options.get("pipeline") == "llvm-metaschedule":
+            status += " (tuned)"
+        if artifact is not None and "selected" in artifact.options:
+            status = f"{status}, best of {_candidates_text(artifact.options['measured_ms'])}"
+        if artifact is not None and entry.cached:
+            status += " (cached)"
+        table.add_row(
+            str(entry.stage),
+            entry.device,
+            _target_text(target),
+            status,
+            check_summary(artifact) if artifact else "-",
+            f"{entry.build_seconds:.1f}",
+            artifact.path if artifact else "-",
+            artifact.sha256[:12] if artifact else "-",
+        )
+    out.print(table)
+    for entry in manifest.stages:
+        if entry.artifact is not None and entry.artifact.fallback:
+            reason = entry.artifact.options.get("reason", "")
+            err.print(
+                f"[yellow]warning:[/] stage {entry.stage} runs on onnxruntime, not TVM: {reason}",
+                highlight=False,
+            )
+        for node in entry.artifact.options.get("onnxruntime_nodes", []) if entry.artifact else []:
+            err.print(
+                f"[yellow]warning:[/] stage {entry.stage} runs node '{node['node']}' ({node['op_type']}) on "
+                f"onnxruntime: {node['reason']}",
+                highlight=False,
+            )
+    failed = [e for e in manifest.stages if e.artifact is None]
+    if failed:
+        raise BuildError(
+            "; ".join(f"stage {e.stage} failed to build: {e.error}" for e in failed)
+            + f" (the other stages' artifacts are in {output})"
+        )
+
+
+def verify_command(
+    build_dir: Annotated[Path, typer.Argument(metavar="BUILD", help="Folder written by nndeploy compile.")],
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Random input sets to check.")] = 1,
+    inputs: Annotated[
+        Path | None, typer.Option("--inputs", help="Model inputs as .npz (by input name).")
+    ] = None,
+    atol: Annotated[
+        float | None, typer.Option("--atol", help="Absolute tolerance for float outputs.")
+    ] = None,
+    rtol: Annotated[
+        float | None, typer.Option("--rtol", help="Relative tolerance for float outputs.")
+    ] = None,
+) -> None:
+    """Compare every stage, and the whole chain, with onnxruntime; exit 1 on a mismatch."""
+    from nndeploy.model_prep import file_sha256
+    from nndeploy.oracle import float_tolerances
+    from nndeploy.targets.verify import verify_build
+
+    manifest, plan = read_build(build_dir)
+    model_path = Path(manifest.model_path)
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: the model this build was made from is missing")
+    if file_sha256(model_path) != manifest.model_sha256:
+        raise ModelError(
+            f"{model_path}: the model changed since it was compiled (sha256 differs); compile again"
+        )
+    stage_models = [build_dir / "stages" / f"stage_{e.stage}.onnx" for e in manifest.stages]
+    missing = [str(p) for p in stage_models if not p.is_file()]
+    if missing:
+        raise ArtifactError(f"{missing[0]}: stage model missing from the build; compile again")
+    tolerances = float_tolerances(atol, rtol)
+    with err.status("running stages and onnxruntime..."):
+        report = verify_build(
+            build_dir, manifest, stage_models, model_path, plan.inputs, samples, inputs, tolerances
+        )
+    table = Table(title=f"verify {build_dir}: {report.samples} input set(s) against onnxruntime")
+    for column in ("check", "device", "executor", "output", "max abs", "max rel", "atol / rtol", "result"):
+        table.add_column(column, justify="right" if column.startswith("max") else "left")
+    for check in (*report.stages, report.end_to_end):
+        colour = {"pass": "green", "FAIL": "red"}.get(check.status, "yellow")
+        if not check.comparisons:
+            table.add_row(
+                check.name,
+                check.device,
+                check.executor,
+                "-",
+                "-",
+                "-",
+                "-",
+                f"[{colour}]{check.status}[/]: {check.reason}",
+            )
+        for c in check.comparisons:
+            table.add_row(
+                check.name,
+                check.device,
+                check.executor,
+                c.name,
+                f"{c.max_abs:.3g}",
+                f"{c.max_rel:.3g}",
+                f"{c.atol:g} / {c.rtol:g}",
+                f"[{colour}]{'pass' if c.ok else 'FAIL'}[/]",
+            )
+    out.print(table)
+    if report.failed:
+        err.print(
+            "[red]error:[/] outputs differ from onnxruntime beyond tolerance (see FAIL rows)", highlight=False
+        )
+        raise typer.Exit(EXIT_MISMATCH)
+
+
+def inspect_command(
+    build_dir: Annotated[Path, typer.Argument(metavar="BUILD", help="Folder written by nndeploy compile.")],
+    stage: Annotated[int, typer.Option("--stage", min=0, help="Which stage.")] = 0,
+    asm: Annotated[bool, typer.Option("--asm", help="Print the assembly (PTX for GPU stages).")] = False,
+    ir: Annotated[bool, typer.Option("--ir", help="Print the LLVM IR.")] = False,
+    source: Annotated[
+        bool, typer.Option("--source", help="Print the CUDA source (GPU) or LLVM IR (CPU).")
+    ] = False,
+) -> None:
+    """Show the code a stage was compiled to, or (by default) a summary of its instruction mix."""
+    from nndeploy.targets.artifacts.manifest import read_manifest
+    from nndeploy.targets.inspect import instruction_mix, stage_source
+
+    manifest = read_manifest(build_dir)
+    entry = {e.stage: e for e in manifest.stages}.get(stage)
+    if entry is None or entry.artifact is None:
+        stage_source(build_dir, manifest, stage, "asm")  # raises the one-line reason
+        return
+    is_cuda = entry.device_arch == "cuda"
+    if asm or ir or source:
+        kind = ("ptx" if is_cuda else "asm") if asm else "ir" if ir or not is_cuda else "cuda"
+        sys.stdout.write(stage_source(build_dir, manifest, stage, kind).read_text())
+        return
+    path = stage_source(build_dir, manifest, stage, "ptx" if is_cuda else "asm")
+    mix = instruction_mix(
+        path.read_text(), "cuda" if is_cuda else str(entry.artifact.target.get("mtriple", "x86_64"))
+    )
+    unit = "PTX instructions" if is_cuda else "instructions"
+    table = Table(title=f"stage {stage} on {entry.device}: {path.name} ({mix.total:,} {unit})")
+    table.add_column("class")
+    table.add_column("count", justify="right")
+    for label, count in mix.classes.items():
+        table.add_row(label, f"{count:,}")
+    out.print(table)
+    if mix.top:
+        out.print("most common: " + ", ".join(f"{m} {n:,}" for m, n in mix.top), highlight=False)
+    out.print(f"see the code: nndeploy inspect {build_dir} --stage {stage} --asm (or --ir / --source)")
+
+
+@emulator_app.command("setup")
+def emulator_setup(
+    arch: Annotated[str, typer.Argument(help="Architecture to emulate (aarch64).")] = "aarch64",
+) -> None:
+    """Install (once, cached) the emulated aarch64 Python + TVM runtime that runs edge stages."""
+    from nndeploy.targets.artifacts.emulator import setup_emulator
+
+    emulator = setup_emulator(arch, log=lambda line: err.print(line, highlight=False))
+    out.print(f"{arch} emulator ready in {emulator.root.parent}")
+
+
+@emulator_app.command("status")
+def emulator_status(
+    arch: Annotated[str, typer.Argument(help="Architecture to emulate (aarch64).")] = "aarch64",
+) -> None:
+    """Say whether the emulated environment is ready, and what is missing if not."""
+    from nndeploy.targets.artifacts.emulator import emulator_dir, find_emulator, missing_prerequisites
+
+    emulator = find_emulator(arch)
+    if emulator is not None:
+        out.print(f"{arch} emulator ready in {emulator_dir(arch)}")
+        return
+    missing = missing_prerequisites(arch)
+    needs = f"; missing: {', '.join(missing)}" if missing else ""
+    raise ArtifactError(f"{arch} emulator not set up{needs}; run nndeploy emulator setup {arch}")
+
+
+def _candidates_text(measured: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(measured.items(), key=lambda kv: kv[1]))
+
+
+def _target_text(target: dict) -> str:
+    keys = ("kind", "mcpu", "arch", "mtriple")
+    return " ".join(str(target[k]) for k in keys if k in target)

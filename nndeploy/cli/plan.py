@@ -1,0 +1,228 @@
+"""The planner half of the command line: devices, plan, split, and the plan table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from nndeploy.cli.common import (
+    MIB,
+    FallbackOption,
+    Objective,
+    ProfilesOption,
+    compiler_fallback,
+    err,
+    out,
+    parse_input_shapes,
+    write_stage_models,
+)
+from nndeploy.types import Graph, Plan
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""
+    app.command("devices")(devices)
+    app.command("plan")(plan)
+    app.command("split")(split)
+
+
+def devices(profiles: ProfilesOption = None) -> None:
+    """List the device-capability registry: built-in profiles plus your own."""
+    from nndeploy.targets.devices.registry import device_from_profile, load_profiles
+
+    table = Table(title="device profiles")
+    for column in ("profile", "kind", "arch", "fp32 GFLOP/s", "fp16 GFLOP/s", "mem GB/s", "memory GiB"):
+        table.add_column(column, justify="right" if "/" in column or "GiB" in column else "left")
+    table.add_column("TVM target")
+    table.add_column("source")
+    for name, profile in sorted(load_profiles(profiles or ()).items()):
+        device = device_from_profile(profile, name)
+        target = ", ".join(
+            f"{k}={v}" for k, v in device.tvm_target.items() if k in ("kind", "mcpu", "arch", "mtriple")
+        )
+        table.add_row(
+            name,
+            device.kind,
+            device.arch,
+            f"{device.peak_gflops.get('float32', 0):,.0f}",
+            f"{device.peak_gflops.get('float16', 0):,.0f}",
+            f"{device.mem_bw_gbps:,.0f}",
+            f"{device.mem_bytes / 1024**3:,.1f}",
+            target,
+            profile.path,
+        )
+    out.print(table)
+
+
+def plan(
+    model: Annotated[Path, typer.Argument(help="The ONNX model.")],
+    cluster: Annotated[Path, typer.Option("--cluster", "-c", help="cluster.yaml describing the devices.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the plan.")] = Path(
+        "plan.json"
+    ),
+    objective: Annotated[
+        Objective, typer.Option(help="Optimise steady-state throughput or one request's latency.")
+    ] = Objective.throughput,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option("--input-shape", help="Bind an input's shape: NAME=1x3x224x224 (repeatable)."),
+    ] = None,
+    batch: Annotated[
+        int | None, typer.Option("--batch", min=1, help="Set the first dimension of every input.")
+    ] = None,
+    graph: Annotated[
+        Path | None, typer.Option("--graph", help="Also draw the graph by stage (.svg, .dot or .html).")
+    ] = None,
+    dump_dir: Annotated[
+        Path | None,
+        typer.Option("--dump-dir", help="Also save the plan, its drawing (.dot) and every stage model here."),
+    ] = None,
+    profiles: ProfilesOption = None,
+    fallback: FallbackOption = None,
+    check_top: Annotated[
+        int | None,
+        typer.Option(
+            "--check-top",
+            min=1,
+            help="Time the top K candidate plans on this host and keep the best measured one.",
+        ),
+    ] = None,
+) -> Plan:
+    """Split MODEL into pipeline stages over the devices of a cluster; write plan.json."""
+    from nndeploy.graph import check_fixed_outputs, load_graph_and_model
+    from nndeploy.partitioner.planner import plan as make_plan
+    from nndeploy.planfile import write_plan
+    from nndeploy.targets.devices.cluster import load_cluster
+
+    the_cluster = load_cluster(cluster, profiles or ())
+    the_graph, prepared = load_graph_and_model(model, parse_input_shapes(input_shape or []), batch)
+    check_fixed_outputs(the_graph)
+    for warning in the_graph.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    uncompilable = compiler_fallback(prepared, fallback is not None)
+    from nndeploy.cli.profile import measured_cost_model
+
+    costs = measured_cost_model(profiles or (), the_cluster)
+    if check_top is None:
+        the_plan = make_plan(the_graph, the_cluster, objective.value, costs, uncompilable)
+    else:
+        from nndeploy.cli.plan_check import checked_plan
+
+        the_plan = checked_plan(
+            model, the_graph, the_cluster, objective.value, costs, check_top, uncompilable
+        )
+    write_plan(the_plan, output)
+    print_plan(the_graph, the_plan)
+    out.print(f"plan written to {output}")
+    if graph is not None:
+        from nndeploy.partitioner.draw import write_drawing
+
+        write_drawing(the_graph, the_plan, graph)
+        out.print(f"graph drawn to {graph}")
+    if dump_dir is not None:
+        _dump(the_graph, the_plan, dump_dir)
+    return the_plan
+
+
+def split(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="plan.json written by nndeploy plan.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the stage models.")] = Path(
+        "stages"
+    ),
+    model: Annotated[
+        Path | None, typer.Option("--model", help="The model, if it moved since planning.")
+    ] = None,
+) -> list[Path]:
+    """Write one runnable ONNX model per stage of PLAN (stage_0.onnx, stage_1.onnx, ...)."""
+    from nndeploy.planfile import read_plan
+
+    the_plan = read_plan(plan_file)
+    _, paths = write_stage_models(the_plan, plan_file, output, model)
+    table = Table(title=f"{len(paths)} stage model(s) in {output}")
+    for column in ("stage", "device", "file", "inputs", "outputs"):
+        table.add_column(column)
+    for stage, path in zip(the_plan.stages, paths, strict=True):
+        table.add_row(
+            str(stage.index),
+            stage.device,
+            path.name,
+            ", ".join(t.name for t in stage.inputs),
+            ", ".join(t.name for t in stage.outputs),
+        )
+    out.print(table)
+    return paths
+
+
+def _dump(the_graph: Graph, the_plan: Plan, dump_dir: Path) -> None:
+    from nndeploy.partitioner.draw import plan_dot
+    from nndeploy.planfile import write_plan
+
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = write_plan(the_plan, dump_dir / "plan.json")
+    (dump_dir / "plan.dot").write_text(plan_dot(the_graph, the_plan), encoding="utf-8")
+    _, paths = write_stage_models(the_plan, plan_path, dump_dir / "stages", Path(the_plan.model_path))
+    out.print(f"dumped plan, drawing and {len(paths)} stage model(s) to {dump_dir}")
+
+
+def print_plan(the_graph: Graph, the_plan: Plan) -> None:
+    """The plan as a table, then its predictions."""
+    ops = {node.name: node.op_type for node in the_graph.nodes}
+    table = Table(
+        title=f"plan: {Path(the_plan.model_path).name} on {the_plan.cluster.name} ({the_plan.objective})"
+    )
+    headers = (
+        "stage",
+        "device",
+        "ops",
+        "first op",
+        "last op",
+        "params MB",
+        "act out MB",
+        "compute ms",
+        "transfer ms",
+        "memory used / capacity",
+        "onnxruntime nodes",
+    )
+    for header in headers:
+        table.add_column(
+            header, justify="right" if header.endswith(("MB", "ms")) or header == "ops" else "left"
+        )
+    for stage in the_plan.stages:
+        capacity = the_plan.cluster.device(stage.device).mem_bytes
+        first, last = stage.nodes[0], stage.nodes[-1]
+        table.add_row(
+            str(stage.index),
+            f"{stage.device} ({the_plan.cluster.device(stage.device).profile})",
+            str(len(stage.nodes)),
+            f"{first} ({ops.get(first, '?')})",
+            f"{last} ({ops.get(last, '?')})",
+            f"{stage.param_bytes / 1e6:.2f}",
+            f"{sum(t.nbytes for t in stage.outputs) / 1e6:.3f}",
+            f"{stage.compute_ms:.3f}",
+            f"{stage.transfer_ms:.3f}",
+            f"{stage.mem_bytes / MIB:,.1f} / {capacity / MIB:,.0f} MiB "
+            f"({100 * stage.mem_bytes / capacity:.1f}%)",
+            str(len(stage.fallback)) if stage.fallback else "-",
+        )
+    out.print(table)
+    for stage in the_plan.stages:
+        for node in stage.fallback:
+            out.print(
+                f"[yellow]onnxruntime fallback:[/] stage {stage.index} node '{node.node}' ({node.op_type}): "
+                f"{node.reason}",
+                highlight=False,
+            )
+    out.print(
+        f"predicted latency: [bold]{the_plan.latency_ms:.3f} ms[/] per request "
+        f"(input transfer {the_plan.input_transfer_ms:.3f} ms)   "
+        f"throughput: [bold]{the_plan.throughput_per_s:,.1f}[/] samples/s (batch {the_plan.batch})",
+        highlight=False,
+    )
+    out.print(
+        f"bottleneck: {the_plan.bottleneck or 'none'}   order: {the_plan.topological_order}   "
+        f"planned in {the_plan.planner_seconds:.2f} s",
+        highlight=False,
+    )

@@ -1,0 +1,1 @@
+"""Measuring this host: op costs for calibrated profiles, the op sweep, timing candidate plans."""
