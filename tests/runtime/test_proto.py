@@ -27,7 +27,7 @@ from nndeploy.proto import (
 )
 from nndeploy.runtime.tensors import proto_to_tensors, tensor_to_proto, tensors_to_proto
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROTO = ROOT / "proto"
 MAX_MESSAGE = 64 * 1024 * 1024
 OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]

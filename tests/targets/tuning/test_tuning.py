@@ -210,9 +210,9 @@ def test_tune_then_compile_reuses_the_database(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_shipped_database_tunes_the_quickstart_server_stage(example_models, tmp_path: Path) -> None:
     """examples/tuning/ was tuned for the quickstart's plan: compiling it applies the records, no trials."""
-    shipped = Path(__file__).parents[1] / "examples" / "tuning"
+    shipped = Path(__file__).parents[3] / "examples" / "tuning"
     plan = tmp_path / "plan.json"
-    cluster = Path(__file__).parents[1] / "examples" / "clusters" / "edge-camera-server.yaml"
+    cluster = Path(__file__).parents[3] / "examples" / "clusters" / "edge-camera-server.yaml"
     assert nndeploy("plan", example_models["camera_cnn"], "--cluster", cluster, "-o", plan).returncode == 0
     before = {p: p.read_bytes() for p in shipped.rglob("*.json")}
     build = tmp_path / "build"

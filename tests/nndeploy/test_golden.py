@@ -18,8 +18,8 @@ from nndeploy.targets.devices.cluster import load_cluster
 
 from models import light_model_path
 
-GOLDEN = Path(__file__).parent / "golden"
-CLUSTERS = sorted((Path(__file__).resolve().parents[1] / "examples" / "clusters").glob("*.yaml"))
+GOLDEN = Path(__file__).parents[1] / "golden"
+CLUSTERS = sorted((Path(__file__).resolve().parents[2] / "examples" / "clusters").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from nndeploy.types import Graph, Plan
 from conftest import servers
 from models import chain_model, light_model_path, multi_output_model, skip_model
 
-CLUSTERS = Path(__file__).resolve().parents[1] / "examples" / "clusters"
+CLUSTERS = Path(__file__).resolve().parents[2] / "examples" / "clusters"
 
 
 def graph_of(model: onnx.ModelProto, tmp_path: Path, name: str = "model.onnx") -> Graph:
@@ -129,7 +129,7 @@ def test_device_without_an_op_never_gets_it(make_cluster, tmp_path: Path) -> Non
     profile_dir = tmp_path / "profiles"
     profile_dir.mkdir()
     base = (
-        Path(__file__).resolve().parents[1] / "targets" / "devices" / "profiles" / "x86-avx512-server.yaml"
+        Path(__file__).resolve().parents[2] / "targets" / "devices" / "profiles" / "x86-avx512-server.yaml"
     ).read_text()
     no_relu = base.replace("name: x86-avx512-server", "name: npu-no-relu").replace(
         "ops: null", "ops: [MatMul, Add]"
@@ -162,7 +162,7 @@ def test_memory_capacity_is_respected_and_reported(make_cluster, tmp_path: Path)
     profile_dir = tmp_path / "profiles"
     profile_dir.mkdir()
     base = (
-        Path(__file__).resolve().parents[1] / "targets" / "devices" / "profiles" / "raspberry-pi-5.yaml"
+        Path(__file__).resolve().parents[2] / "targets" / "devices" / "profiles" / "raspberry-pi-5.yaml"
     ).read_text()
     small = base.replace("name: raspberry-pi-5", "name: tiny-board").replace("mem_gib: 8", "mem_gib: 0.5")
     assert "mem_gib: 0.5" in small

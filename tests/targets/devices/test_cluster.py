@@ -12,7 +12,7 @@ from nndeploy.targets.devices.cluster import MAX_DEVICES, load_cluster, parse_cl
 from nndeploy.targets.devices.registry import BUILTIN_DIR, PROFILE_PATH_ENV
 from nndeploy.types import Cluster
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "clusters"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "clusters"
 GIB = 1024**3
 
 

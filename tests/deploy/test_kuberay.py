@@ -18,7 +18,7 @@ from nndeploy.deploy.kuberay import render_kuberay, validate_kuberay
 from nndeploy.deploy.options import DeployOptions, image_for
 from nndeploy.errors import NNDeployError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
 CLUSTER_FILES = sorted(CLUSTERS.glob("*.yaml"))
 
