@@ -84,7 +84,7 @@ def pick_profile(wanted: str | None) -> str:
     """The given profile, or the first built-in CPU profile this host can run."""
     profiles = load_profiles()
     for name in [wanted] if wanted else CPU_PROFILES:
-        reason = profiling.why_not_runnable(device_from_profile(profiles[name], "d"))
+        reason = profiling.why_not_measurable(device_from_profile(profiles[name], "d"))
         if reason is None:
             return name
         if wanted:

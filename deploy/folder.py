@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from nndeploy.deploy.manifests import render
 from nndeploy.deploy.options import DeployOptions
 from nndeploy.deploy.readme import readme
 
@@ -43,3 +44,13 @@ def write_folder(files: dict[str, list[dict[str, Any]]], options: DeployOptions,
     kustomize.write_text(dump_documents([kustomization(options, list(files))]), encoding="utf-8")
     (output / "README.md").write_text(readme(options, files), encoding="utf-8")
     return [*paths, kustomize]
+
+
+def deploy_build(
+    build_dir: Path, output: Path, options: DeployOptions, ray: bool = False
+) -> tuple[dict[str, list[dict[str, Any]]], list[Path]]:
+    """The `deploy` verb: render every Kubernetes object for the build folder (plain manifests, and with
+    `ray` KubeRay's too) and write them into `output` for `kubectl apply -k`; returns the objects by file
+    name and the files written."""
+    files = render(build_dir, options, ray=ray)
+    return files, write_folder(files, options, output)

@@ -64,8 +64,8 @@ def deploy_command(
     ] = False,
 ) -> list[Path]:
     """Write Kubernetes manifests for BUILD into a folder for `kubectl apply -k`; --check validates one."""
-    from nndeploy.deploy.folder import write_folder
-    from nndeploy.deploy.manifests import DeployError, default_name, render
+    from nndeploy.deploy.folder import deploy_build
+    from nndeploy.deploy.manifests import DeployError, default_name
     from nndeploy.deploy.options import DeployOptions
 
     if output is None:
@@ -85,8 +85,7 @@ def deploy_command(
         client_certs=client_certs,
         token_secret=token_secret,
     )
-    files = render(build_dir, options, ray=ray)
-    paths = write_folder(files, options, output)
+    files, paths = deploy_build(build_dir, output, options, ray=ray)
     objects = sum(len(docs) for docs in files.values())
     out.print(
         f"{objects} objects in {len(files)} files written to {output} "

@@ -53,13 +53,13 @@ def profile(
     from nndeploy.partitioner.calibration import Calibration, fit_device
     from nndeploy.targets.devices.cluster import load_cluster
     from nndeploy.targets.devices.measured import find_profile, write_measured_profile
-    from nndeploy.targets.measure.profiling import profile_host, why_not_runnable
+    from nndeploy.targets.measure.profiling import profile_host, why_not_measurable
 
     the_cluster = load_cluster(cluster, profiles)
     runnable: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
     for device in the_cluster.devices:
-        reason = why_not_runnable(device)
+        reason = why_not_measurable(device)
         if reason is None:
             runnable.setdefault(device.profile, []).append(device.name)
         else:

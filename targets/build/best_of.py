@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nndeploy.targets.build.record import BuildRecord
 from nndeploy.targets.artifacts.manifest import StageBuild
+from nndeploy.targets.build.record import BuildRecord
 
 ROUNDS = 5
 RUNS_PER_ROUND = 5

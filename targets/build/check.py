@@ -158,9 +158,9 @@ def _not_checked_here(artifact: Artifact) -> str | None:
 def _run(artifact: Artifact, out_dir: Path, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The artifact's outputs (each part in order) on the given tensors."""
     from nndeploy.oracle import run_model
-    from nndeploy.targets.build.record import cache_dir
     from nndeploy.targets.artifacts.loader import run_artifact
     from nndeploy.targets.artifacts.manifest import StageBuild
+    from nndeploy.targets.build.record import cache_dir
 
     tensors = dict(values)
     for part in artifact.parts or (artifact,):

@@ -3,20 +3,17 @@ this machine), nvcc for CUDA kernels, and the generated code kept for `inspect`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import shutil
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from nndeploy.errors import BuildError, first_line
+from nndeploy.errors import BuildError, ClusterError, first_line
 from nndeploy.targets.artifacts.host_tools import NVCC_HINT, apt_command, cross_compiler, packages_of
-from nndeploy.targets.frontend.importer import import_onnx
-from nndeploy.errors import ClusterError
 from nndeploy.targets.devices.registry import Profile
+from nndeploy.targets.frontend.importer import import_onnx
 from nndeploy.types import Device
 
 X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}

@@ -10,7 +10,6 @@ beside the artifact for `nndeploy inspect`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import time

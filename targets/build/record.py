@@ -53,5 +53,3 @@ def build_key(stage_bytes: bytes, device: Device, options: dict[str, Any]) -> st
         ).encode()
     )
     return digest.hexdigest()
-
-

@@ -18,9 +18,9 @@ from pathlib import Path
 import onnx
 
 from nndeploy.cutting import Group, cut, node_inputs, value_infos
-from nndeploy.targets.build.record import BuildRecord
-from nndeploy.targets.build.compiled import build_compiled, model_artifact, onnxruntime_record
 from nndeploy.targets.build.check import BuildCheck, StageSamples, check_part, check_stage, with_outcome
+from nndeploy.targets.build.compiled import build_compiled, model_artifact, onnxruntime_record
+from nndeploy.targets.build.record import BuildRecord
 from nndeploy.types import Artifact, Device, FallbackNode
 
 # Past this many nodes in a failing part, it falls back whole instead of being searched node by node.

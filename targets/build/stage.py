@@ -59,5 +59,3 @@ def _with_hint(record: BuildRecord) -> BuildRecord:
 def _stage_samples(stage_path: Path, check: BuildCheck) -> StageSamples:
     """The check's samples of a stage model (its tensors' types filled in by shape inference)."""
     return StageSamples(onnx.shape_inference.infer_shapes(onnx.load(str(stage_path))), check.seed)
-
-

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from nndeploy.errors import ProfileError
-from nndeploy.targets.measure.profiling import random_feeds, session, time_runs, why_not_runnable
+from nndeploy.targets.measure.profiling import random_feeds, session, time_runs, why_not_measurable
 from nndeploy.types import Device, Plan
 
 
@@ -57,7 +57,7 @@ def refuse_unrunnable(plans: Sequence[Plan], flags: frozenset[str] | None = None
         for stage in the_plan.stages:
             device = the_plan.cluster.device(stage.device)
             if device.name not in reasons:
-                reasons[device.name] = why_not_runnable(device, flags) or ""
+                reasons[device.name] = why_not_measurable(device, flags) or ""
     bad = {name: why for name, why in reasons.items() if why}
     if bad:
         listed = "; ".join(

@@ -76,7 +76,7 @@ def host_description() -> dict[str, str]:
     }
 
 
-def why_not_runnable(device: Device, flags: frozenset[str] | None = None) -> str | None:
+def why_not_measurable(device: Device, flags: frozenset[str] | None = None) -> str | None:
     """None if this host can run `device`'s code natively (so timing it here means something), else the
     reason in one line. `flags`: another host's CPU features in LLVM's spelling (default: this host's)."""
     from nndeploy.targets.artifacts.loader import missing_cpu_features

@@ -26,7 +26,7 @@ from nndeploy.partitioner.planner import plan, setup
 from nndeploy.partitioner.search import solve
 from nndeploy.planfile import read_plan
 from nndeploy.targets.measure import plan_check
-from nndeploy.targets.measure.profiling import host_machine, why_not_runnable
+from nndeploy.targets.measure.profiling import host_machine, why_not_measurable
 from nndeploy.types import Graph, Plan
 
 from conftest import servers
@@ -92,7 +92,7 @@ def rank_key(the_plan: Plan) -> tuple[float, ...]:
 def avx2_here() -> bool:
     from nndeploy.targets.devices.registry import device_from_profile, load_profiles
 
-    return why_not_runnable(device_from_profile(load_profiles()["x86-avx2-server"], "x")) is None
+    return why_not_measurable(device_from_profile(load_profiles()["x86-avx2-server"], "x")) is None
 
 
 needs_avx2 = pytest.mark.skipif(not avx2_here(), reason="this host cannot run x86-avx2-server natively")

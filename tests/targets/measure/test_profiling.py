@@ -35,7 +35,7 @@ def device(profile: str):  # type: ignore[no-untyped-def]
 def runnable_profile() -> str:
     """A built-in CPU profile this host can measure, or skip the test."""
     for name in CPU_PROFILES:
-        if profiling.why_not_runnable(device(name)) is None:
+        if profiling.why_not_measurable(device(name)) is None:
             return name
     pytest.skip("no built-in CPU profile matches this host")
 
@@ -43,11 +43,11 @@ def runnable_profile() -> str:
 def test_foreign_architectures_and_gpus_are_not_runnable() -> None:
     machine = profiling.host_machine()
     foreign = next(n for n in CPU_PROFILES if device(n).arch != machine)
-    reason = profiling.why_not_runnable(device(foreign))
+    reason = profiling.why_not_measurable(device(foreign))
     assert reason is not None and "run `nndeploy profile` on the device itself" in reason
     if device(foreign).arch == "aarch64":
         assert "qemu" in reason
-    assert "GPU kernels are not profiled" in (profiling.why_not_runnable(device("nvidia-t4")) or "")
+    assert "GPU kernels are not profiled" in (profiling.why_not_measurable(device("nvidia-t4")) or "")
 
 
 @pytest.mark.skipif(profiling.host_machine() != "x86_64", reason="x86-64 mcpu checks")
@@ -59,9 +59,9 @@ def test_avx512_profiles_need_avx512f() -> None:
     spec = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": server.tvm_target["mcpu"]}
     own = frozenset(str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(spec)))
     without_avx512 = frozenset(f for f in own if not f.startswith("avx512"))
-    lacking = profiling.why_not_runnable(server, flags=without_avx512)
+    lacking = profiling.why_not_measurable(server, flags=without_avx512)
     assert lacking is not None and "avx512f" in lacking and "avx2" not in lacking
-    assert profiling.why_not_runnable(server, flags=own) is None
+    assert profiling.why_not_measurable(server, flags=own) is None
 
 
 def test_every_sweep_case_is_a_known_single_node() -> None:
