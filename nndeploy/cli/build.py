@@ -126,6 +126,13 @@ def compile_command(
         )
     out.print(table)
     for entry in manifest.stages:
+        if entry.artifact is not None and "untuned_because" in entry.artifact.options:
+            err.print(
+                f"[yellow]warning:[/] stage {entry.stage} is built untuned: "
+                f"{entry.artifact.options['untuned_because']}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if entry.artifact is not None and entry.artifact.fallback:
             reason = entry.artifact.options.get("reason", "")
             err.print(

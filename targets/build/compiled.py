@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from nndeploy.errors import BuildError
+from nndeploy.errors import BuildError, first_line
 from nndeploy.graph import io_specs
 from nndeploy.model_prep import file_sha256
 from nndeploy.targets.build.record import BuildRecord, build_key, cache_dir, tvm_version
@@ -59,6 +59,8 @@ def build_compiled(
             shutil.copyfile(cached / source, target)
             sources[kind] = target.name
     except BuildError as exc:
+        if tuning_db_dir is not None:  # a database that cannot be applied: the untuned build, flagged
+            return _untuned_because(build_compiled(stage_path, index, device, out_dir, None, name), str(exc))
         return BuildRecord(index, device.name, None, time.perf_counter() - started, False, str(exc))
     artifact = Artifact(
         stage=index,
@@ -79,6 +81,16 @@ def build_compiled(
         fallback=None,
     )
     return BuildRecord(index, device.name, artifact, time.perf_counter() - started, hit, None, sources)
+
+
+def _untuned_because(record: BuildRecord, problem: str) -> BuildRecord:
+    """`record` (an untuned build) with the reason the tuning database was not applied in its options."""
+    from dataclasses import replace
+
+    if record.artifact is None:
+        return record
+    options = {**record.artifact.options, "untuned_because": problem}
+    return replace(record, artifact=replace(record.artifact, options=options))
 
 
 def _build_options(model: onnx.ModelProto, device: Device, tuning_db_dir: Path | None) -> dict[str, Any]:
@@ -206,7 +218,14 @@ def _best_records(db_dir: Path) -> Path:
     if not (folder / "done").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="export-", dir=folder.parent))
-        export_best(db_dir, scratch)
+        try:
+            export_best(db_dir, scratch)
+        except (ValueError, TypeError, IndexError, KeyError) as exc:  # a line that is not a record
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise BuildError(f"the tuning database {db_dir} is damaged ({first_line(exc)})") from None
+        except BuildError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         (scratch / "done").write_text("")
         try:
             scratch.rename(folder)

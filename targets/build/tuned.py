@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from nndeploy.errors import BuildError
+from nndeploy.errors import BuildError, first_line
 from nndeploy.targets.tuning import database as tuning_db
 from nndeploy.targets.tuning.cold import weights_cold
 from nndeploy.targets.tuning.tuner import tuning_module
@@ -39,14 +39,17 @@ def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scrat
         raise BuildError(f"no tuning records for device '{device.name}' in {db_dir}")
     target = tvm.target.Target(device.tvm_target)
     mod = tuning_module(model, device)
-    database = _database(db_dir, weights_cold(model))
-    with target, database:
-        mod = tvm.transform.Sequential(
-            [
-                relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
-                relax.transform.SplitLayoutRewritePreproc(),
-            ]
-        )(mod)
+    try:  # a database of another TVM version, or damaged, fails here: the caller builds untuned
+        database = _database(db_dir, weights_cold(model))
+        with target, database:
+            mod = tvm.transform.Sequential(
+                [
+                    relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
+                    relax.transform.SplitLayoutRewritePreproc(),
+                ]
+            )(mod)
+    except Exception as exc:  # TVM raises many types here
+        raise BuildError(f"the tuning database {db_dir} cannot be applied: {first_line(exc)}") from None
     mod = schedule_untuned(fold_constant_calls(mod), device)
     executable = compile_module(mod, target, "default")
     return export_llvm(executable, device, scratch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -332,3 +333,50 @@ def test_weight_packing_is_computed_with_numpy_without_compiling(monkeypatch: py
     ]
     assert len(constants) == 1
     np.testing.assert_array_equal(constants[0].value.numpy(), weight.reshape(2, 8, 3).transpose(0, 2, 1))
+
+
+def _damaged_copies(tmp_path: Path) -> dict[str, Path]:
+    """Copies of the shipped database: one cut off mid-record (an interrupted copy), one whose records
+    hold traces TVM cannot read (another TVM version's format)."""
+    shipped = Path(__file__).parents[3] / "examples" / "tuning"
+    copies = {}
+    for kind in ("truncated", "foreign"):
+        copy = tmp_path / kind
+        shutil.copytree(shipped, copy)
+        records = next(copy.rglob(tuning_db.RECORDS))
+        text = records.read_text()
+        if kind == "truncated":
+            records.write_text(text[: len(text) // 2])
+        else:
+            bogus = [[["NoSuchInstruction", [], [], []]], []]  # a trace: instructions, decisions
+            records.write_text(
+                "".join(
+                    json.dumps([index, [bogus, *record[1:]]]) + "\n"
+                    for index, record in (json.loads(line) for line in text.splitlines() if line.strip())
+                )
+            )
+        copies[kind] = copy
+    return copies
+
+
+@pytest.mark.slow
+def test_a_database_that_cannot_be_applied_gives_an_untuned_build_and_one_warning(
+    example_models, tmp_path: Path
+) -> None:
+    plan = tmp_path / "plan.json"
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("devices:\n  - {name: server, profile: x86-avx512-server}\n")
+    assert nndeploy("plan", example_models["camera_cnn"], "--cluster", cluster, "-o", plan).returncode == 0
+    for kind, db in _damaged_copies(tmp_path).items():
+        build = tmp_path / f"build-{kind}"
+        done = nndeploy("compile", plan, "-o", build, "--db", db, env={"COLUMNS": "400"})
+        assert done.returncode == 0, done.stdout + done.stderr
+        warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and "stage 0 is built untuned: the tuning database" in warnings[0], warnings
+        assert ("damaged" if kind == "truncated" else "cannot be applied") in warnings[0]
+        assert "Traceback" not in done.stdout + done.stderr
+        options = json.loads((build / "manifest.json").read_text())["stages"][0]["artifact"]["options"]
+        assert options["pipeline"] == "llvm-default"
+        assert options["untuned_because"] == warnings[0].split(": ", 2)[2]
+        verified = nndeploy("verify", build, "--samples", "1")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
