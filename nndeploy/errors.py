@@ -30,6 +30,11 @@ class BuildError(NNDeployError):
     """A stage cannot be compiled (an op TVM cannot import, a missing cross compiler or nvcc)."""
 
 
+class TuningDatabaseError(BuildError):
+    """A tuning database cannot be applied (damaged, or written by another TVM version): the stage is
+    built untuned instead."""
+
+
 class ArtifactError(NNDeployError):
     """A build folder or artifact is missing, corrupt or tampered with (sha256 mismatch)."""
 

@@ -12,7 +12,6 @@ import onnx
 
 from nndeploy.errors import BuildError, ClusterError, first_line
 from nndeploy.targets.artifacts.host_tools import NVCC_HINT, apt_command, cross_compiler, packages_of
-from nndeploy.targets.devices.registry import Profile
 from nndeploy.targets.frontend.importer import import_onnx
 from nndeploy.types import Device
 
@@ -152,21 +151,22 @@ def _export(executable: Any, path: Path, cross: str | None) -> None:
         raise BuildError(f"linking the stage library failed: {first_line(exc)}") from None
 
 
-def check_tvm_target(profile: Profile) -> None:
-    """Construct the profile's target in the installed TVM (imported here, not at module import);
-    ClusterError naming the profile file when TVM refuses it, or when an LLVM cpu name is unknown."""
+def check_tvm_target(tvm_target: dict[str, Any], where: str) -> None:
+    """Construct `tvm_target` in the installed TVM; ClusterError naming `where` (a profile file, a device)
+    when TVM refuses it, or when an LLVM cpu name is unknown (LLVM itself only warns and builds generic
+    code)."""
     from tvm.target import Target, codegen
 
-    host = profile.tvm_target.get("host")
-    for where, config in (("tvm_target", profile.tvm_target), ("tvm_target.host", host)):
+    host = tvm_target.get("host")
+    for field, config in (("tvm_target", tvm_target), ("tvm_target.host", host)):
         if not isinstance(config, dict) or config.get("kind") != "llvm":
             continue
         mcpu, triple = config.get("mcpu"), config.get("mtriple")
         if isinstance(mcpu, str) and isinstance(triple, str) and not codegen.llvm_is_valid_cpu(mcpu, triple):
-            raise ClusterError(f"{profile.path}: {where}.mcpu: LLVM does not know cpu '{mcpu}' for {triple}")
+            raise ClusterError(f"{where}: {field}.mcpu: LLVM does not know cpu '{mcpu}' for {triple}")
     try:
-        Target(copy.deepcopy(profile.tvm_target))
+        Target(copy.deepcopy(tvm_target))
     except (ValueError, TypeError, RuntimeError) as exc:  # TVM reports a bad config as ValueError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         first = first.split(". Target creation")[0]
-        raise ClusterError(f"{profile.path}: tvm_target: TVM refuses it: {first}") from None
+        raise ClusterError(f"{where}: tvm_target: TVM refuses it: {first}") from None

@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from nndeploy.errors import BuildError, first_line
+from nndeploy.errors import BuildError, ClusterError, TuningDatabaseError, first_line
 from nndeploy.graph import io_specs
 from nndeploy.model_prep import file_sha256
 from nndeploy.targets.build.record import BuildRecord, build_key, cache_dir, tvm_version
@@ -58,9 +58,9 @@ def build_compiled(
             target = out_dir / f"{name}.{source.split('.', 1)[1]}"
             shutil.copyfile(cached / source, target)
             sources[kind] = target.name
+    except TuningDatabaseError as exc:  # the untuned build, flagged
+        return _untuned_because(build_compiled(stage_path, index, device, out_dir, None, name), str(exc))
     except BuildError as exc:
-        if tuning_db_dir is not None:  # a database that cannot be applied: the untuned build, flagged
-            return _untuned_because(build_compiled(stage_path, index, device, out_dir, None, name), str(exc))
         return BuildRecord(index, device.name, None, time.perf_counter() - started, False, str(exc))
     artifact = Artifact(
         stage=index,
@@ -199,6 +199,10 @@ def _tvm_build(model: onnx.ModelProto, device: Device, scratch: Path) -> dict[st
     """Import, schedule, compile and export; returns {source kind: file name} written into `scratch`."""
     from nndeploy.targets.build import codegen as tvm_pipeline
 
+    try:
+        tvm_pipeline.check_tvm_target(device.tvm_target, f"device '{device.name}'")
+    except ClusterError as exc:
+        raise BuildError(str(exc)) from None
     kind = device.tvm_target.get("kind")
     if kind == "cuda":
         return tvm_pipeline.build_cuda(model, device, scratch)
@@ -222,8 +226,13 @@ def _best_records(db_dir: Path) -> Path:
             export_best(db_dir, scratch)
         except (ValueError, TypeError, IndexError, KeyError) as exc:  # a line that is not a record
             shutil.rmtree(scratch, ignore_errors=True)
-            raise BuildError(f"the tuning database {db_dir} is damaged ({first_line(exc)})") from None
-        except BuildError:
+            raise TuningDatabaseError(
+                f"the tuning database {db_dir} is damaged ({first_line(exc)})"
+            ) from None
+        except BuildError as exc:  # a line the database's own reader refuses
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise TuningDatabaseError(str(exc)) from None
+        except OSError:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         (scratch / "done").write_text("")

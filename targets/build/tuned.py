@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from nndeploy.errors import BuildError, first_line
+from nndeploy.errors import BuildError, TuningDatabaseError, first_line
 from nndeploy.targets.tuning import database as tuning_db
 from nndeploy.targets.tuning.cold import weights_cold
 from nndeploy.targets.tuning.tuner import tuning_module
@@ -49,7 +49,9 @@ def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scrat
                 ]
             )(mod)
     except Exception as exc:  # TVM raises many types here
-        raise BuildError(f"the tuning database {db_dir} cannot be applied: {first_line(exc)}") from None
+        raise TuningDatabaseError(
+            f"the tuning database {db_dir} cannot be applied: {first_line(exc)}"
+        ) from None
     mod = schedule_untuned(fold_constant_calls(mod), device)
     executable = compile_module(mod, target, "default")
     return export_llvm(executable, device, scratch)

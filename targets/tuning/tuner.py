@@ -37,6 +37,12 @@ FIRST_BATCH = 16
 # (population 512, 4 generations); half of both leaves more of a short budget for measuring.
 SEARCH_POPULATION = 256
 SEARCH_ITERATIONS = 2
+# How a task's first batch is chosen: "replay" (random samples of the task's design space, no search) or
+# "evolutionary" (the search above, guided by the cost model trained on the tasks measured so far). On a
+# YOLO-style detector at 320x320 (3 minutes each, one run, benchmarks/first_batch.py) replay measured 128
+# trials (37.8 a minute, 8 tasks reached) to the search's 96 (29.1, 6 tasks), and the tuned stage ran in
+# 176 ms against 203 ms: a first batch's search costs time where its cost model knows least.
+FIRST_BATCH_SEARCH = "replay"
 EXHAUSTED = 1 << 30  # trials_done of a task whose search space has been measured completely
 
 
@@ -312,9 +318,15 @@ def tune_tasks(
                     if seeds:
                         record(workload, *seeds)
                         continue
-                batch = FIRST_BATCH if done[workload] == 0 else TRIALS_PER_ITERATION
+                first = done[workload] == 0
+                batch = FIRST_BATCH if first else TRIALS_PER_ITERATION
+                context = contexts[workload]
+                if first and FIRST_BATCH_SEARCH == "replay":
+                    context = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                        [task.extracted], work_dir, strategy=ms.search_strategy.ReplayTrace(), seed=seed
+                    )[0][0]
                 ms.tune_tasks(
-                    tasks=[contexts[workload]],
+                    tasks=[context],
                     task_weights=[task.weight],
                     work_dir=work_dir,
                     max_trials_global=min(batch, trials_per_task - done[workload]),

@@ -154,6 +154,18 @@ def test_unknown_target_kind_is_refused(tmp_path: Path) -> None:
     assert record.artifact is None and "vulkan" in record.error
 
 
+def test_a_cpu_llvm_does_not_know_fails_the_stage_instead_of_building_generic_code(tmp_path: Path) -> None:
+    import dataclasses
+
+    x86 = device("x86")
+    odd = dataclasses.replace(x86, tvm_target={**x86.tvm_target, "mcpu": "icelake-servr"})
+    record = build_stage(save(conv_model(), tmp_path), 0, odd, tmp_path)
+    assert record.artifact is None
+    assert record.error == (
+        "device 'dev': tvm_target.mcpu: LLVM does not know cpu 'icelake-servr' for x86_64-linux-gnu"
+    ), record.error
+
+
 def test_plan_time_op_support_comes_from_tvm(make_cluster) -> None:
     from nndeploy.targets.frontend.ops import restrict_to_compiler, tvm_onnx_ops
 

@@ -163,7 +163,7 @@ def test_tvm_accepts_every_builtin_target(builtins: dict[str, Profile]) -> None:
     from tvm.target import Target, codegen
 
     for p in builtins.values():
-        check_tvm_target(p)
+        check_tvm_target(p.tvm_target, str(p.path))
         target = Target(p.tvm_target)
         assert target.kind.name == p.tvm_target["kind"], p.name
         if p.kind == "gpu":
@@ -189,10 +189,10 @@ def test_tvm_refusals_become_cluster_errors(builtins: dict[str, Profile]) -> Non
     pi = builtins["raspberry-pi-5"]
     bad_cpu = dataclasses.replace(pi, tvm_target={**pi.tvm_target, "mcpu": "cortex-a99"})
     with pytest.raises(ClusterError, match=r"raspberry-pi-5\.yaml: tvm_target\.mcpu: .*cortex-a99"):
-        check_tvm_target(bad_cpu)
+        check_tvm_target(bad_cpu.tvm_target, str(bad_cpu.path))
     bad_key = dataclasses.replace(pi, tvm_target={**pi.tvm_target, "mcpus": "cortex-a76"})
     with pytest.raises(ClusterError, match=r"tvm_target: TVM refuses it: .*mcpus"):
-        check_tvm_target(bad_key)
+        check_tvm_target(bad_key.tvm_target, str(bad_key.path))
 
 
 def test_user_dir_overrides_and_adds(tmp_path: Path) -> None:

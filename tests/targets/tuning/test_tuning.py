@@ -380,3 +380,39 @@ def test_a_database_that_cannot_be_applied_gives_an_untuned_build_and_one_warnin
         assert options["untuned_because"] == warnings[0].split(": ", 2)[2]
         verified = nndeploy("verify", build, "--samples", "1")
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.slow
+def test_a_tasks_first_batch_is_random_replay_and_later_ones_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIRST_BATCH_SEARCH = "replay": a task never measured gets random samples of its design space (no
+    evolutionary search, whose cost model knows least then); its next batches come from the search."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from nndeploy.targets.devices.registry import device_from_profile, load_profiles
+    from nndeploy.targets.tuning import tuner
+
+    assert tuner.FIRST_BATCH_SEARCH == "replay"
+    real = ms.relax_integration.extracted_tasks_to_tune_contexts
+    strategies: list[tuple[int, str]] = []
+
+    def spy(tasks, work_dir, strategy, **kwargs):  # type: ignore[no-untyped-def]
+        strategies.append((len(tasks), type(strategy).__name__))
+        return real(tasks, work_dir, strategy=strategy, **kwargs)
+
+    monkeypatch.setattr(ms.relax_integration, "extracted_tasks_to_tune_contexts", spy)
+    server = device_from_profile(load_profiles()["x86-avx512-server"], "server")
+    db = tmp_path / "db"
+    folder = tuning_db.target_db_dir(db, server.tvm_target)
+    tasks = tuner.extract_tasks([(1, conv_model())], server, folder)
+    heaviest = max(tasks, key=lambda t: t.weight * t.flops)
+    first = tuner.tune_tasks([heaviest], server, folder, budget_s=0.1, trials_per_task=64)
+    assert 0 < first <= tuner.FIRST_BATCH
+    assert strategies == [(1, "EvolutionarySearch"), (1, "ReplayTrace")]
+    strategies.clear()
+    again = tuner.extract_tasks([(1, conv_model())], server, folder)
+    task = next(t for t in again if t.workload == heaviest.workload)
+    assert task.trials_done == first
+    tuner.tune_tasks([task], server, folder, budget_s=0.1, trials_per_task=first + 8)
+    assert strategies == [(1, "EvolutionarySearch")]  # contexts made once; no replay for a measured task
