@@ -15,63 +15,47 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from build_models import Builder
 
 OPSET = 17
 
 
-class _Builder:
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.count = 0
+class _Builder(Builder):
+    """examples/build_models.py's builder, with the blocks of a YOLO-style detector."""
 
-    def name(self, stem: str) -> str:
-        self.count += 1
-        return f"{stem}_{self.count}"
-
-    def tensor(self, stem: str, value: np.ndarray) -> str:
-        name = self.name(stem)
-        self.inits.append(numpy_helper.from_array(value, name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attrs: object) -> list[str]:
-        outs = [self.name(op_type.lower()) for _ in range(outputs)]
+    def ops(self, op_type: str, inputs: list[str], count: int, **attrs: object) -> list[str]:
+        """A node with `count` outputs."""
+        outs = [self.name(op_type.lower()) for _ in range(count)]
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{outs[0]}_op", **attrs))
         return outs
 
     def conv(self, x: str, cin: int, cout: int, k: int = 3, stride: int = 1, act: bool = True) -> str:
-        std = (2.0 / (cin * k * k)) ** 0.5
-        w = self.tensor("w", (self.rng.standard_normal((cout, cin, k, k)) * std).astype(np.float32))
-        b = self.tensor("b", (self.rng.standard_normal(cout) * 0.01).astype(np.float32))
-        (y,) = self.op("Conv", [x, w, b], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4)
-        if not act:
-            return y
-        (gate,) = self.op("Sigmoid", [y])
-        return self.op("Mul", [y, gate])[0]  # SiLU
+        w, b = self.weight("w", (cout, cin, k, k)), self.weight("b", (cout,), scale=0.01)
+        y = self.op("Conv", [x, w, b], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4)
+        return self.op("Mul", [y, self.op("Sigmoid", [y])]) if act else y  # SiLU
 
     def c2f(self, x: str, cin: int, cout: int, blocks: int) -> str:
         hidden = cout // 2
         y = self.conv(x, cin, 2 * hidden, 1)
-        split = self.tensor("split", np.array([hidden, hidden], np.int64))
-        parts = self.op("Split", [y, split], outputs=2, axis=1)
+        split = self.const("split", np.array([hidden, hidden], np.int64))
+        parts = self.ops("Split", [y, split], 2, axis=1)
         last = parts[1]
         for _ in range(blocks):
             inner = self.conv(self.conv(last, hidden, hidden), hidden, hidden)
-            last = self.op("Add", [last, inner])[0]
+            last = self.op("Add", [last, inner])
             parts.append(last)
-        (cat,) = self.op("Concat", parts, axis=1)
-        return self.conv(cat, hidden * len(parts), cout, 1)
+        return self.conv(self.op("Concat", parts, axis=1), hidden * len(parts), cout, 1)
 
     def sppf(self, x: str, channels: int) -> str:
         hidden = channels // 2
         y = self.conv(x, channels, hidden, 1)
         pools = [y]
         for _ in range(3):
-            pools.append(self.op("MaxPool", [pools[-1]], kernel_shape=[5, 5], pads=[2] * 4)[0])
-        (cat,) = self.op("Concat", pools, axis=1)
-        return self.conv(cat, 4 * hidden, channels, 1)
+            pools.append(self.op("MaxPool", [pools[-1]], kernel_shape=[5, 5], pads=[2] * 4))
+        return self.conv(self.op("Concat", pools, axis=1), 4 * hidden, channels, 1)
 
 
 def small_detector(size: int = 320, classes: int = 20, width: int = 16) -> onnx.ModelProto:
@@ -87,16 +71,16 @@ def small_detector(size: int = 320, classes: int = 20, width: int = 16) -> onnx.
     p4 = b.c2f(x, w[3], w[3], 2)
     x = b.conv(p4, w[3], w[4], stride=2)  # /32
     p5 = b.sppf(b.c2f(x, w[4], w[4], 1), w[4])
-    scales = b.tensor("scales", np.array([1, 1, 2, 2], np.float32))
-    up = b.op("Resize", [p5, "", scales], mode="nearest")[0]
-    n4 = b.c2f(b.op("Concat", [up, p4], axis=1)[0], w[4] + w[3], w[3], 1)
-    up = b.op("Resize", [n4, "", scales], mode="nearest")[0]
-    n3 = b.c2f(b.op("Concat", [up, p3], axis=1)[0], w[3] + w[2], w[2], 1)
+    scales = b.const("scales", np.array([1, 1, 2, 2], np.float32))
+    up = b.op("Resize", [p5, "", scales], mode="nearest")
+    n4 = b.c2f(b.op("Concat", [up, p4], axis=1), w[4] + w[3], w[3], 1)
+    up = b.op("Resize", [n4, "", scales], mode="nearest")
+    n3 = b.c2f(b.op("Concat", [up, p3], axis=1), w[3] + w[2], w[2], 1)
     heads = []
     for feature, channels in ((n3, w[2]), (n4, w[3]), (p5, w[4])):
         y = b.conv(b.conv(feature, channels, channels), channels, 4 + classes, 1, act=False)
-        shape = b.tensor("shape", np.array([1, 4 + classes, -1], np.int64))
-        heads.append(b.op("Reshape", [y, shape])[0])
+        shape = b.const("shape", np.array([1, 4 + classes, -1], np.int64))
+        heads.append(b.op("Reshape", [y, shape]))
     b.nodes.append(helper.make_node("Concat", heads, ["detections"], name="detections_op", axis=2))
     cells = sum((size // s) ** 2 for s in (8, 16, 32))
     graph = helper.make_graph(

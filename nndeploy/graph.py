@@ -201,8 +201,9 @@ def check_fixed_outputs(graph: Graph) -> None:
         for name in dependent
     )
     raise ModelError(
-        f"{graph.model_path}: output {named} has a shape that depends on the input data; nndeploy serves "
-        "fixed-shape outputs: make it fixed-size in the model (e.g. pad to a maximum count)"
+        f"{graph.model_path}: output {named} has no fixed shape: it depends on the input data (or could "
+        "not be measured); nndeploy serves fixed-shape outputs: make it fixed-size in the model (e.g. pad to "
+        "a maximum count)"
     )
 
 
