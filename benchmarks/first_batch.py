@@ -5,8 +5,9 @@ evolutionary search, on a held-out model, with the same budget (one fresh databa
     python benchmarks/first_batch.py --budget 600 --ways replay,evolutionary
 
 Each way runs in a process of its own (targets/tuning/tuner.py's FIRST_BATCH_SEARCH set there): plan the
-model on one x86 server, tune_plan for --budget seconds, compile_plan with the database, then time the
-tuned stage and onnxruntime on it (2 threads each, alternating, median of --repeats). Prints trials, trials
+model on one x86 server, tune_plan for --budget seconds, compile_plan with the database into a fresh build
+cache, then time the tuned stage and onnxruntime on it (2 threads each, one run of each in turn, median of
+--repeats: benchmarks/tuning.py's time_side_by_side). Prints trials, trials
 a minute, tasks reached, the tuned stage's milliseconds and onnxruntime's. Use the tuned milliseconds to
 compare ways: both runtimes share one process, so onnxruntime's figure moves with the TVM thread pool.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import held_out  # the script's folder is on sys.path
+import tuning  # benchmarks/tuning.py: the host profile, a fresh compile, side-by-side timing
 
 
 def run_way(way: str, budget: float, repeats: int) -> dict[str, object]:
@@ -32,40 +33,25 @@ def run_way(way: str, budget: float, repeats: int) -> dict[str, object]:
     import nndeploy.targets.tuning.tuner as tuner
     from nndeploy.cli.common import write_stage_models
     from nndeploy.graph import load_graph
-    from nndeploy.oracle import random_inputs, session
     from nndeploy.partitioner.planner import plan as make_plan
     from nndeploy.planfile import write_plan
-    from nndeploy.targets.artifacts.loader import run_artifact
-    from nndeploy.targets.compile import compile_plan
     from nndeploy.targets.devices.cluster import parse_cluster
     from nndeploy.targets.tune import tune_plan
     from nndeploy.targets.tuning.database import target_db_dir, trials_per_workload
 
     tuner.FIRST_BATCH_SEARCH = way
     work = Path(tempfile.mkdtemp(prefix=f"first-batch-{way}-"))
-    os.environ["NNDEPLOY_CACHE_DIR"] = str(work / "cache")
     model = held_out.write("small_detector", work)
-    cluster = parse_cluster({"devices": [{"name": "server", "profile": "x86-avx512-server"}]}, "c.yaml", work)
-    the_plan = make_plan(load_graph(model), cluster)
+    devices = [{"name": "server", "profile": tuning.host_profile()}]
+    the_plan = make_plan(load_graph(model), parse_cluster({"devices": devices}, "c.yaml", work))
     write_plan(the_plan, work / "plan.json")
     _, stages = write_stage_models(the_plan, work / "plan.json", work / "stages", None)
     started = time.perf_counter()
     report = tune_plan(the_plan, stages, work / "db", budget, trials_per_task=256)
     tuned_s = time.perf_counter() - started
-    manifest = compile_plan(the_plan, "plan.json", stages, work / "build", tuning_db_root=work / "db")
+    manifest, _ = tuning.fresh_compile(the_plan, stages, work / "build", work / "db")
     entry = manifest.stages[0]
-    assert entry.artifact is not None, entry.error
-    inputs = random_inputs(entry.artifact.inputs, 0)
-    ort = session(str(stages[0]), threads=2)
-    tvm_ms, ort_ms = [], []
-    for round_ in range(repeats + 3):
-        start = time.perf_counter()
-        run_artifact(work / "build", entry, inputs)
-        middle = time.perf_counter()
-        ort.run(None, inputs)
-        if round_ >= 3:  # warm-up
-            tvm_ms.append((middle - start) * 1e3)
-            ort_ms.append((time.perf_counter() - middle) * 1e3)
+    timed = tuning.time_side_by_side({"tuned": (work / "build", entry)}, stages[0], 2, repeats)
     device = the_plan.cluster.device(entry.device)
     tasks = len(trials_per_workload(target_db_dir(work / "db", device.tvm_target)))
     return {
@@ -74,8 +60,8 @@ def run_way(way: str, budget: float, repeats: int) -> dict[str, object]:
         "trials": report.trials,
         "trials_per_min": round(report.trials / tuned_s * 60, 1),
         "tasks_reached": tasks,
-        "tuned_ms": round(statistics.median(tvm_ms), 2),
-        "onnxruntime_ms": round(statistics.median(ort_ms), 2),
+        "tuned_ms": round(timed["tuned"], 2),
+        "onnxruntime_ms": round(timed["onnxruntime"], 2),
     }
 
 

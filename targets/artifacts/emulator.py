@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nndeploy.errors import EmulatorError
-from nndeploy.targets.artifacts.host_tools import PACKAGES, run_command
+from nndeploy.targets.artifacts.host_tools import APT_ENV, PACKAGES, can_install, run_command
 
 # arch -> (Debian architecture, qemu binaries in order of preference)
 ARCHES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -213,7 +213,7 @@ def setup_emulator(arch: str = "aarch64", log: Callable[[str], None] = print) ->
     ready = find_emulator(arch)
     commands = _apt_commands(arch, need_env=ready is None)
     has_apt = bool(shutil.which("apt-get") and shutil.which("dpkg"))
-    if commands and ready is not None and not (has_apt and os.geteuid() == 0):
+    if commands and ready is not None and not can_install():
         log(
             f"emulator: ready; cross-compiling for {arch} also needs {', '.join(missing_prerequisites(arch))}"
         )
@@ -225,7 +225,7 @@ def setup_emulator(arch: str = "aarch64", log: Callable[[str], None] = print) ->
         raise EmulatorError(f"the {arch} emulator needs system packages; run as root: {line}")
     for cmd in commands:
         log(f"emulator: {' '.join(cmd)}")
-        run_command(cmd, " ".join(cmd[:2]), env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        run_command(cmd, " ".join(cmd[:2]), env={**os.environ, **APT_ENV})
     if ready is not None:
         return ready
     final = emulator_dir(arch)

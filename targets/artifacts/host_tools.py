@@ -24,7 +24,7 @@ NVCC_HINT = (
     "the CUDA build needs nvcc: install the CUDA toolkit (Debian/Ubuntu: apt-get install "
     "nvidia-cuda-toolkit, or cuda-toolkit from NVIDIA's apt repository) and put its bin/ on PATH"
 )
-_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}  # apt-get asks nothing
 
 
 def run_command(cmd: Sequence[str], what: str, timeout: float = 1800, **kwargs: Any) -> str:
@@ -84,7 +84,7 @@ def install_packages(packages: Sequence[str], why: str, log: Callable[[str], Non
         raise HostToolError(f"{why} needs {' '.join(packages)}; run {how}: {apt_command(packages)}")
     update = not _lists_know(packages)
     log(f"{why}: installing {' '.join(packages)} ({apt_command(packages, update)})")
-    env = {**os.environ, **_APT_ENV}
+    env = {**os.environ, **APT_ENV}
     try:
         if update:
             run_command(["apt-get", "update"], "apt-get update", env=env)
