@@ -28,6 +28,15 @@ def register(app: typer.Typer) -> None:
     app.add_typer(emulator_app, name="emulator")
 
 
+def schedules_text(counts: dict[str, int]) -> str:
+    """Where a tuned build's kernels got their schedules, in words."""
+    total = sum(counts.values())
+    return (
+        f"{total} kernels: {counts.get('tuned', 0)} from tuning records, {counts.get('transferred', 0)} "
+        f"transferred from tuned kernels of the same kind, {counts.get('plain', 0)} with the plain schedule"
+    )
+
+
 def compile_command(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="plan.json written by nndeploy plan.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The build folder.")] = Path("build"),
@@ -48,6 +57,14 @@ def compile_command(
             "the fastest.",
         ),
     ] = False,
+    shipped: Annotated[
+        bool,
+        typer.Option(
+            "--shipped/--no-shipped",
+            help="Use the tuning knowledge shipped with nndeploy for the device's CPU (schedules tuned on "
+            "a corpus of models, carried over to new shapes; no trials run); --no-shipped: TVM's defaults.",
+        ),
+    ] = True,
     check: Annotated[
         bool,
         typer.Option(
@@ -74,6 +91,12 @@ def compile_command(
         raise BuildError("--best-of compares tuned and untuned builds: give the tuning database with --db")
     if db is not None and not db.is_dir():
         raise BuildError(f"--db {db}: no such tuning database folder; create it with nndeploy tune")
+    if not shipped:  # read by every build worker (spawned with this environment)
+        import os
+
+        from nndeploy.targets.tuning.shipped import SWITCH_ENV
+
+        os.environ[SWITCH_ENV] = "0"
     plan = read_plan(plan_file)
     output.mkdir(parents=True, exist_ok=True)
     model_path, stage_models = write_stage_models(plan, plan_file, output / "stages", model)
@@ -109,7 +132,7 @@ def compile_command(
         target = artifact.target if artifact else plan.cluster.device(entry.device).tvm_target
         status = "FAILED" if artifact is None else entry.status.replace("fallback", "onnxruntime fallback")
         if artifact is not None and artifact.options.get("pipeline") == "llvm-metaschedule":
-            status += " (tuned)"
+            status += " (tuned)" if db is not None else " (shipped)"
         if artifact is not None and "selected" in artifact.options:
             status = f"{status}, best of {_candidates_text(artifact.options['measured_ms'])}"
         if artifact is not None and entry.cached:
@@ -125,6 +148,10 @@ def compile_command(
             artifact.sha256[:12] if artifact else "-",
         )
     out.print(table)
+    for entry in manifest.stages:
+        counts = entry.artifact.options.get("schedules") if entry.artifact else None
+        if counts:
+            out.print(f"stage {entry.stage}: {schedules_text(counts)}", highlight=False)
     for entry in manifest.stages:
         if entry.artifact is not None and "untuned_because" in entry.artifact.options:
             err.print(

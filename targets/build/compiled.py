@@ -25,6 +25,7 @@ from nndeploy.model_prep import file_sha256
 from nndeploy.targets.build.record import BuildRecord, build_key, cache_dir, tvm_version
 from nndeploy.targets.tuning.cold import weights_cold
 from nndeploy.targets.tuning.database import fingerprint
+from nndeploy.targets.tuning.shipped import Knowledge
 from nndeploy.types import Artifact, Device, FallbackNode
 
 
@@ -35,20 +36,23 @@ def build_compiled(
     out_dir: Path,
     tuning_db_dir: Path | None = None,
     name: str | None = None,
+    use_shipped: bool = True,
 ) -> BuildRecord:
-    """The whole model at `stage_path` built by TVM (no fallback), as out_dir/<name>.so."""
+    """The whole model at `stage_path` built by TVM (no fallback), as out_dir/<name>.so; with the
+    tuning knowledge shipped for its CPU unless `use_shipped` is False."""
     name = name or f"stage_{index}"
     started = time.perf_counter()
     stage_bytes = stage_path.read_bytes()
     model = onnx.load_from_string(stage_bytes)
     inputs, outputs = io_specs(model)
     try:
-        options = _build_options(model, device, tuning_db_dir)
+        shipped = _shipped(device) if use_shipped else None
+        options = _build_options(model, device, tuning_db_dir, shipped)
         key = build_key(stage_bytes, device, options)
         cached = cache_dir() / key
         hit = (cached / "meta.json").is_file()
         if not hit:
-            _build_into(model, device, cached, tuning_db_dir)
+            _build_into(model, device, cached, tuning_db_dir, shipped)
         files = json.loads((cached / "meta.json").read_text())
         out_dir.mkdir(parents=True, exist_ok=True)
         library = out_dir / f"{name}.so"
@@ -59,7 +63,8 @@ def build_compiled(
             shutil.copyfile(cached / source, target)
             sources[kind] = target.name
     except TuningDatabaseError as exc:  # the untuned build, flagged
-        return _untuned_because(build_compiled(stage_path, index, device, out_dir, None, name), str(exc))
+        untuned = build_compiled(stage_path, index, device, out_dir, None, name, use_shipped=False)
+        return _untuned_because(untuned, str(exc))
     except BuildError as exc:
         return BuildRecord(index, device.name, None, time.perf_counter() - started, False, str(exc))
     artifact = Artifact(
@@ -74,6 +79,7 @@ def build_compiled(
             **options,
             "cache_key": key,
             "build_seconds": files["seconds"],
+            **({"schedules": files["schedules"]} if files.get("schedules") else {}),
             "sources": sources,
             "device_arch": device.arch,
             **({"kernels_sha256": file_sha256(out_dir / sources["kernels"])} if "kernels" in sources else {}),
@@ -93,18 +99,22 @@ def _untuned_because(record: BuildRecord, problem: str) -> BuildRecord:
     return replace(record, artifact=replace(record.artifact, options=options))
 
 
-def _build_options(model: onnx.ModelProto, device: Device, tuning_db_dir: Path | None) -> dict[str, Any]:
+def _build_options(
+    model: onnx.ModelProto, device: Device, tuning_db_dir: Path | None, shipped: Knowledge | None
+) -> dict[str, Any]:
     """What, besides the model and the device, decides the build (part of its cache key); a BuildError
     for a bad setting (NNDEPLOY_VM_EXEC_MODE, NNDEPLOY_LLC_BYTES)."""
     from nndeploy.targets.build.codegen import vm_exec_mode
 
     options: dict[str, Any] = {"pipeline": _pipeline_name(device)}
-    if tuning_db_dir is not None:
+    if tuning_db_dir is not None or shipped is not None:
         options = {
             "pipeline": "llvm-metaschedule",
-            "tuning_db": fingerprint(tuning_db_dir),
+            "tuning_db": fingerprint(tuning_db_dir) if tuning_db_dir is not None else "",
             "weights_cold": weights_cold(model),  # which of the database's two ways of measuring leads
         }
+        if shipped is not None:
+            options["shipped_db"] = shipped.fingerprint[:16]
     options["vm"] = vm_exec_mode(str(device.tvm_target.get("kind")))
     return options
 
@@ -164,11 +174,24 @@ def model_artifact(
     )
 
 
+def _shipped(device: Device) -> Knowledge | None:
+    """The tuning knowledge shipped for the device's CPU (None: none ships, it is off, or not a CPU)."""
+    from nndeploy.targets.tuning.shipped import knowledge
+
+    return knowledge(device.tvm_target)
+
+
 def _pipeline_name(device: Device) -> str:
     return "cuda-default-dlight" if device.tvm_target.get("kind") == "cuda" else "llvm-default"
 
 
-def _build_into(model: onnx.ModelProto, device: Device, folder: Path, tuning_db_dir: Path | None) -> None:
+def _build_into(
+    model: onnx.ModelProto,
+    device: Device,
+    folder: Path,
+    tuning_db_dir: Path | None,
+    shipped: Knowledge | None,
+) -> None:
     """Run the TVM build for `device` and leave library, sources and meta.json in `folder` (atomically)."""
     import tempfile
 
@@ -176,13 +199,20 @@ def _build_into(model: onnx.ModelProto, device: Device, folder: Path, tuning_db_
     scratch = Path(tempfile.mkdtemp(prefix="build-", dir=folder.parent))
     try:
         started = time.perf_counter()
-        if tuning_db_dir is not None:
+        schedules: dict[str, int] = {}
+        if tuning_db_dir is not None or shipped is not None:
             from nndeploy.targets.build.tuned import build_tuned_llvm
 
-            sources = build_tuned_llvm(model, device, _best_records(tuning_db_dir), scratch)
+            user_db = _best_records(tuning_db_dir) if tuning_db_dir is not None else None
+            sources, schedules = build_tuned_llvm(model, device, user_db, scratch, shipped)
         else:
             sources = _tvm_build(model, device, scratch)
-        meta = {"library": "stage.so", "sources": sources, "seconds": time.perf_counter() - started}
+        meta = {
+            "library": "stage.so",
+            "sources": sources,
+            "seconds": time.perf_counter() - started,
+            "schedules": schedules,
+        }
         (scratch / "meta.json").write_text(json.dumps(meta))
         if folder.exists():  # a stale entry without meta.json, or one a parallel build just finished
             if (folder / "meta.json").is_file():
@@ -217,13 +247,14 @@ def _best_records(db_dir: Path) -> Path:
     import tempfile
 
     from nndeploy.targets.tuning.database import export_best
+    from nndeploy.targets.tuning.transfer import TOP_K
 
     folder = cache_dir().parent / "tuning-best" / fingerprint(db_dir)
     if not (folder / "done").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="export-", dir=folder.parent))
         try:
-            export_best(db_dir, scratch)
+            export_best(db_dir, scratch, keep=TOP_K)
         except (ValueError, TypeError, IndexError, KeyError) as exc:  # a line that is not a record
             shutil.rmtree(scratch, ignore_errors=True)
             raise TuningDatabaseError(

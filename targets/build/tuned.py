@@ -1,9 +1,10 @@
-"""The tuned CPU build: a stage with a tuning database's schedules applied and its weights pre-packed.
+"""The tuned CPU build: a stage with tuned schedules applied and its weights pre-packed.
 
-The stage is prepared as for tuning (`tuning.tuning_module`), MetaSchedule's records are applied by
-workload, the layout rewrites they ask for are computed on the weights once at compile time, and TIR
-functions the database does not know get a plain parallel, vectorised schedule instead of TVM's
-single-threaded default. No trial runs here.
+The stage is prepared as for tuning (`tuning.tuning_module`). Schedules come, by workload, from the
+user's tuning database, then from the one shipped with nndeploy (`tuning.shipped`), then are transferred
+from tuned workloads of the same structure (`tuning.transfer`); the layout rewrites they ask for are
+computed on the weights once at compile time, and TIR functions none of these covers get a plain
+parallel, vectorised schedule instead of TVM's single-threaded default. No trial runs here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import onnx
 from nndeploy.errors import BuildError, TuningDatabaseError, first_line
 from nndeploy.targets.tuning import database as tuning_db
 from nndeploy.targets.tuning.cold import weights_cold
+from nndeploy.targets.tuning.metaschedule import open_databases
+from nndeploy.targets.tuning.shipped import Knowledge, subset
 from nndeploy.targets.tuning.tuner import tuning_module
 from nndeploy.types import Device
 
@@ -26,21 +29,50 @@ MAX_VECTOR_EXTENT = 64
 HOST_TARGET = {"kind": "llvm"}
 
 
-def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scratch: Path) -> dict[str, str]:
-    """CPU build with the tuned schedules of `db_dir` applied and weights pre-packed; no trials run.
-    Workloads the database does not know get a plain parallel, vectorised schedule. A stage whose
-    weights exceed the CPU's cache takes each workload's schedule from the cold-weights database first."""
+def build_tuned_llvm(
+    model: onnx.ModelProto,
+    device: Device,
+    db_dir: Path | None,
+    scratch: Path,
+    shipped: Knowledge | None = None,
+) -> tuple[dict[str, str], dict[str, int]]:
+    """CPU build with tuned schedules applied and weights pre-packed; no trials run. Each workload's
+    schedule comes from the user's database at `db_dir`, else the shipped one, else is transferred from
+    tuned workloads of the same structure in either (`tuning.transfer`, ranked by the shipped cost
+    model), else is the plain parallel, vectorised one. A stage whose weights exceed the CPU's cache takes
+    each workload's schedule from a database's cold-weights half first. Returns the generated sources and
+    how many workloads got each kind of schedule."""
     import tvm
     from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
 
     from nndeploy.targets.build.codegen import compile_module, export_llvm
+    from nndeploy.targets.tuning import transfer
 
-    if not tuning_db.has_records(db_dir):
+    if db_dir is not None and not tuning_db.has_records(db_dir):
         raise BuildError(f"no tuning records for device '{device.name}' in {db_dir}")
     target = tvm.target.Target(device.tvm_target)
     mod = tuning_module(model, device)
+    cold = weights_cold(model)
     try:  # a database of another TVM version, or damaged, fails here: the caller builds untuned
-        database = _database(db_dir, weights_cold(model))
+        tasks = transfer.workload_tasks(mod, target)
+        opened: list[tuple[list[tuple[bool, Any]], dict[str, Any] | None]] = []
+        if db_dir is not None:
+            opened.append((open_databases(db_dir), None))
+        if shipped is not None:
+            keys = transfer.wanted_keys([workload for _, workload in tasks], shipped.index)
+            opened.append((subset(shipped, keys), shipped.index))
+        databases, sources = [], []
+        for halves, index in opened:
+            if not halves:
+                continue
+            ordered = [database for _, database in sorted(halves, key=lambda half: half[0] != cold)]
+            databases.append(ordered[0] if len(ordered) == 1 else ms.database.OrderedUnionDatabase(*ordered))
+            for half_cold, database in halves:
+                sources.extend(transfer.sources_of(database, _index_half(index, half_cold)))
+        rank = _ranker(shipped, device)
+        transferred, counts = transfer.fill_gaps(tasks, target, databases, sources, rank)
+        database = ms.database.OrderedUnionDatabase(*databases, transferred)
         with target, database:
             mod = tvm.transform.Sequential(
                 [
@@ -48,31 +80,32 @@ def build_tuned_llvm(model: onnx.ModelProto, device: Device, db_dir: Path, scrat
                     relax.transform.SplitLayoutRewritePreproc(),
                 ]
             )(mod)
+    except TuningDatabaseError:
+        raise
     except Exception as exc:  # TVM raises many types here
+        where = db_dir if db_dir is not None else f"shipped with nndeploy ({shipped and shipped.folder.name})"
         raise TuningDatabaseError(
-            f"the tuning database {db_dir} cannot be applied: {first_line(exc)}"
+            f"the tuning database {where} cannot be applied: {first_line(exc)}"
         ) from None
     mod = schedule_untuned(fold_constant_calls(mod), device)
     executable = compile_module(mod, target, "default")
-    return export_llvm(executable, device, scratch)
+    return export_llvm(executable, device, scratch), counts
 
 
-def _database(db_dir: Path, cold_first: bool) -> Any:
-    """The warm and cold-weights databases of `db_dir` as one: each workload's record comes from the
-    first of the two (in the stage's own way of measuring first) that knows the workload."""
-    from tvm.s_tir import meta_schedule as ms
+def _index_half(index: dict[str, Any] | None, cold: bool) -> dict[str, Any] | None:
+    """The shipped index's entries of one half of the database, by workload hash."""
+    if index is None:
+        return None
+    prefix = "cold:" if cold else "warm:"
+    return {key[len(prefix) :]: entry for key, entry in index.items() if key.startswith(prefix)}
 
-    folders = [tuning_db.half_dir(db_dir, cold) for cold in (cold_first, not cold_first)]
-    databases = [
-        ms.database.JSONDatabase(
-            path_workload=str(folder / tuning_db.WORKLOADS),
-            path_tuning_record=str(folder / tuning_db.RECORDS),
-            allow_missing=False,
-        )
-        for folder in folders
-        if (folder / tuning_db.RECORDS).is_file()
-    ]
-    return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
+
+def _ranker(shipped: Knowledge | None, device: Device) -> Any:
+    from nndeploy.targets.tuning.cost_model import ranker
+
+    if shipped is None or shipped.cost_model is None:
+        return None
+    return ranker(shipped.cost_model, device.tvm_target)
 
 
 def schedule_untuned(mod: Any, device: Device) -> Any:

@@ -132,22 +132,23 @@ def mark_exhausted(db_dir: Path, workloads: set[str]) -> None:
         path.write_text(json.dumps(sorted(exhausted_workloads(db_dir) | workloads)))
 
 
-def export_best(db_dir: Path, out_dir: Path) -> tuple[int, int]:
-    """Copy `db_dir` into `out_dir` keeping only each workload's fastest record (all a build applies):
-    a database small enough to ship or commit. Returns (workloads, records) written. Workloads
-    without a successful measurement are left out. The cold-weights database is exported alongside."""
-    exported = _export_best_one(db_dir, out_dir)
+def export_best(db_dir: Path, out_dir: Path, keep: int = 1) -> tuple[int, int]:
+    """Copy `db_dir` into `out_dir` keeping only each workload's `keep` fastest records (a build applies
+    the fastest): a database small enough to ship or commit. Returns (workloads, records) written.
+    Workloads without a successful measurement are left out. The cold-weights database is exported
+    alongside."""
+    exported = _export_best_one(db_dir, out_dir, keep)
     if _holds_records(cold_dir(db_dir)):
-        cold = _export_best_one(cold_dir(db_dir), cold_dir(out_dir))
+        cold = _export_best_one(cold_dir(db_dir), cold_dir(out_dir), keep)
         exported = (exported[0] + cold[0], exported[1] + cold[1])
     return exported
 
 
-def _export_best_one(db_dir: Path, out_dir: Path) -> tuple[int, int]:
+def _export_best_one(db_dir: Path, out_dir: Path, keep: int) -> tuple[int, int]:
     hashes = workload_hashes(db_dir)
     lines = (db_dir / WORKLOADS).read_text().splitlines() if hashes else []
     workload_lines = [line for line in lines if line.strip()]
-    best: dict[int, tuple[float, str]] = {}
+    found: dict[int, list[tuple[float, str]]] = {}
     records = db_dir / RECORDS
     for line in records.read_text().splitlines() if records.is_file() else []:
         if not line.strip():
@@ -155,16 +156,17 @@ def _export_best_one(db_dir: Path, out_dir: Path) -> tuple[int, int]:
         index, (_, run_secs, *_rest) = json.loads(line)
         if not run_secs:
             continue
-        seconds = sum(float(s) for s in run_secs) / len(run_secs)
-        if seconds < best.get(index, (float("inf"), ""))[0]:
-            best[index] = (seconds, line)
+        found.setdefault(index, []).append((sum(float(s) for s in run_secs) / len(run_secs), line))
     out_dir.mkdir(parents=True, exist_ok=True)
-    kept = sorted(best)
+    kept = sorted(found)
     renumber = {old: new for new, old in enumerate(kept)}
     (out_dir / WORKLOADS).write_text("".join(workload_lines[old] + "\n" for old in kept))
+    written = 0
     with (out_dir / RECORDS).open("w") as handle:
         for old in kept:
-            record = json.loads(best[old][1])
-            record[0] = renumber[old]
-            handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-    return len(kept), len(kept)
+            for _, line in sorted(found[old], key=lambda entry: entry[0])[:keep]:
+                record = json.loads(line)
+                record[0] = renumber[old]
+                handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+                written += 1
+    return len(kept), written

@@ -1,0 +1,250 @@
+"""Schedules for workloads never tuned, carried over from tuned workloads of the same structure.
+
+Two TIR workloads have the same structure when their TVM script is equal once every number is blanked
+(`signature`): the same fused op kinds, layouts, loop nests and index expressions, different extents.
+A workload without a record of its own takes the tuned records of the `NEAREST` tuned workloads of its
+structure (nearest by the log-distance of their buffer shapes), re-applies each record's trace to itself
+with every sampled tile size refitted to its own loop extents (`fit_tiles`: the divisors of the new extent
+closest to the old factors, inner first), runs MetaSchedule's CPU post-processors on the result, and
+keeps the candidate the cost model ranks first (`cost_model`); without a cost model, the candidate from
+the nearest workload. No candidate is measured: compile runs no trials. A trace whose decisions do not
+apply to the new workload (a compute location or a loop that no longer exists) is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nndeploy.targets.tuning.metaschedule import light_context, workload_hash
+
+NEAREST = 3  # tuned workloads of the same structure a workload takes candidates from
+TOP_K = 4  # records of each of them re-applied
+
+
+@dataclass(frozen=True)
+class Source:
+    """A tuned workload a schedule can be taken from."""
+
+    signature: str
+    shape: tuple[int, ...]  # every buffer dimension of its parameters, in order
+    flops: float
+    mod: Any  # the workload's IRModule
+    records: tuple[Any, ...]  # its best TuningRecords, fastest first
+
+
+@dataclass(frozen=True)
+class Transferred:
+    """The schedule chosen for one workload, and where it came from."""
+
+    mod: Any
+    trace: Any
+    candidates: int  # traces that applied (the cost model chose among these)
+    source_distance: float
+    estimate_s: float  # the source record's time scaled by the FLOPs ratio
+
+
+def signature(mod: Any) -> str:
+    """The workload's structure without its sizes: a hash of its TVM script with every number blanked."""
+    text = re.sub(r"\d+", "N", mod["main"].script())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def shape_of(mod: Any) -> tuple[int, ...]:
+    """Every dimension of the workload's parameter buffers, in order, read from its script's header."""
+    header = mod["main"].script().split("):\n", 1)[0]
+    dims: list[int] = []
+    for shape in re.findall(r"T\.Buffer\(\((.*?)\),? ?\)?, \"", header):
+        dims.extend(int(n) for n in re.findall(r"(?:T\.int\d+\()?(\d+)\)?", shape))
+    return tuple(dims)
+
+
+def distance(a: Sequence[int], b: Sequence[int]) -> float:
+    """How far apart two workloads' shapes are: summed |log ratio| of their dimensions."""
+    if len(a) != len(b):
+        return math.inf
+    return sum(abs(math.log(max(x, 1) / max(y, 1))) for x, y in zip(a, b, strict=True))
+
+
+def fit_tiles(extent: int, old: Sequence[int], max_innermost: int) -> list[int]:
+    """`len(old)` factors whose product is `extent`, each the divisor of what is left closest (in log
+    ratio) to the old factor, innermost first; the innermost at most `max_innermost` (when positive)."""
+    factors = [1] * len(old)
+    left = extent
+    for position in range(len(old) - 1, 0, -1):
+        limit = max_innermost if position == len(old) - 1 and max_innermost > 0 else left
+        divisors = [d for d in _divisors(left) if d <= limit]
+        wanted = max(int(old[position]), 1)
+        factors[position] = min(divisors, key=lambda d: (abs(math.log(d / wanted)), d))
+        left //= factors[position]
+    factors[0] = left
+    return factors
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
+
+
+def apply_trace(trace: Any, mod: Any, target: Any) -> Any | None:
+    """A schedule of `mod` made by re-applying `trace` (post-processing dropped) with its tile sizes
+    refitted, then MetaSchedule's post-processors for the target; None if any step does not apply."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    schedule = tvm.s_tir.Schedule(mod, debug_mask="all")
+
+    def provider(inst: Any, inputs: list[Any], attrs: list[Any], decision: Any) -> Any:
+        if inst.kind.name != "SamplePerfectTile" or decision is None:
+            return decision
+        extent = schedule.get(inputs[0]).extent
+        if not hasattr(extent, "value"):
+            raise ValueError("a tile of a symbolic loop")
+        old = [int(d) for d in decision]
+        if math.prod(old) == int(extent.value):
+            return decision
+        return [int(f) for f in fit_tiles(int(extent.value), old, int(attrs[1]))]
+
+    try:
+        trace.apply_to_schedule(schedule, remove_postproc=True, decision_provider=provider)
+        schedule.enter_postproc()
+        context = light_context(mod, target)
+        for postproc in ms.postproc.Postproc.create("llvm"):
+            postproc._initialize_with_tune_context(context)
+            if not postproc.apply(schedule):
+                return None
+    except Exception:  # TVM raises ScheduleError, TVMError, ValueError for a decision that no longer fits
+        return None
+    return schedule
+
+
+def transfer(
+    mod: Any,
+    sources: Iterable[Source],
+    target: Any,
+    rank: Callable[[Any, Sequence[Any]], Sequence[float]] | None = None,
+) -> Transferred | None:
+    """The best schedule for `mod` carried over from `sources` (see the module docstring); None if no
+    tuned workload has its structure or none of their traces applies. `rank(mod, schedules)` scores
+    candidates (higher is faster): the cost model."""
+    key, shape = signature(mod), shape_of(mod)
+    near = sorted((distance(shape, s.shape), n, s) for n, s in enumerate(sources) if s.signature == key)
+    near = [entry for entry in near if math.isfinite(entry[0])][:NEAREST]
+    candidates: list[tuple[Any, float, float]] = []  # (schedule, distance, estimate_s)
+    flops = workload_flops(mod)
+    for gap, _, source in near:
+        for record in source.records[:TOP_K]:
+            schedule = apply_trace(record.trace, mod, target)
+            if schedule is None or not record.run_secs:
+                continue
+            seconds = sum(float(s) for s in record.run_secs) / len(record.run_secs)
+            ratio = flops / source.flops if source.flops > 0 and flops > 0 else 1.0
+            candidates.append((schedule, gap, seconds * ratio))
+    if not candidates:
+        return None
+    chosen = 0
+    if rank is not None and len(candidates) > 1:
+        scores = list(rank(mod, [c[0] for c in candidates]))
+        chosen = max(range(len(candidates)), key=lambda i: (scores[i], -candidates[i][1]))
+    schedule, gap, estimate = candidates[chosen]
+    return Transferred(mod, schedule.trace, len(candidates), gap, estimate)
+
+
+def workload_flops(mod: Any) -> float:
+    """TVM's FLOP estimate of one run of the workload (0 when it cannot tell)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(mod))
+    except Exception:  # opaque or dynamic loops
+        return 0.0
+
+
+def sources_of(database: Any, index: dict[str, Any] | None = None) -> list[Source]:
+    """Every tuned workload of a MetaSchedule database as a transfer source. `index` (workload structural
+    hash -> {"signature", "shape", "flops"}), written when the database was packed, saves recomputing
+    them."""
+    workloads: dict[int, Any] = {}
+    for record in database.get_all_tuning_records():
+        workloads.setdefault(workload_hash(record.workload.mod), record.workload)
+    found = []
+    for key, workload in workloads.items():
+        records = tuple(r for r in database.get_top_k(workload, TOP_K) if r.run_secs)
+        if not records:
+            continue
+        mod = workload.mod
+        known = (index or {}).get(str(key))
+        if known is not None:
+            found.append(
+                Source(known["signature"], tuple(known["shape"]), float(known["flops"]), mod, records)
+            )
+        else:
+            found.append(Source(signature(mod), shape_of(mod), workload_flops(mod), mod, records))
+    return found
+
+
+def workload_tasks(mod: Any, target: Any) -> list[tuple[str, Any]]:
+    """(task name, workload module) of every TIR function of the Relax module `mod` still to schedule."""
+    from tvm.s_tir import meta_schedule as ms
+
+    found = []
+    for task in ms.relax_integration.extract_tasks(mod, target):
+        workload = task.dispatched[0]
+        if workload.attrs is None or not workload.attrs.get("tirx.is_scheduled", False):
+            found.append((task.task_name, workload))
+    return found
+
+
+def wanted_keys(mods: Iterable[Any], index: dict[str, Any]) -> set[str]:
+    """The keys of `index` ("<half>:<workload hash>") these workloads need: each one's own entries, or,
+    where it has none, its NEAREST workloads of the same structure."""
+    keys: set[str] = set()
+    for mod in mods:
+        key = str(workload_hash(mod))
+        own = {f"{half}:{key}" for half in ("warm", "cold")} & index.keys()
+        if own:
+            keys |= own
+            continue
+        key_signature, shape = signature(mod), shape_of(mod)
+        near = sorted(
+            (distance(shape, entry["shape"]), name)
+            for name, entry in index.items()
+            if entry.get("signature") == key_signature
+        )
+        keys |= {name for gap, name in near[:NEAREST] if math.isfinite(gap)}
+    return keys
+
+
+def fill_gaps(
+    tasks: Sequence[tuple[str, Any]],
+    target: Any,
+    databases: Sequence[Any],
+    sources: Sequence[Source],
+    rank: Callable[[Any, Sequence[Any]], Sequence[float]] | None,
+) -> tuple[Any, dict[str, int]]:
+    """A database holding a transferred schedule for every task (`workload_tasks`) that none of
+    `databases` has a record for, and how many tasks were: found in a database ("tuned"), transferred,
+    or left to the plain schedule ("plain")."""
+    from tvm.s_tir import meta_schedule as ms
+
+    memory = ms.database.MemoryDatabase()
+    counts = {"tuned": 0, "transferred": 0, "plain": 0}
+    for name, workload_mod in tasks:
+        if any(db.query_tuning_record(workload_mod, target, name) is not None for db in databases):
+            counts["tuned"] += 1
+            continue
+        found = transfer(workload_mod, sources, target, rank)
+        if found is None:
+            counts["plain"] += 1
+            continue
+        workload = memory.commit_workload(workload_mod)
+        args = ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])
+        memory.commit_tuning_record(
+            ms.database.TuningRecord(found.trace, workload, [found.estimate_s], target, args)
+        )
+        counts["transferred"] += 1
+    return memory, counts
