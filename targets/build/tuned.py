@@ -19,6 +19,7 @@ from nndeploy.targets.tuning import database as tuning_db
 from nndeploy.targets.tuning.cold import weights_cold
 from nndeploy.targets.tuning.metaschedule import open_databases
 from nndeploy.targets.tuning.shipped import Knowledge, subset
+from nndeploy.targets.tuning.shipped import sources as shipped_sources
 from nndeploy.targets.tuning.tuner import tuning_module
 from nndeploy.types import Device
 
@@ -56,20 +57,24 @@ def build_tuned_llvm(
     cold = weights_cold(model)
     try:  # a database of another TVM version, or damaged, fails here: the caller builds untuned
         tasks = transfer.workload_tasks(mod, target)
-        opened: list[tuple[list[tuple[bool, Any]], dict[str, Any] | None]] = []
+        halves_of = []
         if db_dir is not None:
-            opened.append((open_databases(db_dir), None))
+            user = open_databases(db_dir)
+            halves_of.append(user)
+            sources = [source for _, half in user for source in transfer.sources_of(half)]
+        else:
+            sources = []
         if shipped is not None:
             keys = transfer.wanted_keys([workload for _, workload in tasks], shipped.index)
-            opened.append((subset(shipped, keys), shipped.index))
-        databases, sources = [], []
-        for halves, index in opened:
-            if not halves:
-                continue
+            halves_of.append(subset(shipped, keys))
+            sources.extend(shipped_sources(shipped, halves_of[-1]))
+        databases = []
+        for halves in halves_of:
             ordered = [database for _, database in sorted(halves, key=lambda half: half[0] != cold)]
-            databases.append(ordered[0] if len(ordered) == 1 else ms.database.OrderedUnionDatabase(*ordered))
-            for half_cold, database in halves:
-                sources.extend(transfer.sources_of(database, _index_half(index, half_cold)))
+            if ordered:
+                databases.append(
+                    ordered[0] if len(ordered) == 1 else ms.database.OrderedUnionDatabase(*ordered)
+                )
         rank = _ranker(shipped, device)
         transferred, counts = transfer.fill_gaps(tasks, target, databases, sources, rank)
         database = ms.database.OrderedUnionDatabase(*databases, transferred)
@@ -90,14 +95,6 @@ def build_tuned_llvm(
     mod = schedule_untuned(fold_constant_calls(mod), device)
     executable = compile_module(mod, target, "default")
     return export_llvm(executable, device, scratch), counts
-
-
-def _index_half(index: dict[str, Any] | None, cold: bool) -> dict[str, Any] | None:
-    """The shipped index's entries of one half of the database, by workload hash."""
-    if index is None:
-        return None
-    prefix = "cold:" if cold else "warm:"
-    return {key[len(prefix) :]: entry for key, entry in index.items() if key.startswith(prefix)}
 
 
 def _ranker(shipped: Knowledge | None, device: Device) -> Any:

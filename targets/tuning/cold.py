@@ -146,27 +146,10 @@ def seed_from_warm(
     """Time the warm database's best SEED_RECORDS schedules of a workload with cold weights and record
     them in the cold database, so its search starts from them and never ends worse than they run in the
     network. Returns (records measured, best ms), or None when the warm database has none."""
-    import shutil
-
-    from tvm.s_tir import meta_schedule as ms
+    from nndeploy.targets.tuning.metaschedule import measure_traces
 
     if not warm.has_workload(function_module):
         return None
     records = warm.get_top_k(warm.commit_workload(function_module), SEED_RECORDS)
-    candidates = [record.as_measure_candidate() for record in records]
-    built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for c in candidates])
-    ready = [(r, c, b) for r, c, b in zip(records, candidates, built, strict=True) if b.error_msg is None]
-    inputs = [ms.runner.RunnerInput(b.artifact_path, "cpu", c.args_info) for _, c, b in ready]
-    results = [future.result() for future in runner.run(inputs)]
-    workload = cold.commit_workload(function_module)
-    best = None
-    for (record, _, artifact), result in zip(ready, results, strict=True):
-        shutil.rmtree(Path(str(artifact.artifact_path)).parent, ignore_errors=True)
-        if result.error_msg or not result.run_secs:
-            continue
-        cold.commit_tuning_record(
-            ms.database.TuningRecord(record.trace, workload, result.run_secs, target, record.args_info)
-        )
-        seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
-        best = seconds * 1e3 if best is None else min(best, seconds * 1e3)
-    return (len(results), best) if results else None
+    measured = measure_traces(function_module, [r.trace for r in records], cold, builder, runner, target)
+    return measured if measured[0] else None

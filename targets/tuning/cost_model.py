@@ -32,7 +32,7 @@ def train(db_dir: Path, tvm_target: dict[str, Any], out: Path) -> int:
     import tvm
     from tvm.s_tir.meta_schedule.cost_model.xgb_model import XGBModel
 
-    from nndeploy.targets.tuning.metaschedule import open_databases, workload_hash
+    from nndeploy.targets.tuning.metaschedule import open_databases, replayed, workload_hash
 
     target = tvm.target.Target(tvm_target)
     groups: dict[int, tuple[Any, list[Any], list[float]]] = {}
@@ -41,9 +41,8 @@ def train(db_dir: Path, tvm_target: dict[str, Any], out: Path) -> int:
             if not record.run_secs:
                 continue
             mod = record.workload.mod
-            schedule = tvm.s_tir.Schedule(mod)
             try:
-                record.trace.apply_to_schedule(schedule, remove_postproc=False)
+                schedule = replayed(mod, record.trace)
             except Exception:  # a record TVM cannot replay is not learned from
                 continue
             seconds = float(np.median([float(s) for s in record.run_secs]))

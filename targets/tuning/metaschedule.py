@@ -48,3 +48,49 @@ def light_context(mod: Any, target: Any) -> Any:
         _ffi_api.TuneContext, mod, target, None, None, "main", 1, -1, logging
     )
     return context
+
+
+def measure_traces(
+    mod: Any, traces: list[Any], database: Any, builder: Any, runner: Any, target: Any
+) -> tuple[int, float | None]:
+    """Build and time schedules of the workload `mod` given by `traces` (each replayed in full) with
+    MetaSchedule's builder and runner, and commit every successful measurement to `database`. Returns
+    (candidates measured, best ms or None)."""
+    import shutil
+
+    from tvm.s_tir import meta_schedule as ms
+
+    if not traces:
+        return 0, None
+    modules = [replayed(mod, trace).mod for trace in traces]
+    # the arguments as the scheduled kernel takes them: a layout rewrite changes the weights' shapes
+    arguments = [ms.arg_info.ArgInfo.from_entry_func(module, remove_preproc=True) for module in modules]
+    built = builder.build([ms.builder.BuilderInput(module, target) for module in modules])
+    ready = [
+        (trace, args, b)
+        for trace, args, b in zip(traces, arguments, built, strict=True)
+        if b.error_msg is None
+    ]
+    inputs = [ms.runner.RunnerInput(b.artifact_path, "cpu", args) for _, args, b in ready]
+    results = [future.result() for future in runner.run(inputs)] if inputs else []
+    workload = database.commit_workload(mod)
+    best = None
+    for (trace, args_info, artifact), result in zip(ready, results, strict=True):
+        shutil.rmtree(Path(str(artifact.artifact_path)).parent, ignore_errors=True)
+        if result.error_msg or not result.run_secs:
+            continue
+        database.commit_tuning_record(
+            ms.database.TuningRecord(trace, workload, result.run_secs, target, args_info)
+        )
+        milliseconds = sum(float(s) for s in result.run_secs) / len(result.run_secs) * 1e3
+        best = milliseconds if best is None else min(best, milliseconds)
+    return len(traces), best
+
+
+def replayed(mod: Any, trace: Any) -> Any:
+    """The workload `mod` scheduled by replaying `trace` in full (post-processing included)."""
+    import tvm
+
+    schedule = tvm.s_tir.Schedule(mod)
+    trace.apply_to_schedule(schedule, remove_postproc=False)
+    return schedule

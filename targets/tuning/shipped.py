@@ -135,6 +135,18 @@ def subset(shipped: Knowledge, keys: set[str]) -> list[tuple[bool, Any]]:
     return found
 
 
+def sources(shipped: Knowledge, halves: list[tuple[bool, Any]]) -> list[Any]:
+    """The transfer sources (`transfer.Source`) in databases `subset` loaded, described by the index."""
+    from nndeploy.targets.tuning.transfer import sources_of
+
+    found = []
+    for cold, database in halves:
+        prefix = _half(cold) + ":"
+        index = {key[len(prefix) :]: entry for key, entry in shipped.index.items() if key.startswith(prefix)}
+        found.extend(sources_of(database, index))
+    return found
+
+
 def _half(cold: bool) -> str:
     return "cold" if cold else "warm"
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nndeploy.targets.tuning.metaschedule import light_context, workload_hash
+from nndeploy.targets.tuning.metaschedule import light_context, replayed, workload_hash
 
 NEAREST = 3  # tuned workloads of the same structure a workload takes candidates from
 TOP_K = 4  # records of each of them re-applied
@@ -122,19 +122,18 @@ def apply_trace(trace: Any, mod: Any, target: Any) -> Any | None:
     return schedule
 
 
-def transfer(
+def ranked_candidates(
     mod: Any,
     sources: Iterable[Source],
     target: Any,
     rank: Callable[[Any, Sequence[Any]], Sequence[float]] | None = None,
-) -> Transferred | None:
-    """The best schedule for `mod` carried over from `sources` (see the module docstring); None if no
-    tuned workload has its structure or none of their traces applies. `rank(mod, schedules)` scores
-    candidates (higher is faster): the cost model."""
+) -> list[Transferred]:
+    """Every schedule for `mod` carried over from `sources` (see the module docstring), best first: by
+    `rank(mod, schedules)` (the cost model; higher is faster), ties and no ranker by nearest source."""
     key, shape = signature(mod), shape_of(mod)
     near = sorted((distance(shape, s.shape), n, s) for n, s in enumerate(sources) if s.signature == key)
     near = [entry for entry in near if math.isfinite(entry[0])][:NEAREST]
-    candidates: list[tuple[Any, float, float]] = []  # (schedule, distance, estimate_s)
+    found: list[tuple[Any, float, float]] = []  # (schedule, distance, estimate_s)
     flops = workload_flops(mod)
     for gap, _, source in near:
         for record in source.records[:TOP_K]:
@@ -143,15 +142,24 @@ def transfer(
                 continue
             seconds = sum(float(s) for s in record.run_secs) / len(record.run_secs)
             ratio = flops / source.flops if source.flops > 0 and flops > 0 else 1.0
-            candidates.append((schedule, gap, seconds * ratio))
-    if not candidates:
-        return None
-    chosen = 0
-    if rank is not None and len(candidates) > 1:
-        scores = list(rank(mod, [c[0] for c in candidates]))
-        chosen = max(range(len(candidates)), key=lambda i: (scores[i], -candidates[i][1]))
-    schedule, gap, estimate = candidates[chosen]
-    return Transferred(mod, schedule.trace, len(candidates), gap, estimate)
+            found.append((schedule, gap, seconds * ratio))
+    scores = (
+        list(rank(mod, [f[0] for f in found])) if rank is not None and len(found) > 1 else [0.0] * len(found)
+    )
+    order = sorted(range(len(found)), key=lambda i: (-scores[i], found[i][1]))
+    return [Transferred(mod, found[i][0].trace, len(found), found[i][1], found[i][2]) for i in order]
+
+
+def transfer(
+    mod: Any,
+    sources: Iterable[Source],
+    target: Any,
+    rank: Callable[[Any, Sequence[Any]], Sequence[float]] | None = None,
+) -> Transferred | None:
+    """The best schedule for `mod` carried over from `sources`; None if no tuned workload has its
+    structure or none of their traces applies."""
+    found = ranked_candidates(mod, sources, target, rank)
+    return found[0] if found else None
 
 
 def workload_flops(mod: Any) -> float:
@@ -242,7 +250,9 @@ def fill_gaps(
             counts["plain"] += 1
             continue
         workload = memory.commit_workload(workload_mod)
-        args = ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])
+        args = ms.arg_info.ArgInfo.from_entry_func(
+            replayed(workload_mod, found.trace).mod, remove_preproc=True
+        )
         memory.commit_tuning_record(
             ms.database.TuningRecord(found.trace, workload, [found.estimate_s], target, args)
         )

@@ -214,3 +214,26 @@ def test_compile_uses_the_shipped_knowledge_unless_told_not_to(tmp_path: Path) -
         assert options["pipeline"] == pipeline
         assert ("kernels:" in done.stdout) == (flag == "--shipped")
         assert ("shipped_db" in options) == (flag == "--shipped")
+
+
+@pytest.mark.slow
+def test_tunings_first_batch_of_a_new_shape_is_the_transferred_schedules(
+    tuned_db: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from nndeploy.targets.tuning.database import target_db_dir, trials_per_workload
+    from nndeploy.targets.tuning.tuner import extract_tasks, tune_tasks
+
+    device = server()
+    db_dir = target_db_dir(tmp_path, device.tvm_target)
+    shutil.copytree(target_db_dir(tuned_db, device.tvm_target), db_dir, ignore=shutil.ignore_patterns("logs"))
+    before = trials_per_workload(db_dir)
+    tasks = [t for t in extract_tasks([(0, conv_relu(16, 24, seed=1))], device, db_dir) if "conv2d" in t.name]
+    assert tasks[0].trials_done == 0
+    measured = tune_tasks(tasks, device, db_dir, budget_s=1, trials_per_task=64)
+    # one batch: the source workload's TOP_K records re-applied (a replay batch would be 16 random ones)
+    assert measured == transfer.TOP_K
+    after = trials_per_workload(db_dir)
+    assert after[tasks[0].workload] == transfer.TOP_K
+    assert {k: v for k, v in after.items() if k in before} == before
