@@ -24,6 +24,7 @@ import onnx
 from nndeploy.errors import BuildError
 from nndeploy.targets.tuning import cold as cold_measure
 from nndeploy.targets.tuning import database as tuning_db
+from nndeploy.targets.tuning.metaschedule import builder as candidate_builder
 from nndeploy.targets.tuning.metaschedule import measure_traces
 from nndeploy.types import Device
 
@@ -273,7 +274,7 @@ def tune_tasks(
     databases = {cold: open_database(db_dir, cold) for cold in ways}
     for cold, database in databases.items():
         best.update(_known_best_ms(database, [t for t in todo.values() if t.weights_cold == cold]))
-    builder = ms.Builder.create("local")
+    builder = candidate_builder()
     runners: dict[Any, Any] = {}
     cost_models = {
         cold: ms.CostModel.create("xgb", num_tuning_cores=2, tree_method="auto") for cold in databases
