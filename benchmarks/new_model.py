@@ -108,7 +108,9 @@ def print_table(results: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default=",".join([*held_out.MODELS, "resnet50"]))
     parser.add_argument("--budgets", default="5m,10m", help="cumulative tuning budgets; '' for none")
     parser.add_argument("--threads", type=int, default=2)

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
 
 from nndeploy.targets.tuning import database as tuning_db
+from nndeploy.targets.tuning.remote import Remote
 from nndeploy.targets.tuning.tuner import Progress, why_not_tunable
 from nndeploy.types import Device, Plan
+
+
+def _why_not_remote(device: Device, name: str) -> str | None:
+    """Why a stage is not tuned over RPC on device `name` (None: it is)."""
+    if device.name != name:
+        return f"only device '{name}' is tuned over --rpc"
+    if device.tvm_target.get("kind") != "llvm":
+        return f"TVM target kind '{device.tvm_target.get('kind')}' is not tuned over RPC (CPU devices only)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -56,17 +66,19 @@ def tune_plan(
     budget_s: float,
     trials_per_task: int = 256,
     on_progress: Callable[[str, Progress], None] | None = None,
+    remote: tuple[str, Remote] | None = None,
 ) -> TuneReport:
     """Tune the plan's stages into `db_root` within `budget_s` seconds (a stage's target folder is
     `tuning_db.target_db_dir(db_root, target)`); `on_progress(target_key, tuning.Progress)` after each
-    measured batch."""
+    measured batch. With `remote` (device name, its RPC server) only that device's stages are tuned, each
+    candidate timed on the device itself (`tuning.remote`)."""
     from nndeploy.targets.tuning import tuner as tuning
 
     groups: dict[str, list[tuple[int, Device, Path]]] = {}
     skipped: list[tuple[int, str, str]] = []
     for stage, path in zip(plan.stages, stage_models, strict=True):
         device = plan.cluster.device(stage.device)
-        reason = why_not_tunable(device)
+        reason = why_not_tunable(device) if remote is None else _why_not_remote(device, remote[0])
         if reason is not None:
             skipped.append((stage.index, device.name, reason))
             continue
@@ -86,6 +98,14 @@ def tune_plan(
         remaining_open = sum(list(open_counts.values())[position:]) or 1
         share = max(0.0, deadline - time.perf_counter()) * open_counts[key] / remaining_open
         started = time.perf_counter()
+        measure = None
+        if remote is not None:
+            from nndeploy.targets.artifacts.host_tools import cross_compiler
+            from nndeploy.targets.tuning import remote as rpc
+
+            rpc.connect(remote[1])  # a dead address fails in one line here, before anything is built
+            measure = (rpc.builder(cross_compiler(device.tvm_target, device)), rpc.runner(remote[1]))
+            tasks = [replace(task, weights_cold=False) for task in tasks]  # no cache eviction over RPC
         trials = tuning.tune_tasks(
             tasks,
             device,
@@ -93,6 +113,7 @@ def tune_plan(
             share,
             trials_per_task,
             on_progress=(lambda p, key=key: on_progress(key, p)) if on_progress else None,
+            measure=measure,
         )
         counts = {cold: tuning.trials_done(db_dir, cold) for cold in (False, True)}
         results.append(

@@ -316,6 +316,30 @@ def emulator_status(
     raise ArtifactError(f"{arch} emulator not set up{needs}; run nndeploy emulator setup {arch}")
 
 
+@emulator_app.command("rpc-server")
+def emulator_rpc_server(
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 9090,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    arch: Annotated[str, typer.Option("--arch", help="Architecture to emulate (aarch64).")] = "aarch64",
+) -> None:
+    """Run TVM's RPC server under the emulator until Ctrl-C: `nndeploy tune --rpc` against it tries the
+    on-device tuning flow without a board (emulated timings say nothing about a real one)."""
+    from nndeploy.targets.artifacts.emulator import find_emulator, start_rpc_server
+
+    emulator = find_emulator(arch)
+    if emulator is None:
+        raise ArtifactError(f"{arch} emulator not set up; run nndeploy emulator setup {arch}")
+    server = start_rpc_server(emulator, host, port)
+    out.print(f"TVM RPC server under qemu-{arch} on {host}:{port} (Ctrl-C stops it)", highlight=False)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def _candidates_text(measured: dict[str, float]) -> str:
     return ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(measured.items(), key=lambda kv: kv[1]))
 

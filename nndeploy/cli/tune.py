@@ -17,6 +17,7 @@ from nndeploy.types import Plan
 
 if TYPE_CHECKING:
     from nndeploy.targets.tune import TuneReport
+    from nndeploy.targets.tuning.remote import Remote
 
 DEFAULT_DB = Path("tuning")
 
@@ -35,6 +36,25 @@ def parse_duration(text: str, option: str = "--budget") -> float:
         raise DurationError(f"{option} '{text}' is not a duration; write e.g. 90s, 10m or 1h30m")
     unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
     return sum(float(value) * unit[u] for value, u in parts)
+
+
+def _remote(plan: Plan, rpc: str | None, device: str | None) -> tuple[str, Remote] | None:
+    """(device name, RPC server) from --rpc and --device; BuildError for a half or wrong pair."""
+    from nndeploy.errors import BuildError
+    from nndeploy.targets.devices.registry import did_you_mean
+    from nndeploy.targets.tuning.remote import parse_remote
+
+    if rpc is None and device is None:
+        return None
+    if rpc is None or device is None:
+        raise BuildError("--rpc HOST:PORT and --device NAME go together: the server runs on that device")
+    names = [d.name for d in plan.cluster.devices]
+    if device not in names:
+        raise BuildError(
+            f"--device '{device}' is not in the plan's cluster ({', '.join(names)})"
+            + did_you_mean(device, names)
+        )
+    return device, parse_remote(rpc)
 
 
 def tune_command(
@@ -57,16 +77,29 @@ def tune_command(
             "--export-best", help="Then copy the database keeping only each workload's best record (to ship)."
         ),
     ] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option(
+            "--rpc",
+            metavar="HOST:PORT",
+            help="Time candidates on the device through the TVM RPC server running there "
+            "(python -m tvm.exec.rpc_server --port 9090); needs --device.",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="With --rpc: the plan's device the server runs on.")
+    ] = None,
 ) -> None:
     """Tune PLAN's CPU stages with MetaSchedule, measuring on this machine; resumable, reuses the DB."""
     from nndeploy.planfile import read_plan
 
     budget_s = parse_duration(budget)
     plan = read_plan(plan_file)
+    remote = _remote(plan, rpc, device)
     with tempfile.TemporaryDirectory(prefix="nndeploy-tune-") as scratch:
         _, stage_models = write_stage_models(plan, plan_file, Path(scratch), model)
         try:
-            report_ = _tune_with_progress(plan, stage_models, db, budget_s, budget, trials_per_task)
+            report_ = _tune_with_progress(plan, stage_models, db, budget_s, budget, trials_per_task, remote)
         except KeyboardInterrupt:
             err.print(
                 f"interrupted: every trial measured so far is in {db}; tune again to continue",
@@ -83,7 +116,13 @@ def tune_command(
 
 
 def _tune_with_progress(
-    plan: Plan, stage_models: list[Path], db: Path, budget_s: float, budget: str, trials_per_task: int
+    plan: Plan,
+    stage_models: list[Path],
+    db: Path,
+    budget_s: float,
+    budget: str,
+    trials_per_task: int,
+    remote: tuple[str, Remote] | None = None,
 ) -> TuneReport:
     from nndeploy.targets.tune import tune_plan
     from nndeploy.targets.tuning.tuner import Progress as TuningProgress
@@ -105,7 +144,7 @@ def _tune_with_progress(
                 description=f"{update.trials} trials  {update.task}: best {best}",
             )
 
-        return tune_plan(plan, stage_models, db, budget_s, trials_per_task, report)
+        return tune_plan(plan, stage_models, db, budget_s, trials_per_task, report, remote)
 
 
 def _print_report(report_: TuneReport, plan_file: Path, db: Path) -> None:

@@ -38,6 +38,7 @@ PINNED = ("apache-tvm", "apache-tvm-ffi")  # a cached emulator is stale when the
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
 MARKER = "nndeploy-emulator.json"
 RUNNER = Path(__file__).parent / "emulated_runner.py"
+RPC_SERVER = Path(__file__).parent / "emulated_rpc_server.py"
 _CLEAN_ENV = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD_LIBRARY_PATH", "LD_PRELOAD")
 
 
@@ -273,6 +274,35 @@ def run_in_emulator(
         ) from None
     except OSError as exc:
         raise EmulatorError(f"cannot start {emulator.qemu}: {exc.strerror}") from None
+
+
+def start_rpc_server(emulator: Emulator, host: str, port: int, timeout: float = 300) -> subprocess.Popen[str]:
+    """TVM's RPC server running under the emulator on host:port, once it listens (stop it with
+    `.terminate()`); EmulatorError if it does not come up within `timeout` seconds."""
+    import select
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
+    cmd = [str(emulator.qemu), "-L", str(emulator.root), "-E", f"PYTHONPATH={emulator.site}"]
+    server = subprocess.Popen(
+        [*cmd, str(emulator.python), "-P", str(RPC_SERVER), host, str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    assert server.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([server.stdout], [], [], 1.0)
+        line = server.stdout.readline() if ready else ""
+        if line.startswith("listening on"):
+            return server
+        if line:
+            seen.append(line.strip())
+        if server.poll() is not None and not line:
+            break
+    server.kill()
+    last = seen[-1] if seen else f"no answer in {timeout:.0f} s"
+    raise EmulatorError(f"the RPC server under qemu-{emulator.arch} did not start on {host}:{port}: {last}")
 
 
 def run_artifact_emulated(

@@ -224,6 +224,7 @@ def tune_tasks(
     trials_per_task: int,
     on_progress: Callable[[Progress], None] | None = None,
     seed: int = 0,
+    measure: tuple[Any, Any] | None = None,
 ) -> int:
     """Tune the tasks that have fewer than `trials_per_task` trials in the database for at most
     `budget_s` seconds; returns the number of trials measured.
@@ -233,7 +234,8 @@ def tune_tasks(
     so a short budget goes where it pays. The XGBoost cost model, builder and runner live across
     batches. At least one batch is measured and a batch is never cut short, so the budget may overrun by
     one batch. Every measurement is saved as it comes: an interrupted run keeps its results and the
-    next one continues from them."""
+    next one continues from them. `measure`: (builder, runner) to use instead of building and timing
+    on this machine (`tuning.remote`: on the device over RPC; weights are then timed warm)."""
     import tvm
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -274,7 +276,7 @@ def tune_tasks(
     databases = {cold: open_database(db_dir, cold) for cold in ways}
     for cold, database in databases.items():
         best.update(_known_best_ms(database, [t for t in todo.values() if t.weights_cold == cold]))
-    builder = candidate_builder()
+    builder = candidate_builder() if measure is None else measure[0]
     runners: dict[Any, Any] = {}
     cost_models = {
         cold: ms.CostModel.create("xgb", num_tuning_cores=2, tree_method="auto") for cold in databases
@@ -308,8 +310,8 @@ def tune_tasks(
                 task = todo[workload]
                 current[0] = workload
                 before = done[workload]
-                runner = _runner(runners, task)
-                if task.weights_cold and done[workload] == 0:
+                runner = _runner(runners, task) if measure is None else measure[1]
+                if task.weights_cold and measure is None and done[workload] == 0:
                     seeds = cold_measure.seed_from_warm(
                         task.extracted.dispatched[0],
                         databases[False],
@@ -335,6 +337,7 @@ def tune_tasks(
                     context = ms.relax_integration.extracted_tasks_to_tune_contexts(
                         [task.extracted], work_dir, strategy=ms.search_strategy.ReplayTrace(), seed=seed
                     )[0][0]
+                _quiet_meta_schedule()
                 ms.tune_tasks(
                     tasks=[context],
                     task_weights=[task.weight],
@@ -486,7 +489,8 @@ def _best_ms(runner_results: Sequence[Any]) -> float | None:
 
 
 def _quiet_meta_schedule() -> None:
-    """MetaSchedule prints task tables and XGBoost iterations; they go to its log files, not the terminal.
+    """MetaSchedule prints task tables and XGBoost iterations; they go to its log files, not the terminal
+    (called before every batch: creating a task's context rebuilds MetaSchedule's logging at DEBUG).
     Unnamed handlers are dropped from its logger: MetaSchedule rebuilds its logging configuration from
     the names of the handlers it finds, and fails on one without (a second tuning run in one process)."""
     logger = logging.getLogger("tvm.s_tir.meta_schedule")
@@ -494,6 +498,8 @@ def _quiet_meta_schedule() -> None:
     for handler in list(logger.handlers):
         if handler.get_name() is None:
             logger.removeHandler(handler)
+        elif not isinstance(handler, logging.FileHandler):  # its console: each new task context resets it
+            handler.setLevel(logging.WARNING)
 
 
 def why_not_tunable(device: Device) -> str | None:
