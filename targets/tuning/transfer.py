@@ -22,8 +22,8 @@ from typing import Any
 
 from nndeploy.targets.tuning.metaschedule import light_context, replayed, workload_hash
 
-NEAREST = 3  # tuned workloads of the same structure a workload takes candidates from
-TOP_K = 4  # records of each of them re-applied
+NEAREST = 2  # tuned workloads of the same structure a workload takes candidates from
+TOP_K = 3  # records of each of them re-applied
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def apply_trace(trace: Any, mod: Any, target: Any) -> Any | None:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    schedule = tvm.s_tir.Schedule(mod, debug_mask="all")
+    schedule = tvm.s_tir.Schedule(mod)
 
     def provider(inst: Any, inputs: list[Any], attrs: list[Any], decision: Any) -> Any:
         if inst.kind.name != "SamplePerfectTile" or decision is None:
