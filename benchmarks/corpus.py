@@ -112,10 +112,10 @@ def tune(args: argparse.Namespace) -> None:
 
 def ship(args: argparse.Namespace) -> None:
     """Pack the corpus database into the package (see nndeploy.targets.tuning.shipped)."""
-    from nndeploy.targets.devices.registry import load_profile
+    from nndeploy.targets.devices.registry import load_profiles
     from nndeploy.targets.tuning.shipped import pack
 
-    profile = load_profile(host_profile())
+    profile = load_profiles()[host_profile()]
     summary = pack(args.db, profile.tvm_target, list(CORPUS))
     print(summary)
 
