@@ -27,6 +27,7 @@ from pathlib import Path
 
 import onnx
 from architectures import detector, mobile_classifier, text_recogniser, text_segmenter
+from tuning import host_profile  # benchmarks/tuning.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -64,12 +65,6 @@ def corpus_file(name: str, folder: Path) -> Path:
     if not path.is_file():
         onnx.save(source(), path)
     return path
-
-
-def host_profile() -> str:
-    """The x86 server profile whose code this CPU can run."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return "x86-avx512-server" if "avx512f" in flags else "x86-avx2-server"
 
 
 def corpus_tasks(names: list[str], db: Path, work: Path) -> tuple[object, Path, list]:

@@ -18,8 +18,7 @@ from nndeploy.errors import BuildError, TuningDatabaseError, first_line
 from nndeploy.targets.tuning import database as tuning_db
 from nndeploy.targets.tuning.cold import weights_cold
 from nndeploy.targets.tuning.metaschedule import open_databases
-from nndeploy.targets.tuning.shipped import Knowledge, subset
-from nndeploy.targets.tuning.shipped import sources as shipped_sources
+from nndeploy.targets.tuning.shipped import Knowledge, matched, ranker_for
 from nndeploy.targets.tuning.tuner import tuning_module
 from nndeploy.types import Device
 
@@ -57,25 +56,20 @@ def build_tuned_llvm(
     cold = weights_cold(model)
     try:  # a database of another TVM version, or damaged, fails here: the caller builds untuned
         tasks = transfer.workload_tasks(mod, target)
-        halves_of = []
-        if db_dir is not None:
-            user = open_databases(db_dir)
-            halves_of.append(user)
-            sources = [source for _, half in user for source in transfer.sources_of(half)]
-        else:
-            sources = []
-        if shipped is not None:
-            keys = transfer.wanted_keys([workload for _, workload in tasks], shipped.index)
-            halves_of.append(subset(shipped, keys))
-            sources.extend(shipped_sources(shipped, halves_of[-1]))
+        user = open_databases(db_dir) if db_dir is not None else []
+        halves, shipped_sources = matched(shipped, [w for _, w in tasks]) if shipped else ([], [])
         databases = []
-        for halves in halves_of:
-            ordered = [database for _, database in sorted(halves, key=lambda half: half[0] != cold)]
+        for found in (user, halves):
+            ordered = [database for _, database in sorted(found, key=lambda half: half[0] != cold)]
             if ordered:
                 databases.append(
                     ordered[0] if len(ordered) == 1 else ms.database.OrderedUnionDatabase(*ordered)
                 )
-        rank = _ranker(shipped, device)
+
+        def sources() -> list[Any]:  # the user's workloads first; described only if a task needs them
+            return [s for _, half in user for s in transfer.sources_of(half)] + shipped_sources
+
+        rank = ranker_for(shipped, device.tvm_target)
         transferred, counts = transfer.fill_gaps(tasks, target, databases, sources, rank)
         database = ms.database.OrderedUnionDatabase(*databases, transferred)
         with target, database:
@@ -95,14 +89,6 @@ def build_tuned_llvm(
     mod = schedule_untuned(fold_constant_calls(mod), device)
     executable = compile_module(mod, target, "default")
     return export_llvm(executable, device, scratch), counts
-
-
-def _ranker(shipped: Knowledge | None, device: Device) -> Any:
-    from nndeploy.targets.tuning.cost_model import ranker
-
-    if shipped is None or shipped.cost_model is None:
-        return None
-    return ranker(shipped.cost_model, device.tvm_target)
 
 
 def schedule_untuned(mod: Any, device: Device) -> Any:

@@ -135,16 +135,28 @@ def subset(shipped: Knowledge, keys: set[str]) -> list[tuple[bool, Any]]:
     return found
 
 
-def sources(shipped: Knowledge, halves: list[tuple[bool, Any]]) -> list[Any]:
-    """The transfer sources (`transfer.Source`) in databases `subset` loaded, described by the index."""
-    from nndeploy.targets.tuning.transfer import sources_of
+def matched(shipped: Knowledge, mods: list[Any]) -> tuple[list[tuple[bool, Any]], list[Any]]:
+    """What the workloads `mods` need of the shipped knowledge: (weights cold, database) holding each
+    one's own records, or else its nearest tuned workloads of the same kind (`subset`), and those
+    workloads as transfer sources (`transfer.Source`, described by the index)."""
+    from nndeploy.targets.tuning.transfer import sources_of, wanted_keys
 
+    halves = subset(shipped, wanted_keys(mods, shipped.index))
     found = []
     for cold, database in halves:
         prefix = _half(cold) + ":"
         index = {key[len(prefix) :]: entry for key, entry in shipped.index.items() if key.startswith(prefix)}
         found.extend(sources_of(database, index))
-    return found
+    return halves, found
+
+
+def ranker_for(shipped: Knowledge | None, tvm_target: dict[str, Any]) -> Any:
+    """The shipped cost model as `cost_model.ranker` (None: no knowledge, or it has no cost model)."""
+    from nndeploy.targets.tuning.cost_model import ranker
+
+    if shipped is None or shipped.cost_model is None:
+        return None
+    return ranker(shipped.cost_model, tvm_target)
 
 
 def _half(cold: bool) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nndeploy.targets.tuning.metaschedule import light_context, replayed, workload_hash
+from nndeploy.targets.tuning.metaschedule import light_context, workload_hash
 
 NEAREST = 2  # tuned workloads of the same structure a workload takes candidates from
 TOP_K = 3  # records of each of them re-applied
@@ -39,9 +39,9 @@ class Source:
 
 @dataclass(frozen=True)
 class Transferred:
-    """The schedule chosen for one workload, and where it came from."""
+    """A schedule carried over to one workload, and where it came from."""
 
-    mod: Any
+    scheduled: Any  # the workload's IRModule with the schedule applied
     trace: Any
     candidates: int  # traces that applied (the cost model chose among these)
     source_distance: float
@@ -147,7 +147,9 @@ def ranked_candidates(
         list(rank(mod, [f[0] for f in found])) if rank is not None and len(found) > 1 else [0.0] * len(found)
     )
     order = sorted(range(len(found)), key=lambda i: (-scores[i], found[i][1]))
-    return [Transferred(mod, found[i][0].trace, len(found), found[i][1], found[i][2]) for i in order]
+    return [
+        Transferred(found[i][0].mod, found[i][0].trace, len(found), found[i][1], found[i][2]) for i in order
+    ]
 
 
 def transfer(
@@ -231,28 +233,30 @@ def fill_gaps(
     tasks: Sequence[tuple[str, Any]],
     target: Any,
     databases: Sequence[Any],
-    sources: Sequence[Source],
+    sources: Callable[[], Sequence[Source]],
     rank: Callable[[Any, Sequence[Any]], Sequence[float]] | None,
 ) -> tuple[Any, dict[str, int]]:
     """A database holding a transferred schedule for every task (`workload_tasks`) that none of
     `databases` has a record for, and how many tasks were: found in a database ("tuned"), transferred,
-    or left to the plain schedule ("plain")."""
+    or left to the plain schedule ("plain"). `sources()` is called only if some task has no record
+    (describing a user's database computes every workload's signature)."""
     from tvm.s_tir import meta_schedule as ms
 
     memory = ms.database.MemoryDatabase()
     counts = {"tuned": 0, "transferred": 0, "plain": 0}
+    known: list[Source] | None = None
     for name, workload_mod in tasks:
         if any(db.query_tuning_record(workload_mod, target, name) is not None for db in databases):
             counts["tuned"] += 1
             continue
-        found = transfer(workload_mod, sources, target, rank)
+        if known is None:
+            known = list(sources())
+        found = transfer(workload_mod, known, target, rank)
         if found is None:
             counts["plain"] += 1
             continue
         workload = memory.commit_workload(workload_mod)
-        args = ms.arg_info.ArgInfo.from_entry_func(
-            replayed(workload_mod, found.trace).mod, remove_preproc=True
-        )
+        args = ms.arg_info.ArgInfo.from_entry_func(found.scheduled, remove_preproc=True)
         memory.commit_tuning_record(
             ms.database.TuningRecord(found.trace, workload, [found.estimate_s], target, args)
         )

@@ -26,6 +26,7 @@ from nndeploy.targets.tuning import cold as cold_measure
 from nndeploy.targets.tuning import database as tuning_db
 from nndeploy.targets.tuning.metaschedule import builder as candidate_builder
 from nndeploy.targets.tuning.metaschedule import measure_traces
+from nndeploy.targets.tuning.seeds import TransferSeeds
 from nndeploy.types import Device
 
 # MetaSchedule's layout rewrite reaches onnxruntime's speed on convolutions only in NHWC (measured: NCHW
@@ -298,7 +299,9 @@ def tune_tasks(
     )
     interrupted = _StopOnInterrupt()
     try:
-        transferred = _TransferSeeds(list(todo.values()), device, databases[False])
+        transferred = TransferSeeds(
+            [t.extracted.dispatched[0] for t in todo.values()], device, databases[False]
+        )
         with tvm.target.Target(device.tvm_target) as target, interrupted:
             while not interrupted.requested and (
                 measured[0] == 0 or time.perf_counter() - started < budget_s
@@ -324,9 +327,9 @@ def tune_tasks(
                         record(workload, *seeds)
                         continue
                 if done[workload] == 0:
-                    traces = transferred.traces(task)
+                    module = task.extracted.dispatched[0]
+                    traces = transferred.traces(module, FIRST_BATCH)
                     if traces:
-                        module = task.extracted.dispatched[0]
                         database = databases[task.weights_cold]
                         record(workload, *measure_traces(module, traces, database, builder, runner, target))
                         continue
@@ -360,35 +363,6 @@ def tune_tasks(
     if interrupted.requested:
         raise KeyboardInterrupt
     return measured[0]
-
-
-class _TransferSeeds:
-    """A task's first batch when tuned workloads of its structure exist: their schedules carried over
-    (`tuning.transfer`, from the shipped knowledge and the database being tuned), best ranked first."""
-
-    def __init__(self, tasks: Sequence[Task], device: Device, database: Any) -> None:
-        import tvm
-
-        from nndeploy.targets.tuning import shipped, transfer
-
-        self.target = tvm.target.Target(device.tvm_target)
-        self.sources = transfer.sources_of(database)
-        self.rank = None
-        knowledge = shipped.knowledge(device.tvm_target)
-        if knowledge is not None:
-            from nndeploy.targets.tuning.cost_model import ranker
-
-            keys = transfer.wanted_keys([t.extracted.dispatched[0] for t in tasks], knowledge.index)
-            self.sources.extend(shipped.sources(knowledge, shipped.subset(knowledge, keys)))
-            if knowledge.cost_model is not None:
-                self.rank = ranker(knowledge.cost_model, device.tvm_target)
-
-    def traces(self, task: Task) -> list[Any]:
-        """Up to FIRST_BATCH carried-over schedules (traces) of the task's workload; [] if none."""
-        from nndeploy.targets.tuning import transfer
-
-        found = transfer.ranked_candidates(task.extracted.dispatched[0], self.sources, self.target, self.rank)
-        return [candidate.trace for candidate in found[:FIRST_BATCH]]
 
 
 def open_database(db_dir: Path, weights_cold: bool) -> Any:

@@ -1,0 +1,30 @@
+"""A tuning task's first batch when tuned workloads of its kind exist: their schedules carried over to it
+(`tuning.transfer`), from the shipped knowledge and from the database being tuned, best ranked first by
+the shipped cost model. `tune` measures them as real trials instead of random samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nndeploy.targets.tuning import shipped, transfer
+from nndeploy.types import Device
+
+
+class TransferSeeds:
+    """The carried-over schedules of a tuning run's workloads (its databases read once, at the start)."""
+
+    def __init__(self, mods: Sequence[Any], device: Device, database: Any) -> None:
+        import tvm
+
+        self.target = tvm.target.Target(device.tvm_target)
+        self.sources = transfer.sources_of(database)
+        knowledge = shipped.knowledge(device.tvm_target)
+        if knowledge is not None:
+            self.sources.extend(shipped.matched(knowledge, list(mods))[1])
+        self.rank = shipped.ranker_for(knowledge, device.tvm_target)
+
+    def traces(self, mod: Any, count: int) -> list[Any]:
+        """Up to `count` carried-over schedules (traces) of the workload `mod`, best first; [] if none."""
+        found = transfer.ranked_candidates(mod, self.sources, self.target, self.rank)
+        return [candidate.trace for candidate in found[:count]]
