@@ -3,6 +3,7 @@ the script that tunes them and packs the result into the package.
 
     python benchmarks/corpus.py tune --budget 90m --db corpus-db      # tune every corpus model, merged
     python benchmarks/corpus.py ship --db corpus-db                    # best records + cost model -> package
+    python benchmarks/corpus.py reindex                                # the shipped transfer index anew
     python benchmarks/corpus.py list                                   # the corpus and the held-out set
 
 `tune` prepares every corpus model as `nndeploy plan` does, extracts the MetaSchedule tasks of all of
@@ -115,6 +116,17 @@ def ship(args: argparse.Namespace) -> None:
     print(summary)
 
 
+def reindex() -> None:
+    """Describe the shipped workloads anew from the packed database (after a change to transfer.signature)."""
+    from nndeploy.targets.devices.registry import load_profiles
+    from nndeploy.targets.tuning.database import target_db_dir
+    from nndeploy.targets.tuning.shipped import SHIPPED_ROOT
+    from nndeploy.targets.tuning.shipped import reindex as write_index
+
+    folder = target_db_dir(SHIPPED_ROOT, load_profiles()[host_profile()].tvm_target)
+    print(f"{folder.name}: {write_index(folder)} workloads described")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -126,6 +138,7 @@ def main() -> None:
     tuning.add_argument("--models", default="", help="comma-separated subset of the corpus")
     packing = verbs.add_parser("ship")
     packing.add_argument("--db", type=Path, default=Path("corpus-db"))
+    verbs.add_parser("reindex")
     verbs.add_parser("list")
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
@@ -133,6 +146,8 @@ def main() -> None:
         tune(args)
     elif args.verb == "ship":
         ship(args)
+    elif args.verb == "reindex":
+        reindex()
     else:
         import held_out
 

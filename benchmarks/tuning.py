@@ -67,15 +67,16 @@ def host_profile() -> str:
 
 
 def fresh_compile(
-    plan: Plan, stage_models: list[Path], out_dir: Path, db: Path | None
+    plan: Plan, stage_models: list[Path], out_dir: Path, db: Path | None, best_of: bool = False
 ) -> tuple[Manifest, float]:
-    """compile_plan into `out_dir` with an empty build cache; returns (manifest, seconds)."""
+    """compile_plan into `out_dir` with an empty build cache (pure TVM unless `best_of`); returns
+    (manifest, seconds)."""
     from nndeploy.targets.compile import compile_plan
 
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
         os.environ["NNDEPLOY_CACHE_DIR"] = cache
         started = time.perf_counter()
-        manifest = compile_plan(plan, "plan.json", stage_models, out_dir, tuning_db_root=db)
+        manifest = compile_plan(plan, "plan.json", stage_models, out_dir, tuning_db_root=db, best_of=best_of)
         seconds = time.perf_counter() - started
     os.environ.pop("NNDEPLOY_CACHE_DIR")
     if not manifest.ok:

@@ -54,8 +54,9 @@ def model_spec(
 
 
 def executor_properties(plan: Plan, manifest: Manifest | None) -> dict[str, str]:
-    """{'stage_<i>_executor': 'tvm' | 'onnxruntime' | 'tvm+onnxruntime', 'onnxruntime_nodes': JSON list
-    of {stage, node, op_type (not for whole-stage fallbacks), reason}} for the endpoint's model metadata."""
+    """{'stage_<i>_executor': 'tvm' | 'onnxruntime' | 'tvm+onnxruntime', 'stage_<i>_tvm_flop_share' (where
+    the build measured it), 'onnxruntime_nodes': JSON list of {stage, node, op_type (not for whole-stage
+    fallbacks), reason}} for the endpoint's model metadata."""
     properties, nodes = {}, []
     built = {e.stage: e.artifact for e in manifest.stages} if manifest is not None else {}
     for stage in plan.stages:
@@ -72,6 +73,8 @@ def executor_properties(plan: Plan, manifest: Manifest | None) -> dict[str, str]
             )
             executor = "tvm+onnxruntime" if found else "tvm"
             nodes += [{"stage": stage.index, **node} for node in found]
+        if artifact is not None and "tvm_flop_share" in artifact.options:
+            properties[f"stage_{stage.index}_tvm_flop_share"] = str(artifact.options["tvm_flop_share"])
         properties[f"stage_{stage.index}_executor"] = executor
     properties["onnxruntime_nodes"] = json.dumps(nodes)
     return properties

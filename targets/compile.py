@@ -14,6 +14,7 @@ from nndeploy.errors import HostToolError
 from nndeploy.targets.artifacts.host_tools import ensure_cross_compiler
 from nndeploy.targets.artifacts.manifest import Manifest, StageBuild, write_manifest
 from nndeploy.targets.build.best_of import choose
+from nndeploy.targets.build.best_of_regions import enabled
 from nndeploy.targets.build.check import BuildCheck
 from nndeploy.targets.build.compiled import fallback_build
 from nndeploy.targets.build.record import BuildRecord, tvm_version
@@ -35,7 +36,7 @@ def compile_plan(
     on_done: ProgressCallback | None = None,
     model_path: str | None = None,
     tuning_db_root: Path | None = None,
-    best_of: bool = False,
+    best_of: bool | None = None,
     check: BuildCheck | None = None,
     log: Callable[[str], None] = print,
 ) -> Manifest:
@@ -43,11 +44,14 @@ def compile_plan(
 
     Builds run in worker processes (a crash in TVM cannot take the tool down with it); a stage that fails
     is recorded with its reason and the others are still built. With `tuning_db_root`, stages whose
-    target has tuning records get the tuned build; with `best_of`, such stages that this machine can run
-    are also built untuned (and for onnxruntime, if `fallback` allows it), timed, and the fastest kept.
+    target has tuning records get the tuned build. With `best_of` (default: on, unless NNDEPLOY_BEST_OF
+    is 0), each stage that this machine can run is timed against onnxruntime, region by region, and the
+    faster kept (see build.best_of_regions); stages with tuning records are instead timed whole: tuned,
+    untuned and onnxruntime, the fastest kept.
     With `check`, each TVM-built part is checked against onnxruntime as it is built (see build.check).
     A missing cross compiler is installed first where this host can (`log` says so), else its stages fail
     with the command to run."""
+    best_of = enabled() if best_of is None else best_of
     out_dir.mkdir(parents=True, exist_ok=True)
     no_tools = _install_cross_compilers(plan, log)
     candidates_dir = out_dir / "candidates"
@@ -65,12 +69,15 @@ def compile_plan(
                 continue
             db_dir = _tuned_db_dir(tuning_db_root, device)
             submit = partial(pool.submit, build_stage, path, stage.index, device, check=check)
-            futures[submit(out_dir, fallback, db_dir, stage.fallback)] = (stage, "main")
-            if db_dir is not None and best_of and not stage.fallback and why_not_tunable(device) is None:
+            # With tuning records, best-of compares whole stages: tuned, untuned (each with the shipped
+            # knowledge) and onnxruntime; without, it compares TVM and onnxruntime region by region.
+            whole = db_dir is not None and best_of and not stage.fallback and why_not_tunable(device) is None
+            main = submit(out_dir, fallback, db_dir, stage.fallback, best_of=best_of and not whole)
+            futures[main] = (stage, "main")
+            if whole:
                 futures[submit(candidates_dir / "untuned")] = (stage, "tvm-untuned")
-                if fallback == "onnxruntime":
-                    ort = pool.submit(fallback_build, path, stage.index, device, candidates_dir / "ort")
-                    futures[ort] = (stage, "onnxruntime")
+                ort = pool.submit(fallback_build, path, stage.index, device, candidates_dir / "ort")
+                futures[ort] = (stage, "onnxruntime")
         for future in as_completed(futures):
             stage, role = futures[future]
             try:
@@ -123,6 +130,33 @@ def compile_plan(
     )
     write_manifest(manifest, out_dir)
     return manifest
+
+
+def as_built(plan: Plan, manifest: Manifest, stage_models: Sequence[Path]) -> Plan:
+    """The plan with each stage's `fallback` as its build has it: every node of a stage built for
+    onnxruntime, the onnxruntime regions of a stage built in parts (best-of's among them), else as
+    planned."""
+    from dataclasses import replace
+
+    import onnx
+
+    from nndeploy.types import FallbackNode
+
+    built = {entry.stage: entry.artifact for entry in manifest.stages}
+    stages = []
+    for stage in plan.stages:
+        artifact = built.get(stage.index)
+        if artifact is None:
+            stages.append(stage)
+            continue
+        if artifact.fallback:
+            reason = str(artifact.options.get("reason", "")) or f"built for {artifact.fallback}"
+            model = onnx.load(str(stage_models[stage.index]), load_external_data=False)
+            nodes = tuple(FallbackNode(n.name, n.op_type, reason) for n in model.graph.node)
+        else:
+            nodes = tuple(FallbackNode.from_dict(n) for n in artifact.options.get("onnxruntime_nodes", []))
+        stages.append(replace(stage, fallback=nodes))
+    return replace(plan, stages=tuple(stages))
 
 
 def _install_cross_compilers(plan: Plan, log: Callable[[str], None]) -> dict[str, str]:

@@ -59,7 +59,9 @@ def executor_of(entry: StageBuild) -> str:
     if artifact.parts and regions:
         compiled = [part for part in artifact.parts if not part.fallback]
         compiled_text = _compiled_text(compiled[0]) if compiled else "TVM"
-        return f"{compiled_text} + onnxruntime for {len(regions)} node(s) (fallback)"
+        share = artifact.options.get("tvm_flop_share")
+        runs = f"; TVM runs {share:.0%} of its FLOPs" if share is not None else ""
+        return f"{compiled_text} + onnxruntime for {len(regions)} node(s) (fallback{runs})"
     return _compiled_text(artifact)
 
 

@@ -319,3 +319,21 @@ def conv_residual_model(side: int) -> onnx.ModelProto:
         [weight],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def conv_stack_model(blocks: int = 4, channels: int = 8, side: int = 16) -> onnx.ModelProto:
+    """x[1,C,side,side] -> a Relu, then `blocks` times a 3x3 Conv (C) with Relu and a residual Add: a small
+    CNN with one anchor op (Conv) per block."""
+    nodes = [helper.make_node("Relu", ["x"], ["h0"], name="relu_in")]
+    weights = []
+    for block in range(blocks):
+        h, c, r = f"h{block}", f"c{block}", f"r{block}"
+        nodes += [
+            helper.make_node("Conv", [h, f"w{block}"], [c], name=f"conv{block}", pads=[1] * 4),
+            helper.make_node("Relu", [c], [r], name=f"relu{block}"),
+            helper.make_node("Add", [r, h], [f"h{block + 1}"], name=f"add{block}"),
+        ]
+        weights += _weights(block, **{f"w{block}": (channels, channels, 3, 3)})
+    nodes.append(helper.make_node("Identity", [f"h{blocks}"], ["y"], name="out"))
+    shape = [1, channels, side, side]
+    return _model(nodes, [_f32("x", shape)], [_f32("y", shape)], weights, "conv_stack")

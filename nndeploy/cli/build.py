@@ -50,13 +50,15 @@ def compile_command(
         typer.Option("--db", help="Tuning database (nndeploy tune): apply its schedules; nothing is tuned."),
     ] = None,
     best_of: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--best-of",
-            help="With --db: also build untuned (and onnxruntime with --fallback), time each here, keep "
-            "the fastest.",
+            "--best-of/--no-best-of",
+            help="Time each stage this machine can run against onnxruntime running the same nodes, region "
+            "by region, and keep the faster (flagged like a fallback); with --db also the untuned build. "
+            "On by default (env NNDEPLOY_BEST_OF=0 turns it off); --no-best-of keeps pure TVM.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     shipped: Annotated[
         bool,
         typer.Option(
@@ -83,12 +85,11 @@ def compile_command(
     """Build every stage of PLAN with TVM for its device; write artifacts and manifest.json."""
     from nndeploy.oracle import float_tolerances
     from nndeploy.planfile import read_plan, write_plan
+    from nndeploy.targets.build.best_of_regions import PREFIX as BEST_OF_PREFIX
     from nndeploy.targets.build.check import BuildCheck, check_summary
     from nndeploy.targets.build.record import BuildRecord
-    from nndeploy.targets.compile import compile_plan
+    from nndeploy.targets.compile import as_built, compile_plan
 
-    if best_of and db is None:
-        raise BuildError("--best-of compares tuned and untuned builds: give the tuning database with --db")
     if db is not None and not db.is_dir():
         raise BuildError(f"--db {db}: no such tuning database folder; create it with nndeploy tune")
     if not shipped:  # read by every build worker (spawned with this environment)
@@ -124,6 +125,7 @@ def compile_command(
             check=BuildCheck(float_tolerances(check_atol, check_rtol)) if check else None,
             log=lambda line: progress.console.print(line, highlight=False),
         )
+    write_plan(as_built(plan, manifest, stage_models), output / "plan.json")
     table = Table(title=f"build {output} (TVM {manifest.tvm_version})")
     for column in ("stage", "device", "target", "status", "checked", "seconds", "artifact", "sha256"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
@@ -152,6 +154,8 @@ def compile_command(
         counts = entry.artifact.options.get("schedules") if entry.artifact else None
         if counts:
             out.print(f"stage {entry.stage}: {schedules_text(counts)}", highlight=False)
+        if entry.artifact is not None and "best_of" in entry.artifact.options:
+            out.print(f"stage {entry.stage}: {best_of_text(entry.artifact.options)}", highlight=False)
     for entry in manifest.stages:
         if entry.artifact is not None and "untuned_because" in entry.artifact.options:
             err.print(
@@ -166,7 +170,17 @@ def compile_command(
                 f"[yellow]warning:[/] stage {entry.stage} runs on onnxruntime, not TVM: {reason}",
                 highlight=False,
             )
-        for node in entry.artifact.options.get("onnxruntime_nodes", []) if entry.artifact else []:
+        moved = entry.artifact.options.get("onnxruntime_nodes", []) if entry.artifact else []
+        measured = [node for node in moved if node["reason"].startswith(BEST_OF_PREFIX)]
+        if measured:
+            err.print(
+                f"[yellow]note:[/] stage {entry.stage} runs {len(measured)} node(s) on onnxruntime, measured "
+                "faster here than TVM's code for them (--no-best-of keeps TVM)",
+                highlight=False,
+            )
+        for node in moved:
+            if node in measured:
+                continue
             err.print(
                 f"[yellow]warning:[/] stage {entry.stage} runs node '{node['node']}' ({node['op_type']}) on "
                 f"onnxruntime: {node['reason']}",
@@ -338,6 +352,18 @@ def emulator_rpc_server(
     finally:
         server.terminate()
         server.wait(30)
+
+
+def best_of_text(options: dict) -> str:
+    """What best-of measured for a stage and kept, in words."""
+    found = options["best_of"]
+    if "skipped" in found:
+        return f"best-of not measured: {found['skipped']}"
+    names = {"tvm": "TVM", "onnxruntime": "onnxruntime", "tvm+onnxruntime": "TVM + onnxruntime regions"}
+    measured = ", ".join(f"{names.get(n, n)} {ms:.2f} ms" for n, ms in found["measured_ms"].items())
+    share = options.get("tvm_flop_share")
+    runs = f" (TVM runs {share:.0%} of its FLOPs)" if share is not None else ""
+    return f"best of {measured} here: {names.get(found['selected'], found['selected'])} kept{runs}"
 
 
 def _candidates_text(measured: dict[str, float]) -> str:

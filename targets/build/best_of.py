@@ -1,7 +1,7 @@
 """Best-of per stage: time the candidate builds of a stage on this machine and keep the fastest.
 
-Candidates are the tuned TVM build, the untuned one, and (only when the user allowed the onnxruntime
-fallback) onnxruntime itself, which is then flagged like any fallback stage. They are timed interleaved,
+Candidates are the tuned TVM build, the untuned one, and onnxruntime itself, which is then flagged like
+any fallback stage. They are timed interleaved,
 in rounds, on the same random inputs, and the median of each is recorded in the manifest whichever wins.
 """
 
@@ -18,22 +18,29 @@ from nndeploy.targets.build.record import BuildRecord
 
 ROUNDS = 5
 RUNS_PER_ROUND = 5
+ROUND_SECONDS = 0.1  # a candidate slower than this a run gets fewer runs a round (at least one)
 
 
-def time_candidates(candidates: dict[str, tuple[Path, StageBuild]], seed: int = 0) -> dict[str, float]:
-    """Median milliseconds of each candidate (name -> (build folder, entry)), timed interleaved."""
+def time_candidates(
+    candidates: dict[str, tuple[Path, StageBuild]], seed: int = 0, feed: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
+    """Median milliseconds of each candidate (name -> (build folder, entry)), timed interleaved on
+    `feed` (default: seeded random inputs)."""
     from nndeploy.oracle import random_inputs
     from nndeploy.targets.artifacts.loader import run_artifact
 
-    first = next(iter(candidates.values()))[1].artifact
-    assert first is not None
-    feed = random_inputs(first.inputs, seed)
+    if feed is None:
+        first = next(iter(candidates.values()))[1].artifact
+        assert first is not None
+        feed = random_inputs(first.inputs, seed)
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for folder, entry in candidates.values():  # warm-up: load, check sha256, first run
-        run_artifact(folder, entry, feed)
+    slowest = 0.0
+    for folder, entry in candidates.values():  # warm-up: load, check sha256, first runs
+        slowest = max(slowest, *run_artifact(folder, entry, feed, repeats=2)[1])
+    runs = max(1, min(RUNS_PER_ROUND, int(ROUND_SECONDS * 1e3 / max(slowest, 1e-3))))
     for _ in range(ROUNDS):
         for name, (folder, entry) in candidates.items():
-            times[name].extend(run_artifact(folder, entry, feed, repeats=RUNS_PER_ROUND)[1])
+            times[name].extend(run_artifact(folder, entry, feed, repeats=runs)[1])
     return {name: float(np.median(t)) for name, t in times.items()}
 
 

@@ -80,7 +80,7 @@ def build_with_regions(
                 parts.append(record.artifact)
             if failed is None:
                 record = prober.checked_stage(
-                    _stage_record(stage_path, index, device, out_dir, parts), out_dir
+                    stage_record(stage_path, index, device, out_dir, parts), out_dir
                 )
                 if record.artifact is not None:
                     return _timed(record, started)
@@ -117,6 +117,12 @@ def _groups(model: onnx.ModelProto, fallback_nodes: dict[str, FallbackNode]) -> 
             runs[-1][1].append(node.name)
         else:
             runs.append((executor, [node.name]))
+    return run_groups(model, runs)
+
+
+def run_groups(model: onnx.ModelProto, runs: Sequence[tuple[str, Sequence[str]]]) -> list[Group]:
+    """Groups for consecutive runs of the model's nodes (label, node names in order), each sending what
+    the model's outputs and the later runs need."""
     by_name = {node.name: node for node in model.graph.node}
     outputs = [vi.name for vi in model.graph.output]
     groups = []
@@ -188,18 +194,47 @@ class _Prober:
         return found or whole()
 
 
-def _stage_record(
-    stage_path: Path, index: int, device: Device, out_dir: Path, parts: list[Artifact]
+def stage_record(
+    stage_path: Path, index: int, device: Device, out_dir: Path, parts: Sequence[Artifact]
 ) -> BuildRecord:
-    """The stage's artifact: its model for reference, its parts to run."""
+    """The stage's artifact: its model for reference, its parts to run (with the share of the stage's
+    FLOPs that its TVM-built parts run)."""
     compiled = [part for part in parts if part.fallback is None]
+    moved = [n for p in parts for n in p.options.get("nodes", [])]
     options = {
         "device_arch": device.arch,
-        "onnxruntime_nodes": [n for p in parts for n in p.options.get("nodes", [])],
+        "onnxruntime_nodes": moved,
         "pipeline": compiled[0].options.get("pipeline") if compiled else None,
+        "tvm_flop_share": tvm_flop_share(onnx.load(str(stage_path)), {n["node"] for n in moved}),
     }
     artifact = model_artifact(stage_path, index, device, out_dir, None, options, None, tuple(parts))
     return BuildRecord(index, device.name, artifact, 0.0, False, None)
+
+
+def node_flops(model: onnx.ModelProto) -> dict[str, float]:
+    """FLOPs of each node of a model whose tensors all have static shapes (by node name)."""
+    from nndeploy.graph import elem_type_name
+    from nndeploy.op_costs import node_cost
+    from nndeploy.types import TensorSpec
+
+    def spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+        dims = tuple(max(d.dim_value, 1) for d in vi.type.tensor_type.shape.dim)
+        return TensorSpec(vi.name, dims, elem_type_name(vi.type.tensor_type.elem_type))
+
+    tensors = {name: spec(vi) for name, vi in value_infos(model).items()}
+    params = {
+        t.name: TensorSpec(t.name, tuple(int(d) for d in t.dims), elem_type_name(t.data_type))
+        for t in model.graph.initializer
+    }
+    return {node.name: node_cost(node, tensors, params).flops for node in model.graph.node}
+
+
+def tvm_flop_share(model: onnx.ModelProto, moved: set[str]) -> float:
+    """The share of a stage model's FLOPs in nodes not `moved` to onnxruntime (1.0 for a stage without
+    FLOPs)."""
+    flops = node_flops(onnx.shape_inference.infer_shapes(model))
+    total = sum(flops.values())
+    return round(sum(f for n, f in flops.items() if n not in moved) / total, 4) if total else 1.0
 
 
 def _timed(record: BuildRecord, started: float) -> BuildRecord:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from nndeploy.targets.build.best_of_regions import best_of_regions, runs_here
 from nndeploy.targets.build.check import BuildCheck, StageSamples, check_stage, with_outcome
 from nndeploy.targets.build.compiled import build_compiled
 from nndeploy.targets.build.record import BuildRecord
@@ -25,13 +26,15 @@ def build_stage(
     regions: Sequence[FallbackNode] = (),
     name: str | None = None,
     check: BuildCheck | None = None,
+    best_of: bool = False,
 ) -> BuildRecord:
     """Build the stage model at `stage_path` for `device` into `out_dir` as `name` (default
     stage_<index>; reusing a cached build); with `tuning_db_dir` (the target's folder of a tuning
     database) its tuned schedules are applied. Nodes in `regions` run on onnxruntime, the rest is built
     by TVM part by part; with `fallback` 'onnxruntime', nodes TVM then fails to build join them. With
     `check`, every TVM-built part is run on sample inputs against onnxruntime: one that differs is sent
-    to onnxruntime with `fallback`, and fails the build without."""
+    to onnxruntime with `fallback`, and fails the build without. With `best_of`, a stage TVM built whole
+    and this machine can run is timed against onnxruntime, region by region (see build.best_of_regions)."""
     failure = None
     samples = None
     if not regions:
@@ -41,6 +44,8 @@ def build_stage(
             record = with_outcome(record, check_stage(record.artifact, Path(), samples, check))
             if record.artifact is None and fallback != "onnxruntime":
                 return _with_hint(record)
+        if record.artifact is not None and best_of and name is None and runs_here(device) is None:
+            return best_of_regions(stage_path, index, device, out_dir, record, tuning_db_dir, check, samples)
         if record.artifact is not None or fallback != "onnxruntime":
             return record
         failure = record.error

@@ -220,6 +220,21 @@ def pack(
     return summary
 
 
+def reindex(folder: Path) -> int:
+    """Write the transfer index of a shipped folder anew from its own packed database (after a change to
+    how workloads are described); returns how many workloads it describes."""
+    with tempfile.TemporaryDirectory(prefix="reindex-") as scratch:
+        plain = Path(scratch)
+        for packed in folder.rglob("*.json.gz"):
+            target = plain / packed.relative_to(folder).with_suffix("")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with gzip.open(packed, "rb") as data, target.open("wb") as handle:
+                shutil.copyfileobj(data, handle)
+        index = _index(plain)
+    (folder / INDEX).write_text(json.dumps(index, separators=(",", ":")))
+    return len(index)
+
+
 def _index(db_dir: Path) -> dict[str, Any]:
     """ "warm:<hash>" / "cold:<hash>" -> the workload's structure signature, shape and FLOPs."""
     from nndeploy.targets.tuning.metaschedule import open_databases, workload_hash

@@ -49,8 +49,16 @@ class Transferred:
 
 
 def signature(mod: Any) -> str:
-    """The workload's structure without its sizes: a hash of its TVM script with every number blanked."""
-    text = re.sub(r"\d+", "N", mod["main"].script())
+    """The workload's structure without its sizes or names: a hash of its TVM script with its parameter
+    buffers renamed by position (the importer names them after the model's tensors) and every number
+    blanked."""
+    text = mod["main"].script()
+    header = text.split("):\n", 1)[0]
+    names = {name: f"arg{i}" for i, name in enumerate(re.findall(r"(\w+): T\.Buffer\(", header))}
+    if names:
+        pattern = r"\b(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")\b"
+        text = re.sub(pattern, lambda found: names[found.group(1)], text)
+    text = re.sub(r"\d+", "N", text)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -80,7 +80,7 @@ def tuning_module(model: onnx.ModelProto, device: Device) -> Any:
 
     from nndeploy.targets.frontend.importer import import_onnx
 
-    mod = _nhwc_if_clean(import_onnx(model, device))
+    mod = _nhwc_if_clean(import_onnx(model, device), len(model.graph.output))
     with tvm.target.Target(device.tvm_target):
         return tvm.transform.Sequential(
             [
@@ -95,9 +95,10 @@ def tuning_module(model: onnx.ModelProto, device: Device) -> Any:
         )(mod)
 
 
-def _nhwc_if_clean(mod: Any) -> Any:
+def _nhwc_if_clean(mod: Any, outputs: int) -> Any:
     """The module with convolutions in NHWC, unless that wraps ops TVM cannot re-layout (for example
-    the frontend's Clip) in transposes of activations: then it stays NCHW."""
+    the frontend's Clip) in transposes of activations beyond the model's inputs and outputs: then it
+    stays NCHW."""
     from tvm import relax
 
     try:
@@ -105,7 +106,7 @@ def _nhwc_if_clean(mod: Any) -> Any:
     except Exception:  # an op TVM cannot re-layout at all
         return mod
     before, after = _activation_transposes(mod), _activation_transposes(converted)
-    io = len(mod["main"].params) + 1
+    io = len(mod["main"].params) + outputs  # a transpose each at most
     return _fold_layout_of_constants(converted) if after - before <= 2 * io else mod
 
 
