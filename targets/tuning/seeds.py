@@ -24,7 +24,9 @@ class TransferSeeds:
             self.sources.extend(shipped.matched(knowledge, list(mods))[1])
         self.rank = shipped.ranker_for(knowledge, device.tvm_target)
 
-    def traces(self, mod: Any, count: int) -> list[Any]:
-        """Up to `count` carried-over schedules (traces) of the workload `mod`, best first; [] if none."""
+    def traces(self, mod: Any, count: int) -> tuple[list[Any], float | None]:
+        """Up to `count` carried-over schedules (traces) of the workload `mod`, best first ([] if none),
+        and the predicted best time of `mod` in ms: the fastest source record's, scaled by FLOPs."""
         found = transfer.ranked_candidates(mod, self.sources, self.target, self.rank)
-        return [candidate.trace for candidate in found[:count]]
+        predicted = min((c.estimate_s for c in found if c.estimate_s > 0), default=None)
+        return [candidate.trace for candidate in found[:count]], predicted and predicted * 1e3

@@ -47,6 +47,9 @@ SEARCH_ITERATIONS = 2
 # 176 ms against 203 ms: a first batch's search costs time where its cost model knows least.
 FIRST_BATCH_SEARCH = "replay"
 EXHAUSTED = 1 << 30  # trials_done of a task whose search space has been measured completely
+# A task seeded with transferred schedules stops once its best is this close to the time the tuned
+# workloads it was seeded from reach (scaled by FLOPs): more trials there rarely pay, other tasks may.
+NEAR_PREDICTED = 0.03
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,7 @@ def tune_tasks(
     done = {w: t.trials_done for w, t in todo.items()}
     best: dict[str, float] = {}
     stalls: dict[str, int] = dict.fromkeys(todo, 0)
+    predicted: dict[str, float | None] = {}  # ms: what the tuned workloads it was seeded from reach
     measured = [0]
     current = [""]
 
@@ -307,7 +311,13 @@ def tune_tasks(
             while not interrupted.requested and (
                 measured[0] == 0 or time.perf_counter() - started < budget_s
             ):
-                open_tasks = [w for w in todo if done[w] < trials_per_task and stalls[w] < 3]
+                open_tasks = [
+                    w
+                    for w in todo
+                    if done[w] < trials_per_task
+                    and stalls[w] < 3
+                    and not _reached(best.get(w), predicted.get(w))
+                ]
                 if not open_tasks:
                     break
                 workload = max(open_tasks, key=lambda w: _priority(todo[w], best.get(w), stalls[w]))
@@ -329,7 +339,7 @@ def tune_tasks(
                         continue
                 if done[workload] == 0:
                     module = task.extracted.dispatched[0]
-                    traces = transferred.traces(module, FIRST_BATCH)
+                    traces, predicted[workload] = transferred.traces(module, FIRST_BATCH)
                     if traces:
                         database = databases[task.weights_cold]
                         record(workload, *measure_traces(module, traces, database, builder, runner, target))
@@ -421,6 +431,11 @@ class _StopOnInterrupt:
         print(
             "stopping after the batch being measured (Ctrl-C again to stop now)", file=sys.stderr, flush=True
         )
+
+
+def _reached(best_ms: float | None, predicted_ms: float | None) -> bool:
+    """Whether a task is within NEAR_PREDICTED of its predicted best (then its budget goes elsewhere)."""
+    return best_ms is not None and predicted_ms is not None and best_ms <= predicted_ms * (1 + NEAR_PREDICTED)
 
 
 def _priority(task: Task, best_ms: float | None, stalls: int) -> float:
