@@ -25,10 +25,10 @@ import onnx
 from nndeploy.cutting import cut
 from nndeploy.targets.artifacts.manifest import StageBuild
 from nndeploy.targets.build.best_of import time_candidates
-from nndeploy.targets.build.check import BuildCheck, StageSamples, check_part, check_stage, with_outcome
+from nndeploy.targets.build.check import BuildCheck, StageSamples, check_part, with_outcome
 from nndeploy.targets.build.compiled import build_compiled, onnxruntime_record
 from nndeploy.targets.build.record import BuildRecord
-from nndeploy.targets.build.regions import node_flops, run_groups, stage_record
+from nndeploy.targets.build.regions import build_with_regions, node_flops, run_groups
 from nndeploy.types import Artifact, Device, FallbackNode
 
 MARGIN = 0.05  # onnxruntime must be this much faster to take a region or a stage (timing noise)
@@ -138,9 +138,12 @@ def best_of_regions(
         )
         mixed = None
         if moved and len(moved) < len(model.graph.node):
-            mixed = _mixed(
-                stage_path, model, regions, moved, index, device, scratch, tuning_db_dir, check, samples
-            )
+            # TVM's maximal runs of kept regions built again as one part each; None where a part fails
+            # to build or (with `check`) the mix differs
+            mixed = build_with_regions(
+                stage_path, index, device, scratch / "mixed", tuple(moved.values()), tuning_db_dir,
+                None, check=check, samples=samples,
+            )  # fmt: skip
         if mixed is not None and mixed.artifact is not None:
             candidates["tvm+onnxruntime"] = (scratch / "mixed", _entry(mixed.artifact, device))
             measured = timer(candidates, feed)
@@ -161,8 +164,7 @@ def best_of_regions(
         assert mixed is not None and mixed.artifact is not None
         for path in (scratch / "mixed").iterdir():
             shutil.copyfile(path, out_dir / path.name)
-        share = mixed.artifact.options.get("tvm_flop_share")
-        return _note(replace(mixed, seconds=record.seconds, cached=False), best_of, share=share)
+        return _note(replace(mixed, seconds=record.seconds, cached=False), best_of)  # its share is set
 
 
 def _faster_regions(
@@ -214,47 +216,6 @@ def _faster_regions(
         if why is not None:
             moved.update({n: FallbackNode(n, by_name[n].op_type, why) for n in names})
     return moved, times
-
-
-def _mixed(
-    stage_path: Path,
-    model: onnx.ModelProto,
-    regions: list[list[str]],
-    moved: dict[str, FallbackNode],
-    index: int,
-    device: Device,
-    scratch: Path,
-    tuning_db_dir: Path | None,
-    check: BuildCheck | None,
-    samples: StageSamples,
-) -> BuildRecord | None:
-    """The stage as TVM parts (maximal runs of the regions TVM keeps, built again as one part each) and
-    onnxruntime parts, in scratch/mixed; None if a part fails to build or (with `check`) the mix differs."""
-    runs: list[tuple[str, list[str]]] = []
-    for names in regions:
-        executor = "onnxruntime" if names[0] in moved else "tvm"
-        if runs and runs[-1][0] == executor:
-            runs[-1][1].extend(names)
-        else:
-            runs.append((executor, list(names)))
-    folder = scratch / "mixed"
-    parts: list[Artifact] = []
-    groups = run_groups(model, runs)
-    for number, (group, part) in enumerate(zip(groups, cut(model, groups, "part"), strict=True)):
-        name = f"stage_{index}.part{number}"
-        path = scratch / f"{name}.onnx"
-        onnx.save(part, str(path))
-        if group.label == "onnxruntime":
-            built = onnxruntime_record(path, index, device, folder, "", name, [moved[n] for n in group.nodes])
-        else:
-            built = build_compiled(path, index, device, folder, tuning_db_dir, name)
-        if built.artifact is None:
-            return None
-        parts.append(built.artifact)
-    mixed = stage_record(stage_path, index, device, folder, parts)
-    if check is not None and mixed.artifact is not None:
-        mixed = with_outcome(mixed, check_stage(mixed.artifact, folder, samples, check), keep=False)
-    return mixed if mixed.artifact is not None else None
 
 
 def _entry(artifact: Artifact, device: Device) -> StageBuild:

@@ -212,21 +212,11 @@ def stage_record(
 
 
 def node_flops(model: onnx.ModelProto) -> dict[str, float]:
-    """FLOPs of each node of a model whose tensors all have static shapes (by node name)."""
-    from nndeploy.graph import elem_type_name
-    from nndeploy.op_costs import node_cost
-    from nndeploy.types import TensorSpec
+    """FLOPs of each node of a stage model whose tensors have static shapes (by node name), as the
+    planner's cost model counts them."""
+    from nndeploy.graph import analyze
 
-    def spec(vi: onnx.ValueInfoProto) -> TensorSpec:
-        dims = tuple(max(d.dim_value, 1) for d in vi.type.tensor_type.shape.dim)
-        return TensorSpec(vi.name, dims, elem_type_name(vi.type.tensor_type.elem_type))
-
-    tensors = {name: spec(vi) for name, vi in value_infos(model).items()}
-    params = {
-        t.name: TensorSpec(t.name, tuple(int(d) for d in t.dims), elem_type_name(t.data_type))
-        for t in model.graph.initializer
-    }
-    return {node.name: node_cost(node, tensors, params).flops for node in model.graph.node}
+    return {node.name: node.flops for node in analyze(model, "", "", {}, 1).nodes}
 
 
 def tvm_flop_share(model: onnx.ModelProto, moved: set[str]) -> float:

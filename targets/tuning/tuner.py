@@ -26,7 +26,7 @@ from nndeploy.targets.tuning import cold as cold_measure
 from nndeploy.targets.tuning import database as tuning_db
 from nndeploy.targets.tuning.metaschedule import builder as candidate_builder
 from nndeploy.targets.tuning.metaschedule import measure_traces
-from nndeploy.targets.tuning.seeds import TransferSeeds
+from nndeploy.targets.tuning.seeds import TransferSeeds, reached
 from nndeploy.types import Device
 
 # MetaSchedule's layout rewrite reaches onnxruntime's speed on convolutions only in NHWC (measured: NCHW
@@ -47,9 +47,6 @@ SEARCH_ITERATIONS = 2
 # 176 ms against 203 ms: a first batch's search costs time where its cost model knows least.
 FIRST_BATCH_SEARCH = "replay"
 EXHAUSTED = 1 << 30  # trials_done of a task whose search space has been measured completely
-# A task seeded with transferred schedules stops once its best is this close to the time the tuned
-# workloads it was seeded from reach (scaled by FLOPs): more trials there rarely pay, other tasks may.
-NEAR_PREDICTED = 0.03
 
 
 @dataclass(frozen=True)
@@ -316,7 +313,7 @@ def tune_tasks(
                     for w in todo
                     if done[w] < trials_per_task
                     and stalls[w] < 3
-                    and not _reached(best.get(w), predicted.get(w))
+                    and not reached(best.get(w), predicted.get(w))
                 ]
                 if not open_tasks:
                     break
@@ -431,11 +428,6 @@ class _StopOnInterrupt:
         print(
             "stopping after the batch being measured (Ctrl-C again to stop now)", file=sys.stderr, flush=True
         )
-
-
-def _reached(best_ms: float | None, predicted_ms: float | None) -> bool:
-    """Whether a task is within NEAR_PREDICTED of its predicted best (then its budget goes elsewhere)."""
-    return best_ms is not None and predicted_ms is not None and best_ms <= predicted_ms * (1 + NEAR_PREDICTED)
 
 
 def _priority(task: Task, best_ms: float | None, stalls: int) -> float:

@@ -245,7 +245,7 @@ def test_a_task_within_reach_of_its_predicted_best_stops_with_budget_left(
 ) -> None:
     import shutil
 
-    from nndeploy.targets.tuning import tuner
+    from nndeploy.targets.tuning import seeds
     from nndeploy.targets.tuning.database import target_db_dir, trials_per_workload
     from nndeploy.targets.tuning.tuner import extract_tasks, tune_tasks
 
@@ -253,10 +253,10 @@ def test_a_task_within_reach_of_its_predicted_best_stops_with_budget_left(
     db_dir = target_db_dir(tmp_path, device.tvm_target)
     shutil.copytree(target_db_dir(tuned_db, device.tvm_target), db_dir, ignore=shutil.ignore_patterns("logs"))
     tasks = [t for t in extract_tasks([(0, conv_relu(16, 24, seed=1))], device, db_dir) if "conv2d" in t.name]
-    assert tuner._reached(1.02, 1.0) and not tuner._reached(1.05, 1.0) and not tuner._reached(1.0, None)
+    assert seeds.reached(1.02, 1.0) and not seeds.reached(1.05, 1.0) and not seeds.reached(1.0, None)
     # Any measured time counts as within reach: after its transferred first batch the task is done,
     # though 10 minutes and 61 trials are left.
-    monkeypatch.setattr(tuner, "NEAR_PREDICTED", 1e9)
+    monkeypatch.setattr(seeds, "NEAR_PREDICTED", 1e9)
     measured = tune_tasks(tasks, device, db_dir, budget_s=600, trials_per_task=64)
     assert measured == transfer.TOP_K
     assert trials_per_workload(db_dir)[tasks[0].workload] == transfer.TOP_K
