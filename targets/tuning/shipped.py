@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from nndeploy.targets.tuning import database as tuning_db
+from nndeploy.targets.tuning.metaschedule import threaded_map
+from nndeploy.targets.tuning.transfer import TOP_K
 
 SHIPPED_ROOT = Path(__file__).parent / "shipped"
 SWITCH_ENV = "NNDEPLOY_SHIPPED_TUNING"
@@ -118,13 +120,18 @@ def subset(shipped: Knowledge, keys: set[str]) -> list[tuple[bool, Any]]:
         database = ms.database.MemoryDatabase()
         try:
             workloads, records = _lines(shipped.folder, cold)
+            pending = []
             for number, line in enumerate(workloads):
                 entry = json.loads(line)
                 if str(entry[0]) not in wanted:
                     continue
                 workload = database.commit_workload(ms.database.Workload.from_json(entry).mod)
-                for record in records.get(number, []):
-                    database.commit_tuning_record(ms.database.TuningRecord.from_json(record, workload))
+                # A build applies a workload's best record and transfers at most TOP_K of them.
+                fastest = sorted(records.get(number, []), key=_mean_seconds)[:TOP_K]
+                pending.extend((record, workload) for record in fastest)
+            # Parsing a record re-applies its trace (~9 ms each): spread over the cores.
+            for record in threaded_map(lambda pair: ms.database.TuningRecord.from_json(*pair), pending):
+                database.commit_tuning_record(record)
         except Exception as exc:  # TVM raises many types for a record it cannot read
             from nndeploy.errors import first_line
 
@@ -157,6 +164,12 @@ def ranker_for(shipped: Knowledge | None, tvm_target: dict[str, Any]) -> Any:
     if shipped is None or shipped.cost_model is None:
         return None
     return ranker(shipped.cost_model, tvm_target)
+
+
+def _mean_seconds(record: list[Any]) -> float:
+    """A packed record's mean measured run time (its second field); unmeasured ones last."""
+    seconds = [float(s) for s in record[1] or ()]
+    return sum(seconds) / len(seconds) if seconds else float("inf")
 
 
 def _half(cold: bool) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nndeploy.targets.tuning.metaschedule import light_context, workload_hash
+from nndeploy.targets.tuning.metaschedule import light_context, threaded_map, workload_hash
 
 NEAREST = 2  # tuned workloads of the same structure a workload takes candidates from
 TOP_K = 3  # records of each of them re-applied
@@ -265,14 +265,18 @@ def fill_gaps(
 
     memory = ms.database.MemoryDatabase()
     counts = {"tuned": 0, "transferred": 0, "plain": 0}
-    known: list[Source] | None = None
+    gaps = []
     for name, workload_mod in tasks:
         if any(db.query_tuning_record(workload_mod, target, name) is not None for db in databases):
             counts["tuned"] += 1
-            continue
-        if known is None:
-            known = list(sources())
-        found = transfer(workload_mod, known, target, rank)
+        else:
+            gaps.append(workload_mod)
+    known = list(sources()) if gaps else []
+    # Each gap's candidates are independent schedule work (trace re-application, post-processors,
+    # features): spread over the cores.
+    for workload_mod, found in zip(
+        gaps, threaded_map(lambda mod: transfer(mod, known, target, rank), gaps), strict=True
+    ):
         if found is None:
             counts["plain"] += 1
             continue
