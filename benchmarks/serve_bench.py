@@ -51,12 +51,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from nndeploy.proto import stage_pb2, stage_pb2_grpc
+from nndeploy.proto import stage_pb2
 from nndeploy.runtime.chain import free_ports
 from nndeploy.runtime.client import Client, Metadata, random_tensor, run_bench
 from nndeploy.runtime.endpoint import ModelSpec
 from nndeploy.runtime.links import CHANNEL_OPTIONS
-from nndeploy.runtime.tensors import tensors_to_proto
+from nndeploy.runtime.wire import Frame, frame, process_stream
 from nndeploy.runtime.worker import Execute, StageSpec
 from nndeploy.types import TensorSpec
 
@@ -86,13 +86,12 @@ def identity(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(inputs)
 
 
-async def grpc_round_trips(
-    address: str, request: stage_pb2.StageRequest, nbytes: int, count: int
-) -> list[float]:
-    """`count` timed round trips (after WARMUP) of `request` over one Process stream; ms each."""
+async def grpc_round_trips(address: str, request: Frame, nbytes: int, count: int) -> list[float]:
+    """`count` timed round trips (after WARMUP) of `request` over one Process stream, sent and read
+    with the data plane's own codec (runtime.wire, as a worker's links do); ms each."""
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), IO_TIMEOUT_S)
-        call = stage_pb2_grpc.StageWorkerStub(channel).Process()
+        call = process_stream(channel)()
         times: list[float] = []
         try:
             for i in range(WARMUP + count):
@@ -100,9 +99,9 @@ async def grpc_round_trips(
                 await asyncio.wait_for(call.write(request), IO_TIMEOUT_S)
                 reply = await asyncio.wait_for(call.read(), IO_TIMEOUT_S)
                 elapsed = (time.perf_counter() - started) * 1e3
-                if reply is grpc.aio.EOF or not reply.ok:
+                if reply is grpc.aio.EOF or not reply.message.ok:
                     raise RuntimeError(f"worker replied {reply}")
-                if sum(len(t.data) for t in reply.tensors) != nbytes:
+                if reply.nbytes != nbytes:
                     raise RuntimeError("worker replied with a different number of bytes")
                 if i >= WARMUP:
                     times.append(elapsed)
@@ -147,7 +146,7 @@ def part_hops(args: argparse.Namespace) -> None:
         for mb in args.sizes_mb:
             x = rng.standard_normal(mb * MIB // 4).astype(np.float32)
             messages[mb] = (
-                stage_pb2.StageRequest(request_id=f"hop-{mb}", tensors=tensors_to_proto({"x": x})),
+                frame(stage_pb2.StageRequest(request_id=f"hop-{mb}"), {"x": x}),
                 x.tobytes(),
             )
         for _ in range(args.repeats):

@@ -32,11 +32,10 @@ from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind
 from nndeploy.runtime.tensors import (
     dtype_to_kserve,
     numpy_to_infer_response_outputs,
-    proto_to_tensors,
     request_inputs_to_numpy,
-    tensors_to_proto,
 )
 from nndeploy.runtime.tls import TlsFiles, stage_identity
+from nndeploy.runtime.wire import Frame, frame, sink_handler
 from nndeploy.types import TensorSpec
 
 STATUS = {code.name: code for code in grpc.StatusCode}
@@ -61,16 +60,16 @@ class ModelSpec:
 
 class Endpoint(
     inference_pb2_grpc.GRPCInferenceServiceServicer,
-    stage_pb2_grpc.ResultSinkServicer,
     health_pb2_grpc.HealthServicer,
 ):
-    """KServe v2 servicer + result sink + health, sharing one pending-request table."""
+    """KServe v2 servicer + result sink (Deliver, with runtime.wire's codec) + health, sharing one
+    pending-request table."""
 
     def __init__(self, model: ModelSpec, address: str, tls: TlsFiles | None = None) -> None:
         self.model = model
         self.address = address
         self.tls = tls
-        self.pending: dict[str, asyncio.Future[stage_pb2.StageReply]] = {}
+        self.pending: dict[str, asyncio.Future[Frame]] = {}
         self.links = Links(tls)
         self.stage_up = [True] * len(model.stages)
         self.stats: list[stage_pb2.StageStats | None] = [None] * len(model.stages)
@@ -142,17 +141,19 @@ class Endpoint(
         remaining = context.time_remaining()
         timeout = min(self.model.timeout_s, remaining) if remaining is not None else self.model.timeout_s
         request_id = uuid.uuid4().hex
-        future: asyncio.Future[stage_pb2.StageReply] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
         started = time.perf_counter()
         sending: asyncio.Future[None] | None = None
         try:
-            message = stage_pb2.StageRequest(
-                request_id=request_id,
-                deadline_unix_ns=time.time_ns() + int(timeout * 1e9),
-                tensors=tensors_to_proto(arrays),
-                reply_to=self.address,
-                sent_unix_ns=time.time_ns(),
+            message = frame(
+                stage_pb2.StageRequest(
+                    request_id=request_id,
+                    deadline_unix_ns=time.time_ns() + int(timeout * 1e9),
+                    reply_to=self.address,
+                    sent_unix_ns=time.time_ns(),
+                ),
+                arrays,
             )
             sending = asyncio.ensure_future(self.links.get(self.model.stages[0][1], "process").send(message))
             # A request failed while its send waits (a stage went down, the server is closing) answers now.
@@ -164,7 +165,7 @@ class Endpoint(
             else:
                 sending.cancel()
             remaining_s = timeout - (time.perf_counter() - started)
-            reply = await asyncio.wait_for(future, max(remaining_s, 0.0) if not future.done() else None)
+            delivered = await asyncio.wait_for(future, max(remaining_s, 0.0) if not future.done() else None)
         except PeerUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"stage 0 is unreachable: {exc}")
         except TimeoutError:
@@ -177,10 +178,16 @@ class Endpoint(
             raise
         finally:
             self.pending.pop(request_id, None)
+        reply = delivered.message
         if not reply.ok:
             await context.abort(STATUS.get(reply.error_code, grpc.StatusCode.INTERNAL), reply.error)
         self.latencies_ms.append((time.perf_counter() - started) * 1e3)
-        outputs = proto_to_tensors(reply.tensors)
+        try:
+            outputs = delivered.arrays()
+        except ValueError as exc:
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"stage {reply.stage} sent a malformed result: {exc}"
+            )
         wanted = [o.name for o in request.outputs] or [t.name for t in self.model.outputs]
         missing = [name for name in wanted if name not in outputs]
         if missing:
@@ -194,12 +201,12 @@ class Endpoint(
     async def _cancel_downstream(self, request_id: str) -> None:
         """Tell the chain to drop `request_id` (best effort: a dead stage 0 has nothing to drop)."""
         with contextlib.suppress(PeerUnavailable):
-            cancel = stage_pb2.StageRequest(request_id=request_id, cancel=True)
+            cancel = Frame(stage_pb2.StageRequest(request_id=request_id, cancel=True))
             await self.links.get(self.model.stages[0][1], "process").send(cancel, timeout=1.0)
 
     # --- result sink ----------------------------------------------------------------------------------
     async def Deliver(
-        self, request_iterator: AsyncIterator[stage_pb2.StageReply], context: Any
+        self, request_iterator: AsyncIterator[Frame], context: Any
     ) -> AsyncIterator[stage_pb2.Ack]:
         """Results (or failures) from the stages, matched to waiting requests."""
         last = stage_identity(len(self.model.stages) - 1)
@@ -207,11 +214,12 @@ class Endpoint(
         if refused:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         async for reply in request_iterator:
-            future = self.pending.get(reply.request_id)
+            request_id = reply.message.request_id
+            future = self.pending.get(request_id)
             accepted = future is not None and not future.done()
             if accepted:
                 future.set_result(reply)  # type: ignore[union-attr]
-            yield stage_pb2.Ack(request_id=reply.request_id, accepted=accepted)
+            yield stage_pb2.Ack(request_id=request_id, accepted=accepted)
 
     # --- health ---------------------------------------------------------------------------------------
     async def Check(self, request: Any, context: Any) -> health_pb2.HealthCheckResponse:
@@ -269,8 +277,10 @@ class Endpoint(
         for request_id, future in list(self.pending.items()):
             if not future.done():
                 future.set_result(
-                    stage_pb2.StageReply(
-                        request_id=request_id, ok=False, error_code="UNAVAILABLE", error=reason
+                    Frame(
+                        stage_pb2.StageReply(
+                            request_id=request_id, ok=False, error_code="UNAVAILABLE", error=reason
+                        )
                     )
                 )
 
@@ -329,7 +339,7 @@ async def start_endpoint(
         local = f"{local_host}:{sink}"
     endpoint = Endpoint(model, advertise or local, tls)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(endpoint, server)
-    stage_pb2_grpc.add_ResultSinkServicer_to_server(endpoint, server)
+    server.add_generic_rpc_handlers((sink_handler(endpoint.Deliver),))
     health_pb2_grpc.add_HealthServicer_to_server(endpoint, server)
     await server.start()
     endpoint.start_watching()

@@ -1,7 +1,7 @@
 """Long-lived outgoing gRPC streams: to the next stage's worker (StageWorker.Process) and to the endpoint's
-result sink (ResultSink.Deliver). Messages are queued into one open stream per peer; a broken stream is
-reported to the caller and reopened on the next send, so a restarted peer on the same address is picked
-up again (the chain is rewired without any coordinator)."""
+result sink (ResultSink.Deliver), carrying Frames (runtime.wire). Messages are queued into one open
+stream per peer; a broken stream is reported to the caller and reopened on the next send, so a
+restarted peer on the same address is picked up again (the chain is rewired without any coordinator)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 
 from nndeploy.errors import NNDeployError
-from nndeploy.proto import stage_pb2_grpc
 from nndeploy.runtime.tls import TlsFiles
+from nndeploy.runtime.wire import deliver_stream, process_stream
 
 MAX_MESSAGE_BYTES = 1 << 30
 CHANNEL_OPTIONS = [
@@ -65,10 +65,8 @@ class StreamLink:
             await self.close()
             raise PeerUnavailable(f"{self.address}: not reachable within {timeout:.0f} s") from None
         self._outbox = asyncio.Queue(self.queue_size)
-        stub = stage_pb2_grpc.StageWorkerStub(self._channel) if self.kind == "process" else None
-        sink = stage_pb2_grpc.ResultSinkStub(self._channel) if self.kind == "deliver" else None
-        requests = self._messages(self._outbox)
-        self._call = stub.Process(requests) if stub is not None else sink.Deliver(requests)  # type: ignore[union-attr]
+        method = process_stream if self.kind == "process" else deliver_stream
+        self._call = method(self._channel)(self._messages(self._outbox))
         self._drain = asyncio.create_task(self._read_replies())
 
     @staticmethod

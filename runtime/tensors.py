@@ -225,25 +225,38 @@ def response_outputs_to_numpy(response: inference_pb2.ModelInferResponse) -> dic
 # Stage-to-stage (stage.proto)
 
 
-def tensor_to_proto(name: str, array: Any) -> stage_pb2.Tensor:
-    """A stage Tensor of an array: numpy dtype name, shape and little-endian row-major bytes (big-endian or
-    non-contiguous arrays are converted)."""
+def tensor_buffer(name: str, array: Any) -> tuple[stage_pb2.Tensor, memoryview]:
+    """A stage Tensor's header (name, numpy dtype name, shape; no data) and its elements as a byte view,
+    little-endian row-major (big-endian or non-contiguous arrays are converted; others are not copied)."""
     array, datatype = _check_array(name, array)
-    return stage_pb2.Tensor(
-        name=name, dtype=KSERVE_TO_NUMPY[datatype].name, shape=array.shape, data=_to_raw(array)
-    )
+    header = stage_pb2.Tensor(name=name, dtype=KSERVE_TO_NUMPY[datatype].name, shape=array.shape)
+    flat = np.ascontiguousarray(array, dtype=_le(array.dtype)).reshape(-1)  # 0-d arrays come back 1-d
+    return header, memoryview(flat).cast("B")
+
+
+def tensor_array(header: stage_pb2.Tensor, data: Any) -> np.ndarray:
+    """The array of a stage Tensor's header and its elements (bytes or a byte view), zero-copy and
+    read-only on little-endian hosts. ValueError naming the tensor for an unsupported dtype or a byte
+    count that does not match its shape."""
+    what = f"tensor {header.name!r} ({header.dtype}, shape {list(header.shape)})"
+    if header.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"{what}: unsupported dtype {header.dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}"
+        )
+    return _from_raw(data, np.dtype(header.dtype), _shape(header.shape, what), what, "data")
+
+
+def tensor_to_proto(name: str, array: Any) -> stage_pb2.Tensor:
+    """A stage Tensor of an array, elements included (see `tensor_buffer`)."""
+    header, data = tensor_buffer(name, array)
+    header.data = data.tobytes()
+    return header
 
 
 def proto_to_tensor(msg: stage_pb2.Tensor) -> np.ndarray:
-    """The array of a stage Tensor, zero-copy and read-only over its bytes on little-endian hosts.
-
-    Raises ValueError naming the tensor for an unsupported dtype or a byte count that does not match its
-    shape.
-    """
-    what = f"tensor {msg.name!r} ({msg.dtype}, shape {list(msg.shape)})"
-    if msg.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"{what}: unsupported dtype {msg.dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}")
-    return _from_raw(msg.data, np.dtype(msg.dtype), _shape(msg.shape, what), what, "data")
+    """The array of a stage Tensor, zero-copy and read-only over its bytes on little-endian hosts
+    (see `tensor_array`)."""
+    return tensor_array(msg, msg.data)
 
 
 def tensors_to_proto(arrays: Mapping[str, Any]) -> list[stage_pb2.Tensor]:

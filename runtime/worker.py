@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from nndeploy.proto import health_pb2, health_pb2_grpc, stage_pb2, stage_pb2_grpc
+from nndeploy.proto import health_pb2, health_pb2_grpc, stage_pb2
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port
-from nndeploy.runtime.tensors import proto_to_tensors, tensors_to_proto
 from nndeploy.runtime.tls import ENDPOINT_IDENTITY, TlsFiles, stage_identity
+from nndeploy.runtime.wire import Frame, frame, worker_handler
 
 MAX_CANCELLED = 10_000
 Execute = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -56,16 +56,15 @@ class Counters:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServicer):
-    """The servicer: a bounded queue, one executor thread, and the outgoing links."""
+class StageWorker(health_pb2_grpc.HealthServicer):
+    """The servicer: a bounded queue, one executor thread, and the outgoing links. Process streams Frames
+    (runtime.wire): tensors stay views over the received bytes."""
 
     def __init__(self, spec: StageSpec, execute: Execute, tls: TlsFiles | None = None) -> None:
         self.spec = spec
         self.execute = execute
         self.counters = Counters()
-        self.queue: asyncio.Queue[tuple[stage_pb2.StageRequest, asyncio.Queue | None]] = asyncio.Queue(
-            spec.queue_size
-        )
+        self.queue: asyncio.Queue[tuple[Frame, asyncio.Queue | None]] = asyncio.Queue(spec.queue_size)
         self.tls = tls
         self.links = Links(tls)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{spec.index}")
@@ -85,24 +84,22 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
         await self.links.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def Process(
-        self, request_iterator: AsyncIterator[stage_pb2.StageRequest], context: Any
-    ) -> AsyncIterator[stage_pb2.StageReply]:
+    async def Process(self, request_iterator: AsyncIterator[Frame], context: Any) -> AsyncIterator[Frame]:
         """Receive requests from upstream; replies for requests without reply_to come back on this stream."""
         upstream = ENDPOINT_IDENTITY if self.spec.index == 0 else stage_identity(self.spec.index - 1)
         refused = self.tls.peer_refused(context, upstream) if self.tls is not None else None
         if refused:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
-        local: asyncio.Queue[stage_pb2.StageReply | None] = asyncio.Queue()
+        local: asyncio.Queue[Frame | None] = asyncio.Queue()
 
         async def pump() -> None:
             try:
                 async for request in request_iterator:
-                    if request.cancel:
+                    if request.message.cancel:
                         await self._cancel(request)
                         continue
-                    self.counters.bytes_received += sum(len(t.data) for t in request.tensors)
-                    await self.queue.put((request, None if request.reply_to else local))
+                    self.counters.bytes_received += request.nbytes
+                    await self.queue.put((request, None if request.message.reply_to else local))
             finally:
                 await local.put(None)
 
@@ -144,7 +141,8 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            request, local = await self.queue.get()
+            received, local = await self.queue.get()
+            request = received.message
             if self._was_cancelled(request.request_id):
                 continue  # cancelled while queued: no work, no reply (the endpoint has answered its client)
             self.counters.requests += 1
@@ -154,7 +152,11 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
                 )
                 continue
             try:
-                inputs = proto_to_tensors(request.tensors)
+                inputs = received.arrays()
+            except ValueError as exc:  # a header that disagrees with its bytes, a dtype not supported
+                await self._fail(request, local, "INVALID_ARGUMENT", f"stage {self.spec.index}: {exc}")
+                continue
+            try:
                 started = time.perf_counter()
                 outputs = await loop.run_in_executor(self.pool, self.execute, inputs)
                 compute_ms = (time.perf_counter() - started) * 1e3
@@ -175,29 +177,29 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
             if self._was_cancelled(request.request_id):
                 continue  # cancelled while it ran here: do not pass it on
             timing = stage_pb2.StageTiming(stage=self.spec.index, compute_ms=compute_ms)
-            tensors = tensors_to_proto(sent)
-            self.counters.bytes_sent += sum(len(t.data) for t in tensors)
             started = time.perf_counter()
             try:
                 if self.spec.downstream is not None:
                     forward = stage_pb2.StageRequest(
                         request_id=request.request_id,
                         deadline_unix_ns=request.deadline_unix_ns,
-                        tensors=tensors,
                         reply_to=request.reply_to,
                         sent_unix_ns=time.time_ns(),
                         timings=[*request.timings, timing],
                     )
-                    await self.links.get(self.spec.downstream, "process").send(forward)
+                    outgoing = frame(forward, sent)
+                    self.counters.bytes_sent += outgoing.nbytes
+                    await self.links.get(self.spec.downstream, "process").send(outgoing)
                 else:
                     reply = stage_pb2.StageReply(
                         request_id=request.request_id,
                         ok=True,
-                        tensors=tensors,
                         stage=self.spec.index,
                         timings=[*request.timings, timing],
                     )
-                    await self._reply(request, local, reply)
+                    outgoing = frame(reply, sent)
+                    self.counters.bytes_sent += outgoing.nbytes
+                    await self._reply(request, local, outgoing)
             except PeerUnavailable as exc:
                 await self._fail(
                     request, local, "UNAVAILABLE", f"stage {self.spec.index} cannot reach the next hop: {exc}"
@@ -211,9 +213,9 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
             return True
         return False
 
-    async def _cancel(self, request: stage_pb2.StageRequest) -> None:
+    async def _cancel(self, request: Frame) -> None:
         """Remember a cancellation and pass it on at once (ahead of queued work)."""
-        self.cancelled[request.request_id] = None
+        self.cancelled[request.message.request_id] = None
         while len(self.cancelled) > MAX_CANCELLED:
             self.cancelled.popitem(last=False)
         if self.spec.downstream is not None:
@@ -221,7 +223,7 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
                 await self.links.get(self.spec.downstream, "process").send(request)
 
     async def _reply(
-        self, request: stage_pb2.StageRequest, local: asyncio.Queue | None, reply: stage_pb2.StageReply
+        self, request: stage_pb2.StageRequest, local: asyncio.Queue | None, reply: Frame
     ) -> None:
         if local is not None:
             await local.put(reply)
@@ -236,7 +238,7 @@ class StageWorker(stage_pb2_grpc.StageWorkerServicer, health_pb2_grpc.HealthServ
             request_id=request.request_id, ok=False, error_code=code, error=message, stage=self.spec.index
         )
         with contextlib.suppress(PeerUnavailable):  # the endpoint is gone; it fails its own pending requests
-            await self._reply(request, local, reply)
+            await self._reply(request, local, Frame(reply))
 
 
 async def serve_stage(
@@ -252,7 +254,7 @@ async def serve_stage(
     with `tls`, it accepts and makes only mutually authenticated TLS connections."""
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     worker = StageWorker(spec, execute, tls)
-    stage_pb2_grpc.add_StageWorkerServicer_to_server(worker, server)
+    server.add_generic_rpc_handlers((worker_handler(worker.Process, worker.Stats),))
     health_pb2_grpc.add_HealthServicer_to_server(worker, server)
     bound = bind_port(server, host, port, tls)
     await server.start()
