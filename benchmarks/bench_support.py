@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.tls import TlsFiles
 from nndeploy.runtime.worker import Execute, StageSpec, serve_stage
 
 IO_TIMEOUT_S = 30.0  # any single request, reply, socket read or server start
@@ -39,8 +40,10 @@ class ServerLoop:
         """Run `coro` on the server loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def start_worker(self, spec: StageSpec, execute: Execute, port: int = 0) -> int:
-        """Start a StageWorker; returns its bound port once it serves."""
+    def start_worker(
+        self, spec: StageSpec, execute: Execute, port: int = 0, tls: TlsFiles | None = None
+    ) -> int:
+        """Start a StageWorker (mutual TLS with `tls`); returns its bound port once it serves."""
         ready = threading.Event()
         bound: list[int] = []
 
@@ -50,7 +53,7 @@ class ServerLoop:
 
         stop = asyncio.Event()  # bound to the server loop on its first wait; set from there only
         future = asyncio.run_coroutine_threadsafe(
-            serve_stage(spec, execute, port, ready=on_ready, stop=stop), self.loop
+            serve_stage(spec, execute, port, ready=on_ready, stop=stop, tls=tls), self.loop
         )
         self.workers.append((stop, future))
         deadline = time.monotonic() + IO_TIMEOUT_S

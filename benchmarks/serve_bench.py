@@ -52,10 +52,12 @@ import grpc
 import numpy as np
 
 from nndeploy.proto import stage_pb2
+from nndeploy.runtime import shm
 from nndeploy.runtime.chain import free_ports
 from nndeploy.runtime.client import Client, Metadata, random_tensor, run_bench
 from nndeploy.runtime.endpoint import ModelSpec
-from nndeploy.runtime.links import CHANNEL_OPTIONS
+from nndeploy.runtime.links import open_channel
+from nndeploy.runtime.tls import TlsFiles
 from nndeploy.runtime.wire import Frame, frame, process_stream
 from nndeploy.runtime.worker import Execute, StageSpec
 from nndeploy.types import TensorSpec
@@ -86,17 +88,28 @@ def identity(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(inputs)
 
 
-async def grpc_round_trips(address: str, request: Frame, nbytes: int, count: int) -> list[float]:
-    """`count` timed round trips (after WARMUP) of `request` over one Process stream, sent and read
-    with the data plane's own codec (runtime.wire, as a worker's links do); ms each."""
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+async def grpc_round_trips(
+    address: str, request: Frame, nbytes: int, count: int, tls: TlsFiles | None = None, shared: bool = False
+) -> list[float]:
+    """`count` timed round trips (after WARMUP) of `request` over one Process stream, sent and read with
+    the data plane's own codec (runtime.wire), as a worker's links do: over mutual TLS with `tls`; with
+    `shared`, the stream announces this host's shared memory, so both directions hand the tensor over in
+    a segment (runtime.shm; refused if the worker does not share it). ms each."""
+    channel = open_channel(address, tls)
+    try:
         await asyncio.wait_for(channel.channel_ready(), IO_TIMEOUT_S)
-        call = process_stream(channel)()
+        call = process_stream(channel)(metadata=shm.metadata() if shared else ())
+        pool = None
+        if shared:
+            if not shm.shares_with(await asyncio.wait_for(call.initial_metadata(), IO_TIMEOUT_S)):
+                raise RuntimeError("the worker does not share this process's shared memory")
+            pool = shm.Pool()
         times: list[float] = []
         try:
             for i in range(WARMUP + count):
                 started = time.perf_counter()
-                await asyncio.wait_for(call.write(request), IO_TIMEOUT_S)
+                sent = request if pool is None else Frame(request.message, pool.place(request.tensors))
+                await asyncio.wait_for(call.write(sent), IO_TIMEOUT_S)
                 reply = await asyncio.wait_for(call.read(), IO_TIMEOUT_S)
                 elapsed = (time.perf_counter() - started) * 1e3
                 if reply is grpc.aio.EOF or not reply.message.ok:
@@ -108,7 +121,11 @@ async def grpc_round_trips(address: str, request: Frame, nbytes: int, count: int
             await call.done_writing()
         finally:
             call.cancel()
+            if pool is not None:
+                pool.close()
         return times
+    finally:
+        await channel.close()
 
 
 def raw_round_trips(port: int, payload: bytes, count: int) -> list[float]:
@@ -132,45 +149,61 @@ def raw_round_trips(port: int, payload: bytes, count: int) -> list[float]:
 
 def part_hops(args: argparse.Namespace) -> None:
     print(
-        f"1. Per-hop overhead: identity StageWorker over its Process stream vs raw loopback TCP echo "
-        f"({args.requests} round trips x {args.repeats} rounds per size, median; per hop = round trip / 2)"
+        f"1. Per-hop overhead: identity StageWorker over its Process stream (plain TCP, mutual TLS, shared "
+        f"memory) vs raw loopback TCP echo ({args.requests} round trips x {args.repeats} rounds per size, "
+        "median; per hop = round trip / 2)"
     )
+    from nndeploy.runtime.certs import make_certificates
+    from nndeploy.runtime.tls import load_tls
+
     rng = np.random.default_rng(0)
-    grpc_ms: dict[int, list[float]] = {mb: [] for mb in args.sizes_mb}
-    raw_ms: dict[int, list[float]] = {mb: [] for mb in args.sizes_mb}
+    kinds = ("tcp", "tls", "shm", "raw")
+    measured: dict[tuple[str, int], list[float]] = {(k, mb): [] for k in kinds for mb in args.sizes_mb}
     spec = StageSpec(index=0, device="local", inputs=("x",), outputs=("x",), downstream=None)
-    with ServerLoop() as servers, EchoServer() as echo:
-        port = servers.start_worker(spec, identity)
-        address = f"127.0.0.1:{port}"
-        messages = {}
-        for mb in args.sizes_mb:
-            x = rng.standard_normal(mb * MIB // 4).astype(np.float32)
-            messages[mb] = (
-                frame(stage_pb2.StageRequest(request_id=f"hop-{mb}"), {"x": x}),
-                x.tobytes(),
-            )
-        for _ in range(args.repeats):
-            for mb, (request, payload) in messages.items():
-                grpc_ms[mb] += asyncio.run(grpc_round_trips(address, request, len(payload), args.requests))
-                raw_ms[mb] += raw_round_trips(echo.port, payload, args.requests)
+    with tempfile.TemporaryDirectory(prefix="serve-bench-certs-") as certs:
+        make_certificates(Path(certs), stages=1)
+        stage_tls, client_tls = load_tls(Path(certs) / "stage-0"), load_tls(Path(certs) / "endpoint")
+        with ServerLoop() as servers, EchoServer() as echo:
+            plain = f"127.0.0.1:{servers.start_worker(spec, identity)}"
+            secure = f"localhost:{servers.start_worker(spec, identity, tls=stage_tls)}"
+            messages = {}
+            for mb in args.sizes_mb:
+                x = rng.standard_normal(mb * MIB // 4).astype(np.float32)
+                messages[mb] = (frame(stage_pb2.StageRequest(request_id=f"hop-{mb}"), {"x": x}), x.tobytes())
+            for _ in range(args.repeats):
+                for mb, (request, payload) in messages.items():
+                    size = len(payload)
+                    trips = {
+                        "tcp": (plain, None, False),
+                        "tls": (secure, client_tls, False),
+                        "shm": (plain, None, True),
+                    }
+                    for kind, (address, tls, shared) in trips.items():
+                        measured[kind, mb] += asyncio.run(
+                            grpc_round_trips(address, request, size, args.requests, tls, shared)
+                        )
+                    measured["raw", mb] += raw_round_trips(echo.port, payload, args.requests)
     rows = []
     for mb in args.sizes_mb:
-        g, r = median(grpc_ms[mb]) / 2, median(raw_ms[mb]) / 2
+        hop = {kind: median(measured[kind, mb]) / 2 for kind in kinds}
+        raw = hop["raw"]
         rows.append(
             [
                 f"{mb} MiB",
-                f"{g:.3f}",
-                f"{r:.3f}",
-                f"{g / r:.2f}",
-                f"{mb * MIB / (g / 1e3) / 1e9:.2f}",
-                f"{mb * MIB / (r / 1e3) / 1e9:.2f}",
+                *(f"{hop[k]:.3f}" for k in kinds),
+                *(f"{hop[k] / raw:.2f}" for k in ("tcp", "tls", "shm")),
+                f"{hop['shm'] / mb:.3f}",
+                f"{mb * MIB / (hop['tcp'] / 1e3) / 1e9:.2f}",
+                f"{mb * MIB / (raw / 1e3) / 1e9:.2f}",
             ]
         )
+    header = ["tensor", "TCP ms/hop", "TLS ms/hop", "shm ms/hop", "raw TCP ms/hop"]
+    header += ["TCP/raw", "TLS/raw", "shm/raw", "shm ms/MiB", "TCP GB/s", "raw GB/s"]
+    print(table(header, rows))
     print(
-        table(
-            ["tensor", "gRPC ms/hop", "raw TCP ms/hop", "gRPC/raw", "gRPC GB/s", "raw TCP GB/s"],
-            rows,
-        )
+        "    TCP and TLS: the stage's gRPC stream, tensors spliced in (runtime.wire); shm: the same stream "
+        "carrying only\n    where the tensor is (runtime.shm: one copy into a reused segment, one out). "
+        "Goals: TCP <= 2x raw, shm <= 0.3 ms/MiB."
     )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anndeploy/proto/stage.proto\x12\x0enndeploy.stage\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"W\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\x04 \x01(\x01\"\xcb\x01\n\x0cStageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ns\x18\x02 \x01(\x03\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.nndeploy.stage.Tensor\x12\x10\n\x08reply_to\x18\x04 \x01(\t\x12\x14\n\x0csent_unix_ns\x18\x05 \x01(\x03\x12,\n\x07timings\x18\x06 \x03(\x0b\x32\x1b.nndeploy.stage.StageTiming\x12\x0e\n\x06\x63\x61ncel\x18\x07 \x01(\x08\"\xb5\x01\n\nStageReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x07tensors\x18\x05 \x03(\x0b\x32\x16.nndeploy.stage.Tensor\x12\r\n\x05stage\x18\x06 \x01(\x05\x12,\n\x07timings\x18\x07 \x03(\x0b\x32\x1b.nndeploy.stage.StageTiming\"+\n\x03\x41\x63k\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\"\x0e\n\x0cStatsRequest\"\xc3\x01\n\nStageStats\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\r\x12\x18\n\x10\x63ompute_ms_total\x18\x06 \x01(\x01\x12\x19\n\x11transfer_ms_total\x18\x07 \x01(\x01\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12\x12\n\nbytes_sent\x18\t \x01(\x04\x32\x99\x01\n\x0bStageWorker\x12G\n\x07Process\x12\x1c.nndeploy.stage.StageRequest\x1a\x1a.nndeploy.stage.StageReply(\x01\x30\x01\x12\x41\n\x05Stats\x12\x1c.nndeploy.stage.StatsRequest\x1a\x1a.nndeploy.stage.StageStats2L\n\nResultSink\x12>\n\x07\x44\x65liver\x12\x1a.nndeploy.stage.StageReply\x1a\x13.nndeploy.stage.Ack(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1anndeploy/proto/stage.proto\x12\x0enndeploy.stage\"o\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12+\n\x06shared\x18\x05 \x01(\x0b\x32\x1b.nndeploy.stage.SharedBytes\">\n\x0bSharedBytes\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06nbytes\x18\x03 \x01(\x04\"W\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x13\n\x0btransfer_ms\x18\x04 \x01(\x01\"\xcb\x01\n\x0cStageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ns\x18\x02 \x01(\x03\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.nndeploy.stage.Tensor\x12\x10\n\x08reply_to\x18\x04 \x01(\t\x12\x14\n\x0csent_unix_ns\x18\x05 \x01(\x03\x12,\n\x07timings\x18\x06 \x03(\x0b\x32\x1b.nndeploy.stage.StageTiming\x12\x0e\n\x06\x63\x61ncel\x18\x07 \x01(\x08\"\xb5\x01\n\nStageReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\'\n\x07tensors\x18\x05 \x03(\x0b\x32\x16.nndeploy.stage.Tensor\x12\r\n\x05stage\x18\x06 \x01(\x05\x12,\n\x07timings\x18\x07 \x03(\x0b\x32\x1b.nndeploy.stage.StageTiming\"+\n\x03\x41\x63k\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\"\x0e\n\x0cStatsRequest\"\xc3\x01\n\nStageStats\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\r\x12\x18\n\x10\x63ompute_ms_total\x18\x06 \x01(\x01\x12\x19\n\x11transfer_ms_total\x18\x07 \x01(\x01\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12\x12\n\nbytes_sent\x18\t \x01(\x04\x32\x99\x01\n\x0bStageWorker\x12G\n\x07Process\x12\x1c.nndeploy.stage.StageRequest\x1a\x1a.nndeploy.stage.StageReply(\x01\x30\x01\x12\x41\n\x05Stats\x12\x1c.nndeploy.stage.StatsRequest\x1a\x1a.nndeploy.stage.StageStats2L\n\nResultSink\x12>\n\x07\x44\x65liver\x12\x1a.nndeploy.stage.StageReply\x1a\x13.nndeploy.stage.Ack(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nndeploy.proto.stage_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSOR']._serialized_start=46
-  _globals['_TENSOR']._serialized_end=112
-  _globals['_STAGETIMING']._serialized_start=114
-  _globals['_STAGETIMING']._serialized_end=201
-  _globals['_STAGEREQUEST']._serialized_start=204
-  _globals['_STAGEREQUEST']._serialized_end=407
-  _globals['_STAGEREPLY']._serialized_start=410
-  _globals['_STAGEREPLY']._serialized_end=591
-  _globals['_ACK']._serialized_start=593
-  _globals['_ACK']._serialized_end=636
-  _globals['_STATSREQUEST']._serialized_start=638
-  _globals['_STATSREQUEST']._serialized_end=652
-  _globals['_STAGESTATS']._serialized_start=655
-  _globals['_STAGESTATS']._serialized_end=850
-  _globals['_STAGEWORKER']._serialized_start=853
-  _globals['_STAGEWORKER']._serialized_end=1006
-  _globals['_RESULTSINK']._serialized_start=1008
-  _globals['_RESULTSINK']._serialized_end=1084
+  _globals['_TENSOR']._serialized_end=157
+  _globals['_SHAREDBYTES']._serialized_start=159
+  _globals['_SHAREDBYTES']._serialized_end=221
+  _globals['_STAGETIMING']._serialized_start=223
+  _globals['_STAGETIMING']._serialized_end=310
+  _globals['_STAGEREQUEST']._serialized_start=313
+  _globals['_STAGEREQUEST']._serialized_end=516
+  _globals['_STAGEREPLY']._serialized_start=519
+  _globals['_STAGEREPLY']._serialized_end=700
+  _globals['_ACK']._serialized_start=702
+  _globals['_ACK']._serialized_end=745
+  _globals['_STATSREQUEST']._serialized_start=747
+  _globals['_STATSREQUEST']._serialized_end=761
+  _globals['_STAGESTATS']._serialized_start=764
+  _globals['_STAGESTATS']._serialized_end=959
+  _globals['_STAGEWORKER']._serialized_start=962
+  _globals['_STAGEWORKER']._serialized_end=1115
+  _globals['_RESULTSINK']._serialized_start=1117
+  _globals['_RESULTSINK']._serialized_end=1193
 # @@protoc_insertion_point(module_scope)

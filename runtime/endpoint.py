@@ -27,8 +27,10 @@ from nndeploy.proto import (
     stage_pb2,
     stage_pb2_grpc,
 )
+from nndeploy.runtime import shm
 from nndeploy.runtime.access import ServerAccess
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port, open_channel
+from nndeploy.runtime.malloc import keep_large_buffers
 from nndeploy.runtime.tensors import (
     dtype_to_kserve,
     numpy_to_infer_response_outputs,
@@ -213,11 +215,20 @@ class Endpoint(
         refused = self.tls.peer_refused(context, last) if self.tls is not None else None
         if refused:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        await context.send_initial_metadata(shm.metadata())
         async for reply in request_iterator:
             request_id = reply.message.request_id
             future = self.pending.get(request_id)
             accepted = future is not None and not future.done()
-            if accepted:
+            if accepted and reply.problem:  # the result's elements could not be read
+                failed = stage_pb2.StageReply(
+                    request_id=request_id,
+                    ok=False,
+                    error_code="UNAVAILABLE",
+                    error=f"the result of stage {reply.message.stage}: {reply.problem}",
+                )
+                future.set_result(Frame(failed))  # type: ignore[union-attr]
+            elif accepted:
                 future.set_result(reply)  # type: ignore[union-attr]
             yield stage_pb2.Ack(request_id=request_id, accepted=accepted)
 
@@ -260,6 +271,7 @@ class Endpoint(
                 up = False
             if self.stage_up[index] and not up:
                 self.fail_pending(f"stage {index} ({self.model.stages[index][0]}) went down")
+                shm.sweep()  # a stage that died may have left shared segments behind
             self.stage_up[index] = up
 
     async def close(self, reason: str, timeout_s: float = 2.0) -> None:
@@ -323,6 +335,8 @@ async def start_endpoint(
     client port, stages deliver results to a port of their own, `sink_port` (default: port + 1), over
     mutual TLS when `tls` is given. Messages over `max_request_bytes` (requests, and results delivered
     to this server) are refused by gRPC with RESOURCE_EXHAUSTED."""
+    keep_large_buffers()
+    shm.sweep()
     access = access or ServerAccess()
     options = list(CHANNEL_OPTIONS)
     if max_request_bytes is not None:

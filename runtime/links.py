@@ -6,14 +6,16 @@ restarted peer on the same address is picked up again (the chain is rewired with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from nndeploy.errors import NNDeployError
+from nndeploy.runtime import shm
 from nndeploy.runtime.tls import TlsFiles
-from nndeploy.runtime.wire import deliver_stream, process_stream
+from nndeploy.runtime.wire import Frame, deliver_stream, process_stream
 
 MAX_MESSAGE_BYTES = 1 << 30
 CHANNEL_OPTIONS = [
@@ -41,6 +43,9 @@ class StreamLink:
         self._drain: asyncio.Task[None] | None = None
         self.broken = asyncio.Event()
         self._opening = asyncio.Lock()
+        # Segments for large tensors, once the peer has said it shares this host's shared memory.
+        self._pool: shm.Pool | None = None
+        self._shared: asyncio.Task[None] | None = None
 
     async def send(self, message: Any, timeout: float = 10.0) -> None:
         """Queue `message` on the stream (waiting while the peer applies backpressure)."""
@@ -48,6 +53,8 @@ class StreamLink:
             if self._call is None or self.broken.is_set():
                 await self._open(timeout)
         assert self._outbox is not None
+        if self._pool is not None and isinstance(message, Frame) and message.tensors:
+            message = Frame(message.message, self._pool.place(message.tensors))
         try:
             await asyncio.wait_for(self._outbox.put(message), timeout)
         except TimeoutError:
@@ -66,7 +73,8 @@ class StreamLink:
             raise PeerUnavailable(f"{self.address}: not reachable within {timeout:.0f} s") from None
         self._outbox = asyncio.Queue(self.queue_size)
         method = process_stream if self.kind == "process" else deliver_stream
-        self._call = method(self._channel)(self._messages(self._outbox))
+        self._call = method(self._channel)(self._messages(self._outbox), metadata=shm.metadata())
+        self._shared = asyncio.create_task(self._share_memory(self._call))
         self._drain = asyncio.create_task(self._read_replies())
 
     @staticmethod
@@ -76,6 +84,12 @@ class StreamLink:
             if message is None:
                 return
             yield message
+
+    async def _share_memory(self, call: Any) -> None:
+        """Use shared memory on this stream once the peer's metadata says it sees this host's."""
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            if shm.shares_with(await call.initial_metadata()):
+                self._pool = shm.Pool()
 
     async def _read_replies(self) -> None:
         """Read (and drop) what the peer streams back, to notice when the stream ends or breaks."""
@@ -93,9 +107,13 @@ class StreamLink:
             self._outbox.put_nowait(None)
         if self._drain is not None:
             self._drain.cancel()
+        if self._shared is not None:
+            self._shared.cancel()
+        if self._pool is not None:
+            self._pool.close()
         if self._channel is not None:
             await self._channel.close(grace=None)
-        self._channel = self._call = self._drain = self._outbox = None
+        self._channel = self._call = self._drain = self._outbox = self._pool = self._shared = None
 
 
 class Links:

@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from nndeploy.proto import stage_pb2
+from nndeploy.runtime.shm import SharedMemoryError, take
 from nndeploy.runtime.tensors import tensor_array, tensor_buffer
 
 LENGTH_DELIMITED = 2
@@ -35,10 +36,12 @@ SINK_SERVICE = stage_pb2.DESCRIPTOR.services_by_name["ResultSink"].full_name
 @dataclass(frozen=True)
 class Frame:
     """A StageRequest or StageReply whose tensors travel beside it: `message.tensors` stays empty, and
-    `tensors` holds each tensor's header (a stage Tensor without data) and its elements."""
+    `tensors` holds each tensor's header (a stage Tensor without data) and its elements. A received frame
+    whose elements could not be read (a shared segment gone) has no tensors and says why in `problem`."""
 
     message: Any
     tensors: tuple[tuple[stage_pb2.Tensor, memoryview], ...] = ()
+    problem: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -76,7 +79,8 @@ def encode(item: Frame) -> bytes:
 
 
 def decoder(message_type: type) -> Callable[[bytes], Frame]:
-    """decode(bytes) -> Frame for StageRequest or StageReply bytes; ValueError for malformed bytes."""
+    """decode(bytes) -> Frame for StageRequest or StageReply bytes; ValueError for malformed bytes.
+    Elements in a shared segment (runtime.shm) are copied out here, which frees the segment at once."""
     field = message_type.DESCRIPTOR.fields_by_name["tensors"].number
 
     def decode(raw: bytes) -> Frame:
@@ -92,7 +96,10 @@ def decoder(message_type: type) -> Callable[[bytes], Frame]:
             message = message_type.FromString(b"".join(rest))
         except Exception as exc:  # protobuf's DecodeError
             raise ValueError(f"malformed {message_type.__name__}: {exc}") from None
-        return Frame(message, tuple(tensors))
+        try:
+            return Frame(message, tuple(_in_place(header, data) for header, data in tensors))
+        except SharedMemoryError as exc:  # the request fails, the stream lives on
+            return Frame(message, (), str(exc))
 
     return decode
 
@@ -193,6 +200,15 @@ def _fields(view: memoryview, pos: int, end: int) -> Any:
         if pos > end:
             raise ValueError("malformed message: a field runs past its end")
         yield key >> 3, kind, start, body, pos
+
+
+def _in_place(header: stage_pb2.Tensor, data: memoryview) -> tuple[stage_pb2.Tensor, memoryview]:
+    """The tensor with its elements copied out of a shared segment, if that is where they are."""
+    if not header.HasField("shared"):
+        return header, data
+    data = take(header.shared)
+    header.ClearField("shared")
+    return header, data
 
 
 def _tensor(view: memoryview, pos: int, end: int) -> tuple[stage_pb2.Tensor, memoryview]:

@@ -23,7 +23,9 @@ import grpc
 import numpy as np
 
 from nndeploy.proto import health_pb2, health_pb2_grpc, stage_pb2
+from nndeploy.runtime import shm
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port
+from nndeploy.runtime.malloc import keep_large_buffers
 from nndeploy.runtime.tls import ENDPOINT_IDENTITY, TlsFiles, stage_identity
 from nndeploy.runtime.wire import Frame, frame, worker_handler
 
@@ -91,6 +93,9 @@ class StageWorker(health_pb2_grpc.HealthServicer):
         if refused:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         local: asyncio.Queue[Frame | None] = asyncio.Queue()
+        await context.send_initial_metadata(shm.metadata())
+        # Replies on this stream go through shared memory when the caller shares this host's.
+        pool = shm.Pool() if shm.shares_with(context.invocation_metadata()) else None
 
         async def pump() -> None:
             try:
@@ -98,17 +103,33 @@ class StageWorker(health_pb2_grpc.HealthServicer):
                     if request.message.cancel:
                         await self._cancel(request)
                         continue
+                    back = None if request.message.reply_to else local
+                    if request.problem:  # its elements could not be read: it fails, the stream goes on
+                        self.counters.requests += 1
+                        await self._fail(
+                            request.message,
+                            back,
+                            "UNAVAILABLE",
+                            f"stage {self.spec.index}: {request.problem}",
+                        )
+                        continue
                     self.counters.bytes_received += request.nbytes
-                    await self.queue.put((request, None if request.message.reply_to else local))
+                    await self.queue.put((request, back))
             finally:
                 await local.put(None)
 
         reader = asyncio.create_task(pump())
         try:
             while (reply := await local.get()) is not None:
-                yield reply
+                yield reply if pool is None else Frame(reply.message, pool.place(reply.tensors))
         finally:
             reader.cancel()
+            if pool is not None:
+                pool.close()
+            # The upstream may have died holding segments: remove those of dead processes, and let go of
+            # every mapping (a live sender's is mapped again on its next message).
+            shm.sweep()
+            shm.forget()
 
     async def Stats(self, request: stage_pb2.StatsRequest, context: Any) -> stage_pb2.StageStats:
         """This stage's counters."""
@@ -252,6 +273,8 @@ async def serve_stage(
 ) -> None:
     """Run a StageWorker on host:port until `stop` is set (port 0 picks a free port, passed to `ready`);
     with `tls`, it accepts and makes only mutually authenticated TLS connections."""
+    keep_large_buffers()
+    shm.sweep()
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     worker = StageWorker(spec, execute, tls)
     server.add_generic_rpc_handlers((worker_handler(worker.Process, worker.Stats),))

@@ -129,9 +129,9 @@ def bench(address: str, *args: str, limit_s: float = 120) -> tuple[int, int, str
     return ok, failed, match.group(4) or "", time.monotonic() - started
 
 
-def check_answer(address: str, model: Path, tmp_path: Path) -> None:
+def check_answer(address: str, model: Path, tmp_path: Path, side: int = 64) -> None:
     """One request with a known input: the answer matches onnxruntime on the whole model."""
-    x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal((1, 3, side, side)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     done = nndeploy("infer", address, "--input", f"x={tmp_path / 'x.npy'}", "-o", tmp_path / "y.npz")
     assert done.returncode == 0, done.stderr
@@ -191,6 +191,56 @@ def test_the_endpoint_restarts_while_the_stages_keep_running(
     ok, failed, codes, _ = bench(chain.address, "--concurrency", "4", "--requests", "20")
     assert (ok, failed) == (20, 0), codes
     check_answer(chain.address, build[0], tmp_path)
+
+
+def _segments(pids: list[int]) -> list[str]:
+    """The shared-memory segments (runtime.shm) that the processes `pids` created and that still exist."""
+    return [p.name for p in Path("/dev/shm").glob("nndeploy-*") if int(p.name.split("-")[2]) in pids]
+
+
+@pytest.fixture(scope="module")
+def large_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """As `build`, with tensors of 192 KiB: over runtime.shm.MIN_BYTES, so they go through shared memory."""
+    return plan_and_compile(conv_residual_model(128), CLUSTER, tmp_path_factory.mktemp("shm"), "shm")
+
+
+def test_a_worker_killed_mid_request_leaves_no_shared_segment(
+    large_build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    chain = Chain(large_build[1])
+    try:
+        _kill_a_worker_mid_request(chain, large_build[0], tmp_path)
+    finally:
+        chain.stop()
+
+
+def _kill_a_worker_mid_request(chain: Chain, model: Path, tmp_path: Path) -> None:
+    first = chain.workers[0].pid
+    command = [sys.executable, "-m", "nndeploy", "bench", chain.address, "--concurrency", "4"]
+    load = subprocess.Popen(
+        [*command, "--duration", "8s", "--timeout", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    # Stages on one host hand tensors over in shared memory: stage 0 holds segments for stage 1.
+    assert _segments([first]), "stage 0 sent nothing through shared memory"
+    os.killpg(first, signal.SIGKILL)  # no chance to unlink its segments
+    chain.workers[0].wait(timeout=30)
+    out, err = load.communicate(timeout=120)
+    match = BENCH.search(out)
+    assert match, out + err
+    assert set(re.findall(r"([A-Z_]+) x\d+", match.group(4) or "")) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    chain.workers[0] = chain.start_worker(0)  # starting, it removes what the dead one left
+    assert chain.wait_serving(60)
+    assert _segments([first]) == []
+    ok, failed, codes, _ = bench(chain.address, "--concurrency", "4", "--requests", "20")
+    assert (ok, failed) == (20, 0), codes
+    check_answer(chain.address, model, tmp_path, side=128)
+    pids = [w.pid for w in [chain.endpoint, *chain.workers]]
+    chain.stop()  # stopped cleanly, every process unlinks its own
+    assert _segments(pids) == []
 
 
 def test_a_corrupted_artifact_is_refused_at_restart_and_no_answer_is_served(
