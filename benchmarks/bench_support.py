@@ -13,11 +13,14 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
+from nndeploy.runtime.chain import serve_built_stage
 from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
 from nndeploy.runtime.tls import TlsFiles
 from nndeploy.runtime.worker import Execute, StageSpec, serve_stage
+from nndeploy.targets.artifacts.manifest import StageBuild
 
 IO_TIMEOUT_S = 30.0  # any single request, reply, socket read or server start
 
@@ -44,6 +47,25 @@ class ServerLoop:
         self, spec: StageSpec, execute: Execute, port: int = 0, tls: TlsFiles | None = None
     ) -> int:
         """Start a StageWorker (mutual TLS with `tls`); returns its bound port once it serves."""
+        return self._start(
+            spec, lambda ready, stop: serve_stage(spec, execute, port, ready=ready, stop=stop, tls=tls)
+        )
+
+    def start_built(self, build_dir: Path, entry: StageBuild, spec: StageSpec, port: int = 0) -> int:
+        """Serve a built stage as `serve` does (runtime.chain.serve_built_stage: an aarch64 stage in the
+        emulated python); returns its bound port once it serves (an emulated one takes seconds)."""
+        return self._start(
+            spec,
+            lambda ready, stop: serve_built_stage(build_dir, entry, spec, port, ready=ready, stop=stop),
+            timeout_s=300.0,
+        )
+
+    def _start(
+        self,
+        spec: StageSpec,
+        serve: Callable[[Callable[[int], None], asyncio.Event], Coroutine[Any, Any, None]],
+        timeout_s: float = IO_TIMEOUT_S,
+    ) -> int:
         ready = threading.Event()
         bound: list[int] = []
 
@@ -52,17 +74,15 @@ class ServerLoop:
             ready.set()
 
         stop = asyncio.Event()  # bound to the server loop on its first wait; set from there only
-        future = asyncio.run_coroutine_threadsafe(
-            serve_stage(spec, execute, port, ready=on_ready, stop=stop, tls=tls), self.loop
-        )
+        future = asyncio.run_coroutine_threadsafe(serve(on_ready, stop), self.loop)
         self.workers.append((stop, future))
-        deadline = time.monotonic() + IO_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while not ready.wait(0.05):
             if future.done():
                 future.result()  # raises what stopped it
                 raise RuntimeError(f"stage {spec.index} worker ended before serving")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"stage {spec.index} worker did not start in {IO_TIMEOUT_S:.0f} s")
+                raise RuntimeError(f"stage {spec.index} worker did not start in {timeout_s:.0f} s")
         return bound[0]
 
     def start_endpoint(self, model: ModelSpec) -> int:

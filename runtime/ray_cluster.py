@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,23 +32,29 @@ class StageActorImpl:
     def __init__(
         self, build_dir: str, stage: int, spec: StageSpec, port: int, host: str = "127.0.0.1"
     ) -> None:
-        from nndeploy.runtime.chain import artifact_executor
-        from nndeploy.runtime.worker import serve_stage
+        from nndeploy.runtime.chain import serve_built_stage
         from nndeploy.targets.artifacts.manifest import read_manifest
 
         manifest = read_manifest(build_dir)
         entry = next(e for e in manifest.stages if e.stage == stage)
-        execute = artifact_executor(Path(build_dir), entry)
         self.port = port
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
         def run() -> None:
+            served = serve_built_stage(
+                Path(build_dir), entry, spec, port, host=host, ready=lambda _: self._ready.set()
+            )
             try:
-                asyncio.run(serve_stage(spec, execute, port, host=host, ready=lambda _: self._ready.set()))
-            except BaseException as exc:  # reported through ping()
-                self._error = exc
-                self._ready.set()
+                asyncio.run(served)
+            except BaseException as exc:
+                if not self._ready.is_set():  # failed to start: reported through ping()
+                    self._error = exc
+                    self._ready.set()
+                    return
+                # Died while serving (an emulated worker exited): end this process so Ray restarts it.
+                print(f"stage {stage} worker stopped: {exc}", flush=True)
+                os._exit(1)
 
         self._thread = threading.Thread(target=run, name=f"stage{stage}-worker", daemon=True)
         self._thread.start()
@@ -55,8 +62,6 @@ class StageActorImpl:
 
     def ping(self) -> int:
         """The worker's pid once it serves (raises if it failed to start)."""
-        import os
-
         if self._error is not None:
             raise RuntimeError(f"stage worker failed: {self._error}")
         return os.getpid()

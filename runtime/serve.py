@@ -153,8 +153,8 @@ async def serve_one_stage(
     tls: TlsFiles | None = None,
 ) -> None:
     """One stage worker in this process, without Ray (a Kubernetes pod), until SIGINT/SIGTERM."""
-    from nndeploy.runtime.chain import artifact_executor
-    from nndeploy.runtime.worker import StageSpec, serve_stage
+    from nndeploy.runtime.chain import serve_built_stage
+    from nndeploy.runtime.worker import StageSpec
 
     entries = {e.stage: e for e in manifest.stages}
     if stage not in entries:
@@ -172,7 +172,7 @@ async def serve_one_stage(
     )
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    await serve_stage(spec, artifact_executor(build_dir, entries[stage]), port, host=host, stop=stop, tls=tls)
+    await serve_built_stage(build_dir, entries[stage], spec, port, host=host, stop=stop, tls=tls)
 
 
 async def serve_endpoint(

@@ -12,13 +12,13 @@ import sys
 import time
 
 
-def _to_numpy(value, np) -> list:
+def to_numpy(value, np) -> list:
     """A VM result (a tensor, or a tuple/Array of them, possibly nested) as a flat list of arrays."""
     if hasattr(value, "numpy"):
         return [value.numpy()]
     if isinstance(value, (int, float, bool)):
         return [np.asarray(value)]
-    return [array for item in value for array in _to_numpy(item, np)]
+    return [array for item in value for array in to_numpy(item, np)]
 
 
 def run(library: str, inputs_path: str, outputs_path: str, order: str, repeats: int) -> None:
@@ -33,7 +33,7 @@ def run(library: str, inputs_path: str, outputs_path: str, order: str, repeats: 
     with np.load(inputs_path, allow_pickle=False) as data:
         args = [make(np.asarray(data[key], order="C"), device) for key in order.split(",") if key]
     main = vm["main"]
-    outputs = _to_numpy(main(*args), np)
+    outputs = to_numpy(main(*args), np)
     latencies = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,12 +34,26 @@ DEBS = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libstdc++6",
     "libgcc-s1", "libgomp1", "zlib1g", "libffi8", "libssl3", "libexpat1", "libbz2-1.0", "liblzma5",
 )  # fmt: skip
-WHEELS = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes", "typing_extensions")
-PINNED = ("apache-tvm", "apache-tvm-ffi")  # a cached emulator is stale when the host has other versions
+# The TVM runtime for the compute; grpcio, protobuf and cryptography (with cffi) for the stage's own gRPC
+# worker, which runs in the emulated python for the life of a served stage (`start_worker`).
+WHEELS = (
+    "apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes", "typing_extensions",
+    "grpcio", "protobuf", "cryptography", "cffi",
+)  # fmt: skip
+# A cached emulator is stale when the host has other versions of these (or it lacks them).
+PINNED = ("apache-tvm", "apache-tvm-ffi", "grpcio", "protobuf")
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
 MARKER = "nndeploy-emulator.json"
 RUNNER = Path(__file__).parent / "emulated_runner.py"
 RPC_SERVER = Path(__file__).parent / "emulated_rpc_server.py"
+WORKER = Path(__file__).parent / "emulated_worker.py"
+# The parts of nndeploy the emulated worker imports (pure Python), as (package, its source folder's
+# files): copied into an overlay on the emulated PYTHONPATH when a worker starts.
+OVERLAY = {
+    "nndeploy": ("__init__.py", "errors.py"),
+    "nndeploy.runtime": ("*.py",),
+    "nndeploy.proto": ("*.py",),
+}
 _CLEAN_ENV = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD_LIBRARY_PATH", "LD_PRELOAD")
 
 
@@ -193,13 +208,13 @@ def _build(arch: str, tmp: Path, versions: dict[str, str], log: Callable[[str], 
     run_in_emulator(
         emulator, ["-m", "compileall", "-q", "-j", "0", str(root / "usr/lib/python3.11"), str(site)], 1800
     )
-    check = "import json, numpy, tvm, tvm.relax; print(json.dumps([numpy.__version__, tvm.__version__]))"
+    check = "import json, numpy, grpc, tvm.relax; print(json.dumps([numpy.__version__, grpc.__version__]))"
     proc = run_in_emulator(emulator, ["-c", check], 900)
     if proc.returncode != 0:
         last = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
-        raise EmulatorError(f"the {arch} emulator's self-check (import numpy, tvm) failed: {last}")
+        raise EmulatorError(f"the {arch} emulator's self-check (import numpy, tvm, grpc) failed: {last}")
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    log(f"emulator: emulated python imports numpy {got[0]} and tvm {got[1]}")
+    log(f"emulator: emulated python imports numpy {got[0]}, tvm and grpc {got[1]}")
     return emulator
 
 
@@ -303,6 +318,55 @@ def start_rpc_server(emulator: Emulator, host: str, port: int, timeout: float = 
     server.kill()
     last = seen[-1] if seen else f"no answer in {timeout:.0f} s"
     raise EmulatorError(f"the RPC server under qemu-{emulator.arch} did not start on {host}:{port}: {last}")
+
+
+def start_worker(
+    emulator: Emulator, config: dict[str, Any], timeout: float = 300
+) -> tuple[subprocess.Popen[str], int]:
+    """A stage's gRPC worker running in the emulated python (emulated_worker.py; `config` as it says) and
+    the port it serves on, once it serves. The caller stops it with `.terminate()` and removes `.overlay`
+    (the folder of nndeploy sources it imports); its further output is left on `.stdout`. EmulatorError
+    with its last line if it does not come up within `timeout`."""
+    import importlib.util
+    import select
+    import time
+
+    overlay = Path(tempfile.mkdtemp(prefix="nndeploy-emulated-worker-"))
+    for package, patterns in OVERLAY.items():
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.submodule_search_locations
+        source = Path(next(iter(spec.submodule_search_locations)))
+        target = overlay.joinpath(*package.split("."))
+        target.mkdir(parents=True, exist_ok=True)
+        for pattern in patterns:
+            for file in source.glob(pattern):
+                shutil.copy2(file, target / file.name)
+    (overlay / "config.json").write_text(json.dumps(config))
+    path = f"{emulator.site}:{overlay}"
+    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
+    cmd = [str(emulator.qemu), "-L", str(emulator.root), "-E", f"PYTHONPATH={path}"]
+    worker = subprocess.Popen(
+        [*cmd, str(emulator.python), str(WORKER), str(overlay / "config.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    worker.overlay = overlay  # type: ignore[attr-defined]
+    assert worker.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([worker.stdout], [], [], 1.0)
+        line = worker.stdout.readline() if ready else ""
+        if line.startswith("listening on"):
+            return worker, int(line.split()[-1])
+        if line:
+            seen.append(line.strip())
+        if worker.poll() is not None and not line:
+            break
+    worker.kill()
+    worker.wait()
+    shutil.rmtree(overlay, ignore_errors=True)
+    last = seen[-1] if seen else f"no answer in {timeout:.0f} s"
+    raise EmulatorError(f"the stage worker under qemu-{emulator.arch} did not start: {last}")
 
 
 def run_artifact_emulated(

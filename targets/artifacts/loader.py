@@ -55,6 +55,19 @@ def _why_not(artifact: Artifact) -> str | None:
     return None
 
 
+def emulated_library(build_dir: Path, entry: StageBuild) -> tuple[Path, list[str], list[str]] | None:
+    """For a stage this machine runs under the aarch64 emulator as one TVM library: the library (sha256
+    checked) and its main's inputs and outputs by name; None for any other stage."""
+    artifact = entry.artifact
+    if artifact is None or artifact.parts or artifact.fallback:
+        return None
+    triple = str(artifact.target.get("mtriple", ""))
+    if not triple.startswith("aarch64") or platform.machine().startswith("aarch64"):
+        return None
+    path = _verified(build_dir, artifact)
+    return path, [spec.name for spec in artifact.inputs], [spec.name for spec in artifact.outputs]
+
+
 def run_artifact(
     build_dir: Path, entry: StageBuild, inputs: dict[str, np.ndarray], repeats: int = 0
 ) -> tuple[dict[str, np.ndarray], list[float]]:

@@ -263,5 +263,23 @@ def test_x86_plus_emulated_aarch64_pipeline_serves_onnxruntime_results(
         assert done.returncode == 0, done.stderr
         expected = run_model(str(example_models["camera_cnn"]), {"image": x})["probabilities"]
         assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < 1e-4
+        # The camera stage's whole worker lives in one emulated process, which serves every request.
+        emulated = _emulated_workers()
+        assert len(emulated) == 1
+        bench = nndeploy("bench", running.address, "--concurrency", "1", "--requests", "3")
+        assert "3/3 ok, 0 failed" in bench.stdout, bench.stdout + bench.stderr
+        assert _emulated_workers() == emulated
     finally:
         assert running.stop() == 0
+    assert _emulated_workers() == []
+
+
+def _emulated_workers() -> list[int]:
+    """The pids of stage workers running under the aarch64 emulator (emulated_worker.py)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any(part.endswith("emulated_worker.py") for part in process.info["cmdline"] or ()):
+            found.append(process.info["pid"])
+    return sorted(found)

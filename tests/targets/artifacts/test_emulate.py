@@ -171,3 +171,44 @@ def test_run_in_emulator_timeout(emulator: Emulator) -> None:
         run_in_emulator(emulator, ["-c", "import time; time.sleep(60)"], timeout=2)
     done = run_in_emulator(emulator, ["-c", "import platform; print(platform.machine())"], timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "aarch64"
+
+
+@pytest.mark.emulator
+@pytest.mark.slow
+def test_a_stage_worker_lives_in_the_emulator_across_requests(emulator: Emulator, tmp_path: Path) -> None:
+    from nndeploy.proto import stage_pb2
+    from nndeploy.runtime.tensors import proto_to_tensors, tensors_to_proto
+    from tests.runtime.test_worker import exchange
+
+    model = conv_model()
+    library = _cross_compile(model, tmp_path)
+    inputs = random_inputs(model)
+    names = [o.name for o in model.graph.output]
+    spec = {"index": 0, "device": "board", "inputs": list(inputs), "outputs": names, "downstream": None}
+    config = {"library": str(library), "inputs": list(inputs), "outputs": names, "spec": spec}
+    worker, port = emulate.start_worker(emulator, {**config, "port": 0, "host": "127.0.0.1", "tls": None})
+    try:
+        requests = [
+            stage_pb2.StageRequest(request_id=f"r{i}", tensors=tensors_to_proto(inputs)) for i in range(3)
+        ]
+        replies = exchange(f"127.0.0.1:{port}", requests, expected=3)
+        expected = run_model(model, inputs)
+        for reply in replies:
+            assert reply.ok, reply.error
+            got = proto_to_tensors(reply.tensors)
+            assert all(float(np.max(np.abs(got[n] - expected[n]))) < 1e-4 for n in names)
+        assert worker.poll() is None  # one emulated process served every request
+    finally:
+        worker.terminate()
+        status = worker.wait(timeout=60)
+        shutil.rmtree(worker.overlay, ignore_errors=True)  # type: ignore[attr-defined]
+    assert status == 0  # SIGTERM stops it cleanly
+
+
+@pytest.mark.emulator
+def test_a_stage_worker_that_cannot_start_is_one_line(emulator: Emulator, tmp_path: Path) -> None:
+    (tmp_path / "lib.so").write_bytes(b"not a library")
+    spec = {"index": 0, "device": "board", "inputs": ["x"], "outputs": ["y"], "downstream": None}
+    config = {"library": str(tmp_path / "lib.so"), "inputs": ["x"], "outputs": ["y"], "spec": spec}
+    with pytest.raises(EmulatorError, match=r"did not start: emulated_worker: .*Error"):
+        emulate.start_worker(emulator, {**config, "port": 0, "host": "127.0.0.1", "tls": None}, timeout=300)
