@@ -199,6 +199,33 @@ class Link:
 
 
 @dataclass(frozen=True)
+class HopCost:
+    """What the data plane spends on one hop between stages, beyond the link: milliseconds per message
+    and per MiB (serialising, copying, the gRPC stream)."""
+
+    fixed_ms: float
+    ms_per_mib: float
+
+    def ms(self, nbytes: float) -> float:
+        """The hop's own time for a message of `nbytes` of tensors."""
+        return self.fixed_ms + self.ms_per_mib * nbytes / (1 << 20)
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON form."""
+        return {"fixed_ms": self.fixed_ms, "ms_per_mib": self.ms_per_mib}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> HopCost:
+        """Inverse of `to_dict` (ValueError for anything else)."""
+        if not isinstance(data, dict):
+            raise ValueError("hop: expected {fixed_ms, ms_per_mib}")
+        fixed, per_mib = float(data["fixed_ms"]), float(data["ms_per_mib"])
+        if fixed < 0 or per_mib < 0:
+            raise ValueError("hop: fixed_ms and ms_per_mib must be >= 0")
+        return cls(fixed, per_mib)
+
+
+@dataclass(frozen=True)
 class Cluster:
     """Devices, the links between them (a default for unlisted pairs), and where requests enter (`source`)
     and results leave (`sink`), both device names."""
@@ -209,6 +236,9 @@ class Cluster:
     source: str
     sink: str
     name: str = "cluster"
+    # What the data plane spends on a hop between stages, as cluster.yaml states it (None: the cost
+    # model's own, measured by `nndeploy profile` or its default).
+    hop: HopCost | None = None
 
     def device(self, name: str) -> Device:
         """The device called `name` (KeyError if absent)."""
@@ -233,7 +263,7 @@ class Cluster:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "devices": [d.to_dict() for d in self.devices],
             "links": [link.to_dict() for link in self.links],
@@ -241,6 +271,9 @@ class Cluster:
             "source": self.source,
             "sink": self.sink,
         }
+        if self.hop is not None:
+            data["hop"] = self.hop.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cluster:
@@ -255,6 +288,7 @@ class Cluster:
             source=data["source"],
             sink=data["sink"],
             name=data.get("name", "cluster"),
+            hop=HopCost.from_dict(data["hop"]) if "hop" in data else None,
         )
 
 

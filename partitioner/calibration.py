@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from nndeploy.errors import CalibrationError
-from nndeploy.partitioner.cost import CostModel, RooflineCostModel, supports
-from nndeploy.types import DTYPE_BYTES, Device, Graph, Link, Node, OpSample
+from nndeploy.partitioner.cost import DEFAULT_HOP, CostModel, RooflineCostModel, supports
+from nndeploy.types import DTYPE_BYTES, Device, Graph, HopCost, Link, Node, OpSample
 
 SCHEMA_VERSION = "1.0"
 CALIBRATION_FILE = "calibration.json"
@@ -167,16 +167,21 @@ class DeviceCalibration:
 
 @dataclass(frozen=True)
 class Calibration:
-    """calibration.json: a DeviceCalibration per device profile name."""
+    """calibration.json: a DeviceCalibration per device profile name, and the data plane's measured cost
+    of a hop between stages (None: the default)."""
 
     devices: dict[str, DeviceCalibration]
+    hop: HopCost | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return {
+        data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "devices": {name: dev.to_dict() for name, dev in sorted(self.devices.items())},
         }
+        if self.hop is not None:
+            data["hop"] = self.hop.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, where: str = CALIBRATION_FILE) -> Calibration:
@@ -189,7 +194,9 @@ class Calibration:
                 f"{where}: schema_version '{version}' is not {SCHEMA_VERSION}; run nndeploy profile again"
             )
         try:
-            return cls({name: DeviceCalibration.from_dict(name, d) for name, d in data["devices"].items()})
+            hop = HopCost.from_dict(data["hop"]) if "hop" in data else None
+            devices = {name: DeviceCalibration.from_dict(name, d) for name, d in data["devices"].items()}
+            return cls(devices, hop)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CalibrationError(
                 f"{where}: malformed calibration ({type(exc).__name__}: {exc}); run nndeploy profile again"
@@ -218,8 +225,8 @@ class Calibration:
         return cls.from_dict(data, str(target))
 
     def merged(self, other: Calibration) -> Calibration:
-        """This calibration with `other`'s devices added (other wins on a name clash)."""
-        return Calibration({**self.devices, **other.devices})
+        """This calibration with `other`'s devices added (other wins on a name clash, and for the hop)."""
+        return Calibration({**self.devices, **other.devices}, other.hop or self.hop)
 
 
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -305,11 +312,12 @@ def fit_device(
 
 class CalibratedCostModel:
     """A CostModel from measurements: devices whose profile is in `calibration` get the fitted per-op
-    times; the others, and every transfer, use `fallback`."""
+    times; the others, and every transfer, use `fallback` (by default the roofline with the measured
+    hop cost, where the calibration has one)."""
 
     def __init__(self, calibration: Calibration, fallback: CostModel | None = None) -> None:
         self.calibration = calibration
-        self.fallback = fallback or RooflineCostModel()
+        self.fallback = fallback or RooflineCostModel(calibration.hop or DEFAULT_HOP)
 
     def calibrated(self, device: Device) -> bool:
         """Whether `device` uses measured costs."""
@@ -332,7 +340,7 @@ class CalibratedCostModel:
         return np.maximum(times, 0.0)
 
     def transfer_ms(self, nbytes: float, link: Link | None) -> float:
-        """Transfers are not measured: the fallback's."""
+        """The fallback's (links are described, the hop's own cost measured)."""
         return self.fallback.transfer_ms(nbytes, link)
 
 

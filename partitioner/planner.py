@@ -16,7 +16,7 @@ import numpy as np
 
 from nndeploy.errors import PlanError
 from nndeploy.graph import check_fixed_outputs
-from nndeploy.partitioner.cost import CostModel, RooflineCostModel, supports
+from nndeploy.partitioner.cost import DEFAULT_HOP, CostModel, RooflineCostModel, supports
 from nndeploy.partitioner.orders import candidate_orders
 from nndeploy.partitioner.search import Problem, Solution, solve
 from nndeploy.types import OBJECTIVES, Cluster, FallbackNode, Graph, Plan, Stage, TensorSpec
@@ -74,7 +74,7 @@ def setup(
     if not graph.nodes:
         raise PlanError(f"{graph.model_path}: the model has no operators to place")
     check_fixed_outputs(graph)
-    model = cost_model or RooflineCostModel()
+    model = cost_model or RooflineCostModel(cluster.hop or DEFAULT_HOP)
     fallback = dict(fallback or {})
     _check_op_support(graph, cluster, fallback)
     node_ms = np.stack([model.node_ms(graph, device) for device in cluster.devices])
@@ -309,10 +309,16 @@ def _specs(graph: Graph, names: list[str]) -> tuple[TensorSpec, ...]:
 
 def _bottleneck(stages: list[Stage], first_in: float, cluster: Cluster, worst: float) -> str:
     """Which pipeline resource is the slowest, in words."""
-    candidates = [(first_in, f"link {cluster.source} -> {stages[0].device} (inputs)")]
+    first = stages[0].device
+    into = f"link {cluster.source} -> {first}" if cluster.source != first else f"hop into stage 0 on {first}"
+    candidates = [(first_in, f"{into} (inputs)")]
     for i, stage in enumerate(stages):
         candidates.append((stage.compute_ms, f"stage {stage.index} compute on {stage.device}"))
         target = stages[i + 1].device if i + 1 < len(stages) else cluster.sink
-        if target != stage.device:
-            candidates.append((stage.transfer_ms, f"link {stage.device} -> {target}"))
+        hop = (
+            f"link {stage.device} -> {target}"
+            if target != stage.device
+            else f"hop out of stage {stage.index}"
+        )
+        candidates.append((stage.transfer_ms, hop))
     return max(candidates, key=lambda c: c[0])[1] if worst > 0 else ""

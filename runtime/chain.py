@@ -21,7 +21,7 @@ import numpy as np
 from nndeploy.runtime.endpoint import ModelSpec
 from nndeploy.runtime.tls import TlsFiles
 from nndeploy.runtime.worker import Execute, StageSpec, serve_stage
-from nndeploy.targets.artifacts.loader import emulated_library, run_artifact
+from nndeploy.targets.artifacts.loader import emulated_library, run_artifact, start_emulated_worker
 from nndeploy.targets.artifacts.manifest import Manifest, StageBuild, checked_artifact_path
 from nndeploy.types import Plan
 
@@ -124,11 +124,7 @@ async def serve_built_stage(
         await serve_stage(spec, execute, port, host=host, ready=ready, stop=stop, tls=tls)
         return
     from nndeploy.errors import EmulatorError
-    from nndeploy.targets.artifacts.emulator import find_emulator, start_worker
 
-    emulator = find_emulator("aarch64")
-    if emulator is None:
-        raise EmulatorError("the aarch64 emulator is not set up: run nndeploy emulator setup aarch64")
     stop = stop or asyncio.Event()
     path, inputs, outputs = library
     fields = {name: getattr(spec, name) for name in spec.__dataclass_fields__}
@@ -143,7 +139,7 @@ async def serve_built_stage(
             "tls": _write_tls(tls, Path(secrets)) if tls is not None else None,
         }
         loop = asyncio.get_running_loop()
-        worker, bound = await loop.run_in_executor(None, start_worker, emulator, config)
+        worker, bound = await loop.run_in_executor(None, start_emulated_worker, config)
         said: collections.deque[str] = collections.deque(maxlen=5)
         assert worker.stdout is not None
         threading.Thread(target=lambda: said.extend(worker.stdout), daemon=True).start()  # never a full pipe

@@ -83,15 +83,27 @@ def make_cluster(tmp_path: Path) -> Callable[..., Any]:
     return build
 
 
+# A hop the data plane does for nothing: the tests' models are tiny, and split only if hops are free.
+FREE_HOP = {"fixed_ms": 0.0, "ms_per_mib": 0.0}
+
+
 def servers(
-    count: int, profile: str = "x86-avx512-server", gbps: float = 25.0, latency_ms: float = 0.05
+    count: int,
+    profile: str = "x86-avx512-server",
+    gbps: float = 25.0,
+    latency_ms: float = 0.05,
+    hop: dict[str, float] | None = FREE_HOP,
 ) -> dict[str, Any]:
-    """A cluster.yaml dict of `count` identical devices on one network."""
-    return {
+    """A cluster.yaml dict of `count` identical devices on one network (`hop`: cluster.yaml's hop cost,
+    None for the planner's default)."""
+    cluster: dict[str, Any] = {
         "name": f"{count}-servers",
         "devices": [{"name": f"server-{i}", "profile": profile} for i in range(count)],
         "default_link": {"gbps": gbps, "latency_ms": latency_ms},
     }
+    if hop is not None:
+        cluster["hop"] = dict(hop)
+    return cluster
 
 
 def plan_and_compile(model: Any, cluster: dict[str, Any], folder: Path, name: str) -> tuple[Path, Path]:

@@ -20,7 +20,9 @@ VERB_LAYER = 4  # compile, tune, verify, inspect: the modules at targets/ root
 CROSSINGS = {
     "runtime": ("nndeploy.targets.artifacts.loader", "nndeploy.targets.artifacts.manifest", "nndeploy.proto")
 }
-WIRING = ("nndeploy", "nndeploy.__main__")  # with nndeploy.cli*: the command line wires the parts together
+# With nndeploy.cli*: the command line wires the parts together. The emulated worker is a script run by
+# the emulated aarch64 python, never imported by the package: it wires runtime's worker to TVM's VM there.
+WIRING = ("nndeploy", "nndeploy.__main__", "nndeploy.targets.artifacts.emulated_worker")
 
 
 def imports_of(path: Path) -> set[str]:

@@ -51,9 +51,11 @@ def profile(
     measurements serve each such profile); write a measured profile YAML per such profile and
     calibration.json into `output`."""
     from nndeploy.partitioner.calibration import Calibration, fit_device
+    from nndeploy.runtime.hop import measure_hop
     from nndeploy.targets.devices.cluster import load_cluster
     from nndeploy.targets.devices.measured import find_profile, write_measured_profile
     from nndeploy.targets.measure.profiling import profile_host, why_not_measurable
+    from nndeploy.types import HopCost
 
     the_cluster = load_cluster(cluster, profiles)
     runnable: dict[str, list[str]] = {}
@@ -98,7 +100,8 @@ def profile(
                 measured.measured_at,
             )
         )
-    calibration = Calibration(fits)
+    out.print("[dim]measuring a data-plane hop (loopback gRPC stream) ...[/]")
+    calibration = Calibration(fits, HopCost(*measure_hop()))
     files.append(calibration.write(output))
     devices = {name: tuple(names) for name, names in runnable.items()}
     return ProfileResult(calibration, tuple(files), measured, skipped, devices)
@@ -155,6 +158,13 @@ def profile_command(
             f"{100 * fit.fit_error:.1f}%",
         )
     out.print(table)
+    hop = result.calibration.hop
+    if hop is not None:
+        out.print(
+            f"a hop between stages costs {hop.fixed_ms:.2f} ms + {hop.ms_per_mib:.2f} ms per MiB "
+            "here, beyond its link",
+            highlight=False,
+        )
     for device, reason in result.skipped.items():
         out.print(f"skipped {device} ({reason})", highlight=False)
     if result.measurement.skipped:
@@ -178,7 +188,11 @@ def measured_cost_model(profiles: Sequence[Path], cluster: Cluster) -> Calibrate
     calibration = Calibration({})
     for path in found:
         calibration = calibration.merged(Calibration.read(path))
-    model = CalibratedCostModel(calibration)
+    from nndeploy.partitioner.cost import RooflineCostModel
+
+    # A hop cost stated in cluster.yaml wins over the measured one.
+    fallback = RooflineCostModel(cluster.hop) if cluster.hop is not None else None
+    model = CalibratedCostModel(calibration, fallback)
     measured = [d for d in cluster.devices if model.calibrated(d)]
     sources = ", ".join(str(p) for p in found)
     if not measured:

@@ -68,6 +68,18 @@ def emulated_library(build_dir: Path, entry: StageBuild) -> tuple[Path, list[str
     return path, [spec.name for spec in artifact.inputs], [spec.name for spec in artifact.outputs]
 
 
+def start_emulated_worker(config: dict[str, Any]) -> tuple[Any, int]:
+    """A stage's whole gRPC worker started in the emulated aarch64 python (emulator.start_worker; `config`
+    as emulated_worker.py says) and the port it serves on; EmulatorError if the emulator is not set up."""
+    from nndeploy.errors import EmulatorError
+    from nndeploy.targets.artifacts.emulator import find_emulator, start_worker
+
+    emulator = find_emulator("aarch64")
+    if emulator is None:
+        raise EmulatorError("the aarch64 emulator is not set up: run nndeploy emulator setup aarch64")
+    return start_worker(emulator, config)
+
+
 def run_artifact(
     build_dir: Path, entry: StageBuild, inputs: dict[str, np.ndarray], repeats: int = 0
 ) -> tuple[dict[str, np.ndarray], list[float]]:

@@ -16,6 +16,9 @@ Format (every key but ``devices`` is optional)::
         gbps: 0.1                    # > 0, gigabits per second
         latency_ms: 2.0              # >= 0
     default_link: {gbps: 10, latency_ms: 0.1}   # the defaults shown here
+    hop: {fixed_ms: 0.3, ms_per_mib: 0.7}       # what the data plane spends per hop between stages,
+                                     # beyond the link (default: `nndeploy profile`'s measurement in
+                                     # --profiles, else these figures); 0 and 0 make hops free
     input_at: camera                 # where requests arrive (default: the first device)
     output_to: server                # where results are consumed (default: input_at)
 
@@ -35,14 +38,15 @@ from typing import Any
 import yaml
 
 from nndeploy.errors import ClusterError
-from nndeploy.types import Cluster, Device, Link
+from nndeploy.types import Cluster, Device, HopCost, Link
 
 from .registry import Profile, closest_names, device_from_profile, did_you_mean, load_profiles
 
 MAX_DEVICES = 12
 DEFAULT_LINK_GBPS = 10.0
 DEFAULT_LINK_LATENCY_MS = 0.1
-TOP_KEYS = ("name", "profiles", "devices", "links", "default_link", "input_at", "output_to")
+TOP_KEYS = ("name", "profiles", "devices", "links", "default_link", "hop", "input_at", "output_to")
+HOP_KEYS = ("fixed_ms", "ms_per_mib")
 DEVICE_KEYS = ("name", "profile", "host", "labels")
 LINK_KEYS = ("between", "gbps", "latency_ms")
 DEFAULT_LINK_KEYS = ("gbps", "latency_ms")
@@ -296,6 +300,20 @@ def _parse_links(raw: Any, names: Sequence[str], problems: _Problems) -> list[Li
     return links
 
 
+def _parse_hop(raw: Any, problems: _Problems) -> HopCost | None:
+    if not isinstance(raw, Mapping):
+        problems.add("hop", f"must be a mapping with fixed_ms and ms_per_mib, got {_kind_of(raw)}")
+        return None
+    _check_keys(raw, HOP_KEYS, "hop", problems)
+    values = []
+    for key in HOP_KEYS:
+        if key not in raw:
+            problems.add(f"hop.{key}", "required")
+            return None
+        values.append(_number(raw[key], f"hop.{key}", problems, positive=False))
+    return None if None in values else HopCost(*values)  # type: ignore[arg-type]
+
+
 def _parse_default_link(raw: Any, problems: _Problems) -> Link:
     gbps, latency = DEFAULT_LINK_GBPS, DEFAULT_LINK_LATENCY_MS
     if raw is not None:
@@ -344,6 +362,7 @@ def parse_cluster(
     devices, names = _parse_devices(data.get("devices"), profiles, problems)
     links = _parse_links(data.get("links"), names, problems)
     default_link = _parse_default_link(data.get("default_link"), problems)
+    hop = _parse_hop(data["hop"], problems) if "hop" in data else None
     source = sink = names[0] if names else ""
     if "input_at" in data:
         source = _device_ref(data["input_at"], "input_at", names, problems) or source
@@ -358,6 +377,7 @@ def parse_cluster(
         source=source,
         sink=sink,
         name=name,
+        hop=hop,
     )
 
 

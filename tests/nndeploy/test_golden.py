@@ -36,3 +36,27 @@ def test_resnet50_plans_match_golden(resnet50, cluster_path: Path, objective: st
         golden.write_text(text)
     assert golden.is_file(), f"missing {golden.name}: run with NNDEPLOY_UPDATE_GOLDEN=1"
     assert text == golden.read_text()
+
+
+@pytest.mark.parametrize("cluster_path", CLUSTERS, ids=[p.stem for p in CLUSTERS])
+@pytest.mark.parametrize("objective", ["throughput", "latency"])
+def test_no_stage_is_worth_less_than_its_hop(resnet50, cluster_path: Path, objective: str) -> None:
+    # A hop costs the data plane a fixed time (partitioner.cost.DEFAULT_HOP): a one-op stage (resnet50's
+    # Softmax, 0.002 ms) would cost more than it saves.
+    result = plan(resnet50, load_cluster(cluster_path), objective)
+    assert all(len(stage.nodes) > 1 for stage in result.stages), [len(s.nodes) for s in result.stages]
+
+
+def test_a_free_hop_in_cluster_yaml_brings_back_the_split_it_was_not_worth(resnet50, tmp_path: Path) -> None:
+    import yaml
+
+    gpu_server = next(p for p in CLUSTERS if p.stem == "cpu-gpu-server")
+    described = yaml.safe_load(gpu_server.read_text())
+    with_hop = plan(resnet50, load_cluster(gpu_server), "latency")
+    (tmp_path / "free.yaml").write_text(
+        yaml.safe_dump({**described, "hop": {"fixed_ms": 0, "ms_per_mib": 0}})
+    )
+    free = plan(resnet50, load_cluster(tmp_path / "free.yaml"), "latency")
+    assert len(with_hop.stages) == 1 and [len(s.nodes) for s in free.stages] == [175, 1]  # Softmax alone
+    assert free.cluster.hop is not None and free.cluster.hop.fixed_ms == 0
+    assert free.latency_ms < with_hop.latency_ms

@@ -23,7 +23,7 @@ from nndeploy.partitioner.calibration import (
 )
 from nndeploy.partitioner.cost import RooflineCostModel
 from nndeploy.partitioner.planner import plan
-from nndeploy.types import OpSample
+from nndeploy.types import HopCost, OpSample
 
 from conftest import servers
 from models import chain_model, conv_model
@@ -96,6 +96,12 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     assert data["schema_version"] == "1.0" and data["devices"]["x86-avx512-server"]["threads"] == 2
     assert Calibration.read(tmp_path) == calibration
+    with_hop = Calibration(calibration.devices, HopCost(0.25, 0.6))
+    assert Calibration.read(with_hop.write(tmp_path)) == with_hop
+    model = CalibratedCostModel(with_hop)
+    assert model.transfer_ms(1 << 20, None) == pytest.approx(0.85)  # one MiB between two processes
+    merged = calibration.merged(with_hop)
+    assert merged.hop == with_hop.hop and with_hop.merged(calibration).hop == with_hop.hop
 
 
 @pytest.mark.parametrize(

@@ -79,3 +79,32 @@ def test_a_header_that_disagrees_with_its_bytes_fails_that_request_only(worker_a
     assert replies["bad"].error_code == "INVALID_ARGUMENT"
     assert "stage 0" in replies["bad"].error and "16 bytes, expected 24" in replies["bad"].error
     assert replies["good"].ok and np.array_equal(proto_to_tensors(replies["good"].tensors)["y"], x * 2)
+
+
+def test_bad_requests_leave_no_memory_behind(worker_address: str) -> None:  # noqa: F811
+    import gc
+    import tracemalloc
+
+    wrong = stage_pb2.Tensor(name="x", dtype="float32", shape=[512, 512], data=b"\0" * 1000)
+    gone = stage_pb2.Tensor(name="x", dtype="float32", shape=[4])
+    gone.shared.CopyFrom(stage_pb2.SharedBytes(segment="nndeploy-1-999999999-0", offset=64, nbytes=16))
+
+    def batch() -> None:
+        messages = [
+            stage_pb2.StageRequest(request_id=f"r{i}", tensors=[wrong if i % 2 else gone]) for i in range(100)
+        ]
+        replies = exchange(worker_address, messages, expected=100)
+        assert {r.error_code for r in replies} == {"INVALID_ARGUMENT", "UNAVAILABLE"}
+
+    batch()  # warm: connections, caches
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        batch()
+        batch()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 256 << 10, f"{grown} bytes kept after 200 bad requests"

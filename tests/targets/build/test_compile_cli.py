@@ -19,6 +19,7 @@ devices:
   - {name: server, profile: x86-avx512-server}
   - {name: gpu, profile: nvidia-t4}
 default_link: {gbps: 10, latency_ms: 0.05}
+hop: {fixed_ms: 0, ms_per_mib: 0}  # the example CNN is small: split it only if hops are free
 input_at: server
 output_to: server
 """
@@ -28,6 +29,7 @@ devices:
   - {name: b, profile: x86-avx512-server}
   - {name: c, profile: raspberry-pi-5}
 default_link: {gbps: 400, latency_ms: 0.0001}
+hop: {fixed_ms: 0, ms_per_mib: 0}
 """
 
 

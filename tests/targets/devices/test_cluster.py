@@ -358,3 +358,20 @@ def test_message_uses_the_name_as_given(tmp_path: Path, monkeypatch: pytest.Monk
         load_cluster("sub/my cluster.yaml")
     assert str(info.value).startswith("sub/my cluster.yaml: input_at: unknown device 'nope'")
     assert str(tmp_path) not in str(info.value)
+
+
+def test_hop_cost_is_read_checked_and_kept_in_the_plan_form(tmp_path: Path) -> None:
+    devices = [{"name": "a", "profile": "x86-avx512-server"}, {"name": "b", "profile": "x86-avx512-server"}]
+    cluster = parse_cluster(
+        {"devices": devices, "hop": {"fixed_ms": 0.5, "ms_per_mib": 1}}, "c.yaml", tmp_path
+    )
+    assert cluster.hop is not None and (cluster.hop.fixed_ms, cluster.hop.ms_per_mib) == (0.5, 1.0)
+    assert Cluster.from_dict(cluster.to_dict()) == cluster
+    assert parse_cluster({"devices": devices}, "c.yaml", tmp_path).hop is None
+    with pytest.raises(ClusterError) as caught:
+        parse_cluster({"devices": devices, "hop": {"fixed_ms": -1, "ms_per_mb": 2}}, "c.yaml", tmp_path)
+    message = str(caught.value)
+    assert "c.yaml: hop.ms_per_mb: unknown key; did you mean 'ms_per_mib'?" in message
+    assert "hop.fixed_ms: must be >= 0, got -1" in message
+    with pytest.raises(ClusterError, match="hop: must be a mapping with fixed_ms and ms_per_mib"):
+        parse_cluster({"devices": devices, "hop": 0.3}, "c.yaml", tmp_path)

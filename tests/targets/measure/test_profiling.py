@@ -167,6 +167,9 @@ def test_profile_cli_writes_profiles_that_plan_reads(tmp_path: Path, example_mod
     entry = calibration["devices"][name]
     assert written["peak_gflops"]["float32"] == pytest.approx(entry["peak_gflops"]["float32"], rel=1e-3)
     assert entry["threads"] == 1 and entry["samples"] > 30 and "Conv" in entry["ops"]
+    # The data plane's hop, measured on loopback: a fraction of a millisecond per message here.
+    assert 0 < calibration["hop"]["fixed_ms"] < 50 and calibration["hop"]["ms_per_mib"] >= 0
+    assert "a hop between stages costs" in done.stdout
     if written["tvm_target"]["kind"] == "llvm":
         assert written["tvm_target"]["num-cores"] == 1
 
