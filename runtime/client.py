@@ -6,8 +6,10 @@ import asyncio
 import statistics
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -138,6 +140,9 @@ class BenchReport:
         return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else float("nan")
 
 
+Progress = Callable[[int, int, float], None]  # (ok, failed, seconds so far)
+
+
 def run_bench(
     target: str,
     meta: Metadata,
@@ -146,9 +151,11 @@ def run_bench(
     timeout_s: float = 60.0,
     access: ClientAccess | None = None,
     duration_s: float | None = None,
+    progress: Progress | None = None,
+    every_s: float = 2.0,
 ) -> BenchReport:
     """Send `requests` requests with `concurrency` in flight, stopping early once `duration_s` has
-    passed; bounded in count and time."""
+    passed; bounded in count and time. `progress` is called every `every_s` seconds while it runs."""
     access = access or ClientAccess()
     arrays = {name: random_tensor(dtype, shape) for name, (dtype, shape) in meta.inputs.items()}
     request = inference_pb2.ModelInferRequest(model_name=meta.name)
@@ -175,15 +182,28 @@ def run_bench(
                         errors += 1
                         codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
 
+            async def report() -> None:
+                while True:
+                    await asyncio.sleep(every_s)
+                    if progress is not None:
+                        progress(len(latencies), errors, time.perf_counter() - started)
+
             started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            reporter = asyncio.create_task(report())
+            try:
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+            finally:
+                reporter.cancel()
             return BenchReport(len(latencies), errors, time.perf_counter() - started, latencies, codes)
 
     return asyncio.run(drive())
 
 
-def stage_metrics(url: str) -> list[tuple[str, ...]]:
-    """Per-stage rows (stage, device, requests, errors, compute ms/req, transfer ms/req) from /metrics."""
+StageCounters = dict[tuple[str, str], dict[str, float]]
+
+
+def scrape_stages(url: str) -> StageCounters:
+    """The per-stage counters of the endpoint's /metrics at `url`, by (stage, device)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
@@ -191,26 +211,37 @@ def stage_metrics(url: str) -> list[tuple[str, ...]]:
             text = response.read().decode()
     except OSError as exc:
         raise ClientError(f"{url}: {exc}") from None
-    values: dict[tuple[str, str], dict[str, float]] = {}
+    values: StageCounters = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            key = (sample.labels.get("stage", ""), sample.labels.get("device", ""))
-            values.setdefault(key, {})[sample.name] = sample.value
+            stage = sample.labels.get("stage", "")
+            if stage:
+                key = (stage, sample.labels.get("device", ""))
+                values.setdefault(key, {})[sample.name] = sample.value
+    return values
+
+
+def stage_figures(before: StageCounters, after: StageCounters) -> list[dict[str, Any]]:
+    """Per-stage figures of what happened between two scrapes: requests, errors, compute and transfer
+    ms per request (None without requests)."""
     rows = []
-    for (stage, device), v in sorted(values.items()):
-        count = v.get("nndeploy_stage_requests_total", 0.0)
-        if not stage:
-            continue
-        compute = v.get("nndeploy_stage_compute_milliseconds_total", 0.0)
-        transfer = v.get("nndeploy_stage_transfer_milliseconds_total", 0.0)
+    for (stage, device), now in sorted(after.items(), key=lambda item: (int(item[0][0]), item[0][1])):
+        then = before.get((stage, device), {})
+
+        def delta(name: str, now: dict[str, float] = now, then: dict[str, float] = then) -> float:
+            return now.get(name, 0.0) - then.get(name, 0.0)
+
+        count = delta("nndeploy_stage_requests_total")
+        compute = delta("nndeploy_stage_compute_milliseconds_total")
+        transfer = delta("nndeploy_stage_transfer_milliseconds_total")
         rows.append(
-            (
-                stage,
-                device,
-                f"{count:.0f}",
-                f"{v.get('nndeploy_stage_errors_total', 0):.0f}",
-                f"{compute / count:.3f}" if count else "-",
-                f"{transfer / count:.3f}" if count else "-",
-            )
+            {
+                "stage": int(stage),
+                "device": device,
+                "requests": int(count),
+                "errors": int(delta("nndeploy_stage_errors_total")),
+                "compute_ms_per_request": compute / count if count else None,
+                "transfer_ms_per_request": transfer / count if count else None,
+            }
         )
     return rows

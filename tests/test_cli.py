@@ -42,6 +42,34 @@ def assert_user_error(done: subprocess.CompletedProcess[str], *fragments: str) -
         assert fragment in lines[0], lines[0]
 
 
+def test_version_names_nndeploy_and_what_it_runs_on() -> None:
+    from nndeploy import __version__
+
+    done = nndeploy("--version")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert (
+        line.startswith(f"nndeploy {__version__} (") and "apache-tvm 0.27" in line and "onnxruntime" in line
+    )
+
+
+def test_devices_and_plan_print_json_on_request(example_models, tmp_path: Path) -> None:
+    import json
+
+    done = nndeploy("devices", "--json")
+    assert done.returncode == 0, done.stderr
+    profiles = {entry["profile"]: entry for entry in json.loads(done.stdout)}
+    server = profiles["x86-avx512-server"]
+    assert server["arch"] == "x86_64" and server["tvm_target"]["kind"] == "llvm"
+    assert server["peak_gflops"]["float32"] > 0 and server["mem_bytes"] > 0
+    cluster = Path(__file__).resolve().parents[1] / "examples" / "clusters" / "edge-camera-server.yaml"
+    plan = tmp_path / "plan.json"
+    done = nndeploy("plan", example_models["camera_cnn"], "--cluster", cluster, "-o", plan, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(plan.read_text())  # stdout holds the JSON alone
+    assert "plan written to" in done.stderr
+
+
 def test_devices_lists_the_registry() -> None:
     done = nndeploy("devices")
     assert done.returncode == 0, done.stderr

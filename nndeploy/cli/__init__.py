@@ -24,9 +24,29 @@ app = typer.Typer(
 )
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from nndeploy import __version__
+
+        parts = []
+        for dist in ("apache-tvm", "onnxruntime", "onnx", "ray", "grpcio"):
+            try:
+                parts.append(f"{dist} {version(dist)}")
+            except PackageNotFoundError:
+                parts.append(f"{dist} not installed")
+        typer.echo(f"nndeploy {__version__} ({', '.join(parts)})")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     """Plan, compile, verify, serve and deploy one ONNX model over a heterogeneous cluster."""
 

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nndeploy.cli.common import FallbackOption, err, out, read_build, write_stage_models
+from nndeploy.cli.common import (
+    FallbackOption,
+    JsonOption,
+    err,
+    out,
+    print_json,
+    read_build,
+    write_stage_models,
+)
 from nndeploy.cli.tune import tune_command
 from nndeploy.errors import ArtifactError, BuildError, ModelError
 
@@ -206,6 +214,7 @@ def verify_command(
     rtol: Annotated[
         float | None, typer.Option("--rtol", help="Relative tolerance for float outputs.")
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Compare every stage, and the whole chain, with onnxruntime; exit 1 on a mismatch."""
     from nndeploy.model_prep import file_sha256
@@ -229,6 +238,11 @@ def verify_command(
         report = verify_build(
             build_dir, manifest, stage_models, model_path, plan.inputs, samples, inputs, tolerances
         )
+    if as_json:
+        print_json(_verify_json(build_dir, report))
+        if report.failed:
+            raise typer.Exit(EXIT_MISMATCH)
+        return
     table = Table(title=f"verify {build_dir}: {report.samples} input set(s) against onnxruntime")
     for column in ("check", "device", "executor", "output", "max abs", "max rel", "atol / rtol", "result"):
         table.add_column(column, justify="right" if column.startswith("max") else "left")
@@ -262,6 +276,34 @@ def verify_command(
             "[red]error:[/] outputs differ from onnxruntime beyond tolerance (see FAIL rows)", highlight=False
         )
         raise typer.Exit(EXIT_MISMATCH)
+
+
+def _verify_json(build_dir: Path, report: Any) -> dict[str, Any]:
+    """verify's report as JSON: build, samples, ok, and per check its outputs' errors and tolerances."""
+    checks = []
+    for check in (*report.stages, report.end_to_end):
+        outputs = [
+            {
+                "name": c.name,
+                "max_abs": float(c.max_abs),
+                "max_rel": float(c.max_rel),
+                "atol": float(c.atol),
+                "rtol": float(c.rtol),
+                "ok": bool(c.ok),
+            }
+            for c in check.comparisons
+        ]
+        checks.append(
+            {
+                "check": check.name,
+                "device": check.device,
+                "executor": check.executor,
+                "status": check.status,
+                "reason": check.reason,
+                "outputs": outputs,
+            }
+        )
+    return {"build": str(build_dir), "samples": report.samples, "ok": not report.failed, "checks": checks}
 
 
 def inspect_command(

@@ -3,7 +3,10 @@ models (the step both `split` and `compile` start from)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -23,6 +26,30 @@ if TYPE_CHECKING:
 _WIDTH = None if sys.stdout.isatty() else 200
 out = Console(width=_WIDTH)
 err = Console(stderr=True, width=_WIDTH)
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout (the rest goes to stderr).")
+]
+
+
+@contextlib.contextmanager
+def json_output(enabled: bool) -> Iterator[None]:
+    """With --json: what the command prints for a person goes to stderr, so stdout holds only the JSON
+    the command then prints (`print_json`)."""
+    if not enabled:
+        yield
+        return
+    saved = out.file
+    out.file = sys.stderr
+    try:
+        yield
+    finally:
+        out.file = saved
+
+
+def print_json(data: object) -> None:
+    """`data` as indented JSON on stdout."""
+    typer.echo(json.dumps(data, indent=1))
+
 
 MIB = 1024**2
 

@@ -10,13 +10,17 @@ from rich.table import Table
 
 from nndeploy.cli.common import (
     MIB,
+    Fallback,
     FallbackOption,
+    JsonOption,
     Objective,
     ProfilesOption,
     compiler_fallback,
     err,
+    json_output,
     out,
     parse_input_shapes,
+    print_json,
     write_stage_models,
 )
 from nndeploy.types import Graph, Plan
@@ -29,9 +33,28 @@ def register(app: typer.Typer) -> None:
     app.command("split")(split)
 
 
-def devices(profiles: ProfilesOption = None) -> None:
+def devices(profiles: ProfilesOption = None, as_json: JsonOption = False) -> None:
     """List the device-capability registry: built-in profiles plus your own."""
     from nndeploy.targets.devices.registry import device_from_profile, load_profiles
+
+    if as_json:
+        found = []
+        for name, profile in sorted(load_profiles(profiles or ()).items()):
+            device = device_from_profile(profile, name)
+            found.append(
+                {
+                    "profile": name,
+                    "kind": device.kind,
+                    "arch": device.arch,
+                    "peak_gflops": dict(device.peak_gflops),
+                    "mem_bw_gbps": device.mem_bw_gbps,
+                    "mem_bytes": device.mem_bytes,
+                    "tvm_target": device.tvm_target,
+                    "source": str(profile.path),
+                }
+            )
+        print_json(found)
+        return
 
     table = Table(title="device profiles")
     for column in ("profile", "kind", "arch", "fp32 GFLOP/s", "fp16 GFLOP/s", "mem GB/s", "memory GiB"):
@@ -90,8 +113,42 @@ def plan(
             help="Time the top K candidate plans on this host and keep the best measured one.",
         ),
     ] = None,
+    as_json: JsonOption = False,
 ) -> Plan:
-    """Split MODEL into pipeline stages over the devices of a cluster; write plan.json."""
+    """Split MODEL into pipeline stages over the devices of a cluster; write plan.json (with --json, also
+    print it)."""
+    with json_output(as_json):
+        the_plan = _plan(
+            model,
+            cluster,
+            output,
+            objective,
+            input_shape,
+            batch,
+            graph,
+            dump_dir,
+            profiles,
+            fallback,
+            check_top,
+        )
+    if as_json:
+        print_json(the_plan.to_dict())
+    return the_plan
+
+
+def _plan(
+    model: Path,
+    cluster: Path,
+    output: Path,
+    objective: Objective,
+    input_shape: list[str] | None,
+    batch: int | None,
+    graph: Path | None,
+    dump_dir: Path | None,
+    profiles: list[Path] | None,
+    fallback: Fallback | None,
+    check_top: int | None,
+) -> Plan:
     from nndeploy.graph import check_fixed_outputs, load_graph_and_model
     from nndeploy.partitioner.planner import plan as make_plan
     from nndeploy.planfile import write_plan

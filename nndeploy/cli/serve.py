@@ -169,41 +169,93 @@ def bench_command(
     ] = 60.0,
     model: Annotated[str | None, typer.Option("--model")] = None,
     metrics: Annotated[
-        str | None, typer.Option("--metrics", help="The server's /metrics URL, for per-stage figures.")
+        str | None,
+        typer.Option("--metrics", help="The server's /metrics URL: per-stage figures of this run."),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the figures as one JSON object (keys in the README).")
+    ] = False,
     tls_ca: TlsCa = None,
     tls_cert: ClientCert = None,
     tls_key: ServerKey = None,
     token_file: TokenFile = None,
 ) -> None:
-    """Drive the endpoint with concurrent requests; print throughput, p50/p99 latency, per-stage figures."""
+    """Drive the endpoint with concurrent requests; print throughput, p50/p99 latency and, with --metrics,
+    per-stage figures of this run. Progress goes to stderr while it runs; exits 1 if any request failed."""
+    import json
+
     from nndeploy.cli.tune import parse_duration
     from nndeploy.runtime.access import client_access
-    from nndeploy.runtime.client import Client, run_bench
+    from nndeploy.runtime.client import Client, run_bench, scrape_stages, stage_figures
 
     access = client_access(tls_ca, tls_cert, tls_key, token_file)
     duration_s = parse_duration(duration, "--duration") if duration is not None else None
     count = requests if requests is not None else (200 if duration_s is None else 1 << 62)
     with Client(target, access=access) as client:
         meta = client.metadata(model)
-    report = run_bench(target, meta, concurrency, count, timeout, access=access, duration_s=duration_s)
-    failures = ", ".join(f"{code} x{n}" for code, n in sorted(report.error_codes.items()))
-    out.print(
-        f"{report.ok}/{report.ok + report.errors} ok, {report.errors} failed"
-        f"{f' ({failures})' if failures else ''}; "
-        f"{report.throughput:.1f} req/s; latency p50 "
-        f"{report.p50_ms:.2f} ms, p99 {report.p99_ms:.2f} ms (concurrency {concurrency})",
-        highlight=False,
-    )
-    if metrics:
-        from nndeploy.runtime.client import stage_metrics
+    before = scrape_stages(metrics) if metrics else {}
+    total = "" if requests is None and duration_s is not None else f"/{count}"
 
-        table = Table(title="per stage")
-        for column in ("stage", "device", "requests", "errors", "compute ms/req", "transfer ms/req"):
-            table.add_column(column)
-        for row in stage_metrics(metrics):
-            table.add_row(*row)
-        out.print(table)
+    def progress(ok: int, failed: int, seconds: float) -> None:
+        err.print(
+            f"  {seconds:5.0f} s: {ok + failed}{total} done, {ok} ok, {failed} failed, "
+            f"{ok / seconds if seconds else 0:.1f} req/s",
+            highlight=False,
+        )
+
+    report = run_bench(
+        target, meta, concurrency, count, timeout, access=access, duration_s=duration_s, progress=progress
+    )
+    stages = stage_figures(before, scrape_stages(metrics)) if metrics else []
+    if as_json:
+        figures = {
+            "target": target,
+            "model": meta.name,
+            "concurrency": concurrency,
+            "requests": report.ok + report.errors,
+            "ok": report.ok,
+            "failed": report.errors,
+            "error_codes": dict(sorted(report.error_codes.items())),
+            "seconds": round(report.seconds, 3),
+            "throughput_per_s": round(report.throughput, 3),
+            "latency_ms": _latency_figures(report.latencies_ms),
+            "stages": stages,
+        }
+        typer.echo(json.dumps(figures, indent=1))
+    else:
+        failures = ", ".join(f"{code} x{n}" for code, n in sorted(report.error_codes.items()))
+        out.print(
+            f"{report.ok}/{report.ok + report.errors} ok, {report.errors} failed"
+            f"{f' ({failures})' if failures else ''}; "
+            f"{report.throughput:.1f} req/s; latency p50 "
+            f"{report.p50_ms:.2f} ms, p99 {report.p99_ms:.2f} ms (concurrency {concurrency})",
+            highlight=False,
+        )
+        if metrics:
+            table = Table(title="per stage, this run")
+            for column in ("stage", "device", "requests", "errors", "compute ms/req", "transfer ms/req"):
+                table.add_column(column)
+            for row in stages:
+                per = [row["compute_ms_per_request"], row["transfer_ms_per_request"]]
+                cells = [f"{v:.3f}" if v is not None else "-" for v in per]
+                table.add_row(
+                    str(row["stage"]), row["device"], str(row["requests"]), str(row["errors"]), *cells
+                )
+            out.print(table)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def _latency_figures(latencies_ms: list[float]) -> dict[str, float | None]:
+    """p50, p90, p99, mean and max of the successful requests' latencies (None without any)."""
+    import numpy as np
+
+    if not latencies_ms:
+        return dict.fromkeys(("p50", "p90", "p99", "mean", "max"))
+    values = np.asarray(latencies_ms)
+    figures = {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)}
+    figures.update(mean=float(values.mean()), max=float(values.max()))
+    return {name: round(value, 3) for name, value in figures.items()}
 
 
 def worker_command(

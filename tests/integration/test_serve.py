@@ -193,6 +193,7 @@ def test_killed_worker_fails_in_flight_requests_then_recovers(server: Server, tm
     time.sleep(3)
     os.kill(server.pids[1], signal.SIGKILL)  # a stage worker dies mid-load
     out, err = load.communicate(timeout=240)  # no hang: every request ends, some with UNAVAILABLE
+    assert load.returncode == 1  # some requests failed: bench says so in its exit status
     match = re.search(r"(\d+)/60 ok, (\d+) failed \(([^)]*)\)", out)
     assert match, out + err
     assert int(match.group(2)) >= 1 and int(match.group(1)) + int(match.group(2)) == 60
@@ -222,6 +223,24 @@ def test_infer_bench_and_metrics(server: Server, tmp_path: Path) -> None:
     assert_user_error(
         nndeploy("infer", server.address, "--model", "nope"), "NOT_FOUND", "unknown model 'nope'"
     )
+
+
+def test_bench_json_counts_this_run_only_and_exits_1_on_failures(server: Server) -> None:
+    import json
+
+    nndeploy("bench", server.address, "--requests", "5")  # traffic before this run
+    done = nndeploy("bench", server.address, "--requests", "6", "--json", "--metrics", server.metrics)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert (figures["requests"], figures["ok"], figures["failed"], figures["error_codes"]) == (6, 6, 0, {})
+    assert figures["latency_ms"]["p50"] > 0 and figures["throughput_per_s"] > 0
+    assert len(figures["stages"]) == len(server.pids)
+    assert all(stage["requests"] == 6 and stage["errors"] == 0 for stage in figures["stages"])
+    late = nndeploy("bench", server.address, "--requests", "4", "--timeout", "0.001", "--json")
+    assert late.returncode == 1
+    failed = json.loads(late.stdout)
+    assert failed["failed"] == 4 and failed["error_codes"] == {"DEADLINE_EXCEEDED": 4}
+    assert failed["latency_ms"]["p50"] is None
 
 
 @pytest.mark.emulator

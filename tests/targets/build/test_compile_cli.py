@@ -70,6 +70,12 @@ def test_x86_and_cuda_stages_compile_verify_and_inspect(example_models, tmp_path
         "not run" in rows(done.stdout, f"stage {gpu_stage}")[0]
         or "pass" in rows(done.stdout, f"stage {gpu_stage}")[0]
     )
+    as_json = nndeploy("verify", build, "--samples", "1", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    report = __import__("json").loads(as_json.stdout)
+    assert report["ok"] and len(report["checks"]) == len(manifest["stages"]) + 1
+    x86 = report["checks"][x86_stage]
+    assert x86["status"] == "pass" and all(o["ok"] and o["max_abs"] <= o["atol"] for o in x86["outputs"])
     strict = nndeploy("verify", build, "--atol", "0", "--rtol", "0")
     assert strict.returncode == 1 and "FAIL" in strict.stdout
     summary = nndeploy("inspect", build, "--stage", str(x86_stage))
