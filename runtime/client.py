@@ -232,8 +232,8 @@ def stage_figures(before: StageCounters, after: StageCounters) -> list[dict[str,
             return now.get(name, 0.0) - then.get(name, 0.0)
 
         count = delta("nndeploy_stage_requests_total")
-        compute = delta("nndeploy_stage_compute_milliseconds_total")
-        transfer = delta("nndeploy_stage_transfer_milliseconds_total")
+        compute = delta("nndeploy_stage_compute_seconds_total") * 1e3
+        transfer = delta("nndeploy_stage_transfer_seconds_total") * 1e3
         rows.append(
             {
                 "stage": int(stage),

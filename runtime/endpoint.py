@@ -31,6 +31,7 @@ from nndeploy.runtime import shm
 from nndeploy.runtime.access import ServerAccess
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port, open_channel
 from nndeploy.runtime.malloc import keep_large_buffers
+from nndeploy.runtime.observed import Observed
 from nndeploy.runtime.tensors import (
     dtype_to_kserve,
     numpy_to_infer_response_outputs,
@@ -75,7 +76,7 @@ class Endpoint(
         self.links = Links(tls)
         self.stage_up = [True] * len(model.stages)
         self.stats: list[stage_pb2.StageStats | None] = [None] * len(model.stages)
-        self.latencies_ms: list[float] = []
+        self.observed = Observed(model.name, [device for device, _ in model.stages])
         self.watcher: asyncio.Task[None] | None = None
         self._channels: list[grpc.aio.Channel] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -120,7 +121,24 @@ class Endpoint(
         )
 
     async def ModelInfer(self, request: Any, context: Any) -> inference_pb2.ModelInferResponse:
-        """Run one request through the chain."""
+        """Run one request through the chain; every answer is counted by status code (`observed`)."""
+        started = time.perf_counter()
+        try:
+            response = await self._infer(request, context)
+        except asyncio.CancelledError:  # the client went away, or its deadline passed
+            remaining = context.time_remaining()
+            self.observed.answered(
+                "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            )
+            raise
+        except BaseException:  # context.abort raises after setting the code; anything else is INTERNAL
+            code = context.code()
+            self.observed.answered(code.name if isinstance(code, grpc.StatusCode) else "INTERNAL")
+            raise
+        self.observed.answered("OK", time.perf_counter() - started)
+        return response
+
+    async def _infer(self, request: Any, context: Any) -> inference_pb2.ModelInferResponse:
         await self._check_model(request.model_name, context)
         try:
             arrays = request_inputs_to_numpy(request)
@@ -183,7 +201,7 @@ class Endpoint(
         reply = delivered.message
         if not reply.ok:
             await context.abort(STATUS.get(reply.error_code, grpc.StatusCode.INTERNAL), reply.error)
-        self.latencies_ms.append((time.perf_counter() - started) * 1e3)
+        self.observed.stage_times(reply.timings)
         try:
             outputs = delivered.arrays()
         except ValueError as exc:

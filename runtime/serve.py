@@ -84,7 +84,7 @@ async def serve_build(
                 Serving(
                     model,
                     f"{host}:{bound}",
-                    f"http://{host}:{metrics_port}/metrics" if metrics else None,
+                    f"http://{host}:{metrics.server_port}/metrics" if metrics else None,
                     pids,
                 )
             )

@@ -66,7 +66,7 @@ class StageWorker(health_pb2_grpc.HealthServicer):
         self.spec = spec
         self.execute = execute
         self.counters = Counters()
-        self.queue: asyncio.Queue[tuple[Frame, asyncio.Queue | None]] = asyncio.Queue(spec.queue_size)
+        self.queue: asyncio.Queue[tuple[Frame, asyncio.Queue | None, float]] = asyncio.Queue(spec.queue_size)
         self.tls = tls
         self.links = Links(tls)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{spec.index}")
@@ -114,7 +114,7 @@ class StageWorker(health_pb2_grpc.HealthServicer):
                         )
                         continue
                     self.counters.bytes_received += request.nbytes
-                    await self.queue.put((request, back))
+                    await self.queue.put((request, back, time.perf_counter()))
             finally:
                 await local.put(None)
 
@@ -162,7 +162,7 @@ class StageWorker(health_pb2_grpc.HealthServicer):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            received, local = await self.queue.get()
+            received, local, arrived = await self.queue.get()
             request = received.message
             if self._was_cancelled(request.request_id):
                 continue  # cancelled while queued: no work, no reply (the endpoint has answered its client)
@@ -197,7 +197,8 @@ class StageWorker(health_pb2_grpc.HealthServicer):
             self.counters.compute_ms_total += compute_ms
             if self._was_cancelled(request.request_id):
                 continue  # cancelled while it ran here: do not pass it on
-            timing = stage_pb2.StageTiming(stage=self.spec.index, compute_ms=compute_ms)
+            queue_ms = (started - arrived) * 1e3
+            timing = stage_pb2.StageTiming(stage=self.spec.index, queue_ms=queue_ms, compute_ms=compute_ms)
             started = time.perf_counter()
             try:
                 if self.spec.downstream is not None:

@@ -241,6 +241,38 @@ def test_bench_json_counts_this_run_only_and_exits_1_on_failures(server: Server)
     failed = json.loads(late.stdout)
     assert failed["failed"] == 4 and failed["error_codes"] == {"DEADLINE_EXCEEDED": 4}
     assert failed["latency_ms"]["p50"] is None
+    # The endpoint's own metrics: answers by status code, latency and per-stage histograms; /metrics only.
+    samples = _metric_samples(server.metrics)
+    assert samples[("nndeploy_requests_total", (("code", "OK"), ("model", "big")))] >= 11
+    assert samples[("nndeploy_request_duration_seconds_count", (("model", "big"),))] >= 11
+    for stage in range(len(server.pids)):
+        counts = [
+            value
+            for (name, labels), value in samples.items()
+            if name == "nndeploy_stage_compute_duration_seconds_count" and ("stage", str(stage)) in labels
+        ]
+        assert counts and counts[0] >= 11
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(server.metrics.replace("/metrics", "/anything"), timeout=10)
+    assert caught.value.code == 404
+
+
+def _metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(name, sorted labels) -> value of every sample at a /metrics URL."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @pytest.mark.emulator

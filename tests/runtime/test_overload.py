@@ -57,3 +57,53 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once() -> None:
     assert left == 0  # nothing left waiting in the endpoint
     # Only admitted requests waited for the 0.2 s stage; the refused ones did not queue behind them.
     assert report.seconds < (report.ok + 2) * 0.2 + 1.0
+
+
+def test_the_endpoint_counts_every_answer_by_code_with_latency_and_stage_histograms() -> None:
+    from prometheus_client import generate_latest
+
+    stage_port, client_port = free_ports(2)
+    model = ModelSpec(
+        "m",
+        "1",
+        (TensorSpec("x", (4,), "float32"),),
+        (TensorSpec("y", (4,), "float32"),),
+        (("cpu", f"127.0.0.1:{stage_port}"),),
+        max_in_flight=2,
+    )
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            serve_stage(StageSpec(0, "cpu", ("x",), ("y",), None), slow, stage_port, stop=stop)
+        )
+        server, endpoint, _ = await start_endpoint(model, client_port)
+        try:
+            meta = Metadata("m", {"x": (np.dtype("float32"), (4,))})
+            target = f"127.0.0.1:{client_port}"
+            ok = await asyncio.to_thread(run_bench, target, meta, 1, 2, 30.0)
+            late = await asyncio.to_thread(run_bench, target, meta, 1, 2, 0.05)  # the stage takes 0.2 s
+            crowded = await asyncio.to_thread(run_bench, target, meta, 8, 8, 30.0)
+            await asyncio.sleep(0.3)
+            return ok, late, crowded, generate_latest(endpoint.observed.registry).decode()
+        finally:
+            stop.set()
+            await server.stop(grace=1.0)
+            await worker
+
+    ok, late, crowded, text = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert ok.ok == 2 and late.error_codes == {"DEADLINE_EXCEEDED": 2}
+    assert "RESOURCE_EXHAUSTED" in crowded.error_codes
+    counts = {
+        line.split("{")[1].split(",")[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("nndeploy_requests_total{")
+    }
+    assert counts['code="OK"'] == 2 + crowded.ok
+    assert counts['code="DEADLINE_EXCEEDED"'] == 2
+    assert counts['code="RESOURCE_EXHAUSTED"'] == crowded.errors
+    assert f'nndeploy_request_duration_seconds_count{{model="m"}} {float(2 + crowded.ok)}' in text
+    # Each successful request's stage time: 0.2 s of compute, in the 0.25 s bucket.
+    assert 'nndeploy_stage_compute_duration_seconds_bucket{device="cpu",le="0.1",stage="0"} 0.0' in text
+    bucket = 'nndeploy_stage_compute_duration_seconds_bucket{device="cpu",le="0.25",stage="0"}'
+    assert f"{bucket} {float(2 + crowded.ok)}" in text

@@ -1,0 +1,66 @@
+"""What the endpoint observes per request, as Prometheus metrics a user can alert on: requests answered by
+gRPC status code, their latency, and each stage's queue and compute time (from the timings every stage
+adds to a request on its way). Names follow Prometheus' conventions (base unit seconds, `_total` counters);
+the README lists them. The per-stage counters the workers keep themselves are in runtime.metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# From 0.5 ms to 60 s: a small CPU stage up to an emulated edge stage or a request's whole deadline.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Observed:
+    """The endpoint's own metrics, in a registry of their own."""
+
+    def __init__(self, model: str, stages: Sequence[str]) -> None:
+        self.model = model
+        self.stages = list(stages)
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "nndeploy_requests",
+            "Inference requests the endpoint answered, by gRPC status code",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "nndeploy_request_duration_seconds",
+            "Time from a request's arrival at the endpoint to its answer (successful requests)",
+            ["model"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        stage_labels = ["stage", "device"]
+        self.queue = Histogram(
+            "nndeploy_stage_queue_duration_seconds",
+            "Time a request waited in a stage's queue before its compute started",
+            stage_labels,
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.compute = Histogram(
+            "nndeploy_stage_compute_duration_seconds",
+            "Time a stage spent computing one request",
+            stage_labels,
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+
+    def answered(self, code: str, seconds: float | None = None) -> None:
+        """One request answered with gRPC status `code` ("OK", "DEADLINE_EXCEEDED", ...), and its
+        latency if it succeeded."""
+        self.requests.labels(self.model, code).inc()
+        if seconds is not None:
+            self.latency.labels(self.model).observe(seconds)
+
+    def stage_times(self, timings: Sequence[object]) -> None:
+        """The StageTimings a successful request carries back (ms), one per stage it passed."""
+        for timing in timings:
+            stage = int(timing.stage)  # type: ignore[attr-defined]
+            device = self.stages[stage] if 0 <= stage < len(self.stages) else ""
+            self.queue.labels(str(stage), device).observe(timing.queue_ms / 1e3)  # type: ignore[attr-defined]
+            self.compute.labels(str(stage), device).observe(timing.compute_ms / 1e3)  # type: ignore[attr-defined]
