@@ -294,8 +294,6 @@ def run_in_emulator(
 def start_rpc_server(emulator: Emulator, host: str, port: int, timeout: float = 300) -> subprocess.Popen[str]:
     """TVM's RPC server running under the emulator on host:port, once it listens (stop it with
     `.terminate()`); EmulatorError if it does not come up within `timeout` seconds."""
-    import select
-    import time
 
     env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
     cmd = [str(emulator.qemu), "-L", str(emulator.root), "-E", f"PYTHONPATH={emulator.site}"]
@@ -303,21 +301,35 @@ def start_rpc_server(emulator: Emulator, host: str, port: int, timeout: float = 
         [*cmd, str(emulator.python), "-P", str(RPC_SERVER), host, str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
-    assert server.stdout is not None
+    listening, last = _listening(server, timeout)
+    if listening is None:
+        raise EmulatorError(
+            f"the RPC server under qemu-{emulator.arch} did not start on {host}:{port}: {last}"
+        )
+    return server
+
+
+def _listening(process: subprocess.Popen[str], timeout: float) -> tuple[str | None, str]:
+    """Wait for `process` to print its "listening on ..." line: (that line, "") once it does, else
+    (None, its last line or why) after killing it (it exited, or `timeout` seconds passed)."""
+    import select
+    import time
+
+    assert process.stdout is not None
     deadline = time.monotonic() + timeout
     seen: list[str] = []
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([server.stdout], [], [], 1.0)
-        line = server.stdout.readline() if ready else ""
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        line = process.stdout.readline() if ready else ""
         if line.startswith("listening on"):
-            return server
+            return line, ""
         if line:
             seen.append(line.strip())
-        if server.poll() is not None and not line:
+        if process.poll() is not None and not line:
             break
-    server.kill()
-    last = seen[-1] if seen else f"no answer in {timeout:.0f} s"
-    raise EmulatorError(f"the RPC server under qemu-{emulator.arch} did not start on {host}:{port}: {last}")
+    process.kill()
+    process.wait()
+    return None, seen[-1] if seen else f"no answer in {timeout:.0f} s"
 
 
 def start_worker(
@@ -328,8 +340,6 @@ def start_worker(
     (the folder of nndeploy sources it imports); its further output is left on `.stdout`. EmulatorError
     with its last line if it does not come up within `timeout`."""
     import importlib.util
-    import select
-    import time
 
     overlay = Path(tempfile.mkdtemp(prefix="nndeploy-emulated-worker-"))
     for package, patterns in OVERLAY.items():
@@ -350,23 +360,11 @@ def start_worker(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     worker.overlay = overlay  # type: ignore[attr-defined]
-    assert worker.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([worker.stdout], [], [], 1.0)
-        line = worker.stdout.readline() if ready else ""
-        if line.startswith("listening on"):
-            return worker, int(line.split()[-1])
-        if line:
-            seen.append(line.strip())
-        if worker.poll() is not None and not line:
-            break
-    worker.kill()
-    worker.wait()
-    shutil.rmtree(overlay, ignore_errors=True)
-    last = seen[-1] if seen else f"no answer in {timeout:.0f} s"
-    raise EmulatorError(f"the stage worker under qemu-{emulator.arch} did not start: {last}")
+    listening, last = _listening(worker, timeout)
+    if listening is None:
+        shutil.rmtree(overlay, ignore_errors=True)
+        raise EmulatorError(f"the stage worker under qemu-{emulator.arch} did not start: {last}")
+    return worker, int(listening.split()[-1])
 
 
 def run_artifact_emulated(

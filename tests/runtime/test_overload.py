@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +22,12 @@ def slow(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"y": tensors["x"] + 1}
 
 
-def test_requests_beyond_the_in_flight_limit_are_refused_at_once() -> None:
+META = Metadata("m", {"x": (np.dtype("float32"), (4,))})
+
+
+def with_slow_chain(body: Callable[[Any, str], Awaitable[Any]]) -> Any:
+    """Run `body(endpoint, target)` against a real endpoint (at most 2 requests in flight) in front of one
+    worker whose stage takes 0.2 s; both are stopped afterwards."""
     stage_port, client_port = free_ports(2)
     model = ModelSpec(
         "m",
@@ -31,7 +38,7 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once() -> None:
         max_in_flight=2,
     )
 
-    async def scenario():  # type: ignore[no-untyped-def]
+    async def scenario() -> Any:
         stop = asyncio.Event()
         worker = asyncio.create_task(
             serve_stage(StageSpec(0, "cpu", ("x",), ("y",), None), slow, stage_port, stop=stop)
@@ -42,15 +49,21 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once() -> None:
                 if all(endpoint.stage_up) and all(endpoint.stats):
                     break
                 await asyncio.sleep(0.1)
-            meta = Metadata("m", {"x": (np.dtype("float32"), (4,))})
-            report = await asyncio.to_thread(run_bench, f"127.0.0.1:{client_port}", meta, 8, 24, 30.0)
-            return report, len(endpoint.pending)
+            return await body(endpoint, f"127.0.0.1:{client_port}")
         finally:
             stop.set()
             await server.stop(grace=1.0)
             await worker
 
-    report, left = asyncio.run(asyncio.wait_for(scenario(), 120))
+    return asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+def test_requests_beyond_the_in_flight_limit_are_refused_at_once() -> None:
+    async def body(endpoint: Any, target: str) -> Any:
+        report = await asyncio.to_thread(run_bench, target, META, 8, 24, 30.0)
+        return report, len(endpoint.pending)
+
+    report, left = with_slow_chain(body)
     assert report.ok + report.errors == 24  # each request ended exactly once
     assert report.ok >= 2 and report.errors > 0
     assert set(report.error_codes) == {"RESOURCE_EXHAUSTED"}
@@ -62,36 +75,14 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_once() -> None:
 def test_the_endpoint_counts_every_answer_by_code_with_latency_and_stage_histograms() -> None:
     from prometheus_client import generate_latest
 
-    stage_port, client_port = free_ports(2)
-    model = ModelSpec(
-        "m",
-        "1",
-        (TensorSpec("x", (4,), "float32"),),
-        (TensorSpec("y", (4,), "float32"),),
-        (("cpu", f"127.0.0.1:{stage_port}"),),
-        max_in_flight=2,
-    )
+    async def body(endpoint: Any, target: str) -> Any:
+        ok = await asyncio.to_thread(run_bench, target, META, 1, 2, 30.0)
+        late = await asyncio.to_thread(run_bench, target, META, 1, 2, 0.05)  # the stage takes 0.2 s
+        crowded = await asyncio.to_thread(run_bench, target, META, 8, 8, 30.0)
+        await asyncio.sleep(0.3)
+        return ok, late, crowded, generate_latest(endpoint.observed.registry).decode()
 
-    async def scenario():  # type: ignore[no-untyped-def]
-        stop = asyncio.Event()
-        worker = asyncio.create_task(
-            serve_stage(StageSpec(0, "cpu", ("x",), ("y",), None), slow, stage_port, stop=stop)
-        )
-        server, endpoint, _ = await start_endpoint(model, client_port)
-        try:
-            meta = Metadata("m", {"x": (np.dtype("float32"), (4,))})
-            target = f"127.0.0.1:{client_port}"
-            ok = await asyncio.to_thread(run_bench, target, meta, 1, 2, 30.0)
-            late = await asyncio.to_thread(run_bench, target, meta, 1, 2, 0.05)  # the stage takes 0.2 s
-            crowded = await asyncio.to_thread(run_bench, target, meta, 8, 8, 30.0)
-            await asyncio.sleep(0.3)
-            return ok, late, crowded, generate_latest(endpoint.observed.registry).decode()
-        finally:
-            stop.set()
-            await server.stop(grace=1.0)
-            await worker
-
-    ok, late, crowded, text = asyncio.run(asyncio.wait_for(scenario(), 120))
+    ok, late, crowded, text = with_slow_chain(body)
     assert ok.ok == 2 and late.error_codes == {"DEADLINE_EXCEEDED": 2}
     assert "RESOURCE_EXHAUSTED" in crowded.error_codes
     counts = {
