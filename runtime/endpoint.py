@@ -93,7 +93,7 @@ class Endpoint(
 
     async def ModelReady(self, request: Any, context: Any) -> inference_pb2.ModelReadyResponse:
         """Ready when the name matches and every stage worker is up."""
-        await self._check_model(request.name, context)
+        await self._check_model(request.name, context, request.version)
         return inference_pb2.ModelReadyResponse(ready=all(self.stage_up))
 
     async def ServerMetadata(self, request: Any, context: Any) -> inference_pb2.ServerMetadataResponse:
@@ -104,7 +104,7 @@ class Endpoint(
 
     async def ModelMetadata(self, request: Any, context: Any) -> inference_pb2.ModelMetadataResponse:
         """Inputs and outputs with KServe datatypes and shapes."""
-        await self._check_model(request.name, context)
+        await self._check_model(request.name, context, request.version)
         meta = inference_pb2.ModelMetadataResponse.TensorMetadata
         return inference_pb2.ModelMetadataResponse(
             name=self.model.name,
@@ -139,7 +139,7 @@ class Endpoint(
         return response
 
     async def _infer(self, request: Any, context: Any) -> inference_pb2.ModelInferResponse:
-        await self._check_model(request.model_name, context)
+        await self._check_model(request.model_name, context, request.model_version)
         try:
             arrays = request_inputs_to_numpy(request)
         except ValueError as exc:
@@ -314,10 +314,16 @@ class Endpoint(
                     )
                 )
 
-    async def _check_model(self, name: str, context: Any) -> None:
+    async def _check_model(self, name: str, context: Any, version: str = "") -> None:
+        """NOT_FOUND for another model, or a version of it this server does not serve ('' = any)."""
         if name != self.model.name:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"unknown model '{name}'; this server serves '{self.model.name}'"
+            )
+        if version and version != self.model.version:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model '{name}' has no version '{version}'; this server serves version {self.model.version}",
             )
 
     def _input_problem(self, arrays: dict[str, np.ndarray]) -> str:

@@ -98,3 +98,37 @@ def test_the_endpoint_counts_every_answer_by_code_with_latency_and_stage_histogr
     assert 'nndeploy_stage_compute_duration_seconds_bucket{device="cpu",le="0.1",stage="0"} 0.0' in text
     bucket = 'nndeploy_stage_compute_duration_seconds_bucket{device="cpu",le="0.25",stage="0"}'
     assert f"{bucket} {float(2 + crowded.ok)}" in text
+
+
+def test_a_version_the_endpoint_does_not_serve_is_not_found() -> None:
+    import grpc
+
+    from nndeploy.proto import inference_pb2, inference_pb2_grpc
+    from nndeploy.runtime.tensors import numpy_to_infer_request_inputs
+
+    def calls(target: str) -> dict[str, str]:
+        found = {}
+        with grpc.insecure_channel(target) as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for version in ("", "1", "2"):
+                request = inference_pb2.ModelInferRequest(model_name="m", model_version=version)
+                numpy_to_infer_request_inputs({"x": np.ones(4, np.float32)}, request)
+                try:
+                    stub.ModelInfer(request, timeout=30)
+                    found[f"infer {version}"] = "OK"
+                except grpc.RpcError as exc:
+                    found[f"infer {version}"] = f"{exc.code().name}: {exc.details()}"
+            try:
+                stub.ModelMetadata(inference_pb2.ModelMetadataRequest(name="m", version="2"), timeout=30)
+                found["metadata 2"] = "OK"
+            except grpc.RpcError as exc:
+                found["metadata 2"] = exc.code().name
+        return found
+
+    async def body(endpoint: Any, target: str) -> Any:
+        return await asyncio.to_thread(calls, target)
+
+    found = with_slow_chain(body)
+    assert found["infer "] == "OK" and found["infer 1"] == "OK"
+    assert found["infer 2"] == "NOT_FOUND: model 'm' has no version '2'; this server serves version 1"
+    assert found["metadata 2"] == "NOT_FOUND"
