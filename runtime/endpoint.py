@@ -120,6 +120,18 @@ class Endpoint(
             properties=dict(self.model.properties),
         )
 
+    async def RepositoryIndex(self, request: Any, context: Any) -> inference_pb2.RepositoryIndexResponse:
+        """Triton's repository index: the one model this endpoint serves, READY while every stage is up."""
+        ready = all(self.stage_up)
+        down = [f"stage {i} ({self.model.stages[i][0]})" for i, up in enumerate(self.stage_up) if not up]
+        entry = inference_pb2.RepositoryIndexResponse.ModelIndex(
+            name=self.model.name,
+            version=self.model.version,
+            state="READY" if ready else "UNAVAILABLE",
+            reason="" if ready else f"{', '.join(down)} is down",
+        )
+        return inference_pb2.RepositoryIndexResponse(models=[] if request.ready and not ready else [entry])
+
     async def ModelInfer(self, request: Any, context: Any) -> inference_pb2.ModelInferResponse:
         """Run one request through the chain; every answer is counted by status code (`observed`)."""
         started = time.perf_counter()

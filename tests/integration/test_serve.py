@@ -134,6 +134,7 @@ TRITON_CLIENT = textwrap.dedent(
               "model_ready": client.is_model_ready(model)}
     meta = client.get_model_metadata(model, as_json=True)
     report["inputs"] = meta["inputs"]
+    report["index"] = client.get_model_repository_index(as_json=True).get("models", [])
     x = np.load(inputs_path)
     infer_input = grpcclient.InferInput("x", list(x.shape), "FP32")
     infer_input.set_data_from_numpy(x)
@@ -175,6 +176,7 @@ def test_triton_client_gets_onnxruntime_results(
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["live"] and report["ready"] and report["model_ready"]
     assert report["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["1", "3", "640", "640"]}]
+    assert report["index"] == [{"name": "big", "version": "1", "state": "READY"}]
     expected = run_model(str(model), {"x": x})["y"]
     got = np.load(tmp_path / "y.npy")
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4

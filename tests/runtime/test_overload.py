@@ -123,6 +123,8 @@ def test_a_version_the_endpoint_does_not_serve_is_not_found() -> None:
                 found["metadata 2"] = "OK"
             except grpc.RpcError as exc:
                 found["metadata 2"] = exc.code().name
+            index = stub.RepositoryIndex(inference_pb2.RepositoryIndexRequest(ready=True), timeout=30)
+            found["index"] = str([(m.name, m.version, m.state) for m in index.models])
         return found
 
     async def body(endpoint: Any, target: str) -> Any:
@@ -132,3 +134,4 @@ def test_a_version_the_endpoint_does_not_serve_is_not_found() -> None:
     assert found["infer "] == "OK" and found["infer 1"] == "OK"
     assert found["infer 2"] == "NOT_FOUND: model 'm' has no version '2'; this server serves version 1"
     assert found["metadata 2"] == "NOT_FOUND"
+    assert found["index"] == str([("m", "1", "READY")])
