@@ -1,5 +1,6 @@
 """Shared pieces of the serving benchmarks: a background event loop for servers, a raw loopback TCP echo
-server (the baseline a gRPC hop is compared with), and small timing and table helpers."""
+server (the baseline a gRPC hop is compared with), timed round trips through a stage worker's stream and
+through the echo server, and small timing and table helpers."""
 
 from __future__ import annotations
 
@@ -16,13 +17,19 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from nndeploy.runtime import shm
 from nndeploy.runtime.chain import serve_built_stage
 from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.links import open_channel
 from nndeploy.runtime.tls import TlsFiles
+from nndeploy.runtime.wire import Frame, process_stream
 from nndeploy.runtime.worker import Execute, StageSpec, serve_stage
 from nndeploy.targets.artifacts.manifest import StageBuild
 
 IO_TIMEOUT_S = 30.0  # any single request, reply, socket read or server start
+WARMUP = 3  # untimed requests before each measured series
 
 
 class ServerLoop:
@@ -198,6 +205,65 @@ class EchoServer:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+
+
+async def grpc_round_trips(
+    address: str, request: Frame, nbytes: int, count: int, tls: TlsFiles | None = None, shared: bool = False
+) -> list[float]:
+    """`count` timed round trips (after WARMUP) of `request` over one Process stream, sent and read with
+    the data plane's own codec (runtime.wire), as a worker's links do: over mutual TLS with `tls`; with
+    `shared`, the stream announces this host's shared memory, so both directions hand the tensor over in
+    a segment (runtime.shm; refused if the worker does not share it). ms each."""
+    channel = open_channel(address, tls)
+    try:
+        await asyncio.wait_for(channel.channel_ready(), IO_TIMEOUT_S)
+        call = process_stream(channel)(metadata=shm.metadata() if shared else ())
+        pool = None
+        if shared:
+            if not shm.shares_with(await asyncio.wait_for(call.initial_metadata(), IO_TIMEOUT_S)):
+                raise RuntimeError("the worker does not share this process's shared memory")
+            pool = shm.Pool()
+        times: list[float] = []
+        try:
+            for i in range(WARMUP + count):
+                started = time.perf_counter()
+                sent = request if pool is None else Frame(request.message, pool.place(request.tensors))
+                await asyncio.wait_for(call.write(sent), IO_TIMEOUT_S)
+                reply = await asyncio.wait_for(call.read(), IO_TIMEOUT_S)
+                elapsed = (time.perf_counter() - started) * 1e3
+                if reply is grpc.aio.EOF or not reply.message.ok:
+                    raise RuntimeError(f"worker replied {reply}")
+                if reply.nbytes != nbytes:
+                    raise RuntimeError("worker replied with a different number of bytes")
+                if i >= WARMUP:
+                    times.append(elapsed)
+            await call.done_writing()
+        finally:
+            call.cancel()
+            if pool is not None:
+                pool.close()
+        return times
+    finally:
+        await channel.close()
+
+
+def raw_round_trips(port: int, payload: bytes, count: int) -> list[float]:
+    """`count` timed round trips (after WARMUP) of `payload` through the echo server; ms each."""
+    header = struct.pack("<Q", len(payload))
+    back = memoryview(bytearray(len(payload)))
+    times: list[float] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(WARMUP + count):
+            started = time.perf_counter()
+            sock.sendall(header)
+            sock.sendall(payload)
+            if not recv_exact(sock, back):
+                raise RuntimeError("echo server closed the connection")
+            elapsed = (time.perf_counter() - started) * 1e3
+            if i >= WARMUP:
+                times.append(elapsed)
+    return times
 
 
 def median(values: list[float]) -> float:

@@ -38,8 +38,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
-import struct
 import sys
 import tempfile
 import time
@@ -52,32 +50,30 @@ import grpc
 import numpy as np
 
 from nndeploy.proto import stage_pb2
-from nndeploy.runtime import shm
 from nndeploy.runtime.chain import free_ports
 from nndeploy.runtime.client import Client, Metadata, random_tensor, run_bench
 from nndeploy.runtime.endpoint import ModelSpec
-from nndeploy.runtime.links import open_channel
-from nndeploy.runtime.tls import TlsFiles
-from nndeploy.runtime.wire import Frame, frame, process_stream
+from nndeploy.runtime.wire import frame
 from nndeploy.runtime.worker import Execute, StageSpec
 from nndeploy.types import TensorSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
-IO_TIMEOUT_S = 30.0  # any single request, reply, socket read or server start
-WARMUP = 3  # untimed requests before each measured series
 
 
 # --- the servers ------------------------------------------------------------------------------------------
 
 
 from bench_support import (  # noqa: E402  (the script folder is on sys.path)
+    IO_TIMEOUT_S,
+    WARMUP,
     EchoServer,
     ServerLoop,
     float_list,
+    grpc_round_trips,
     int_list,
     median,
-    recv_exact,
+    raw_round_trips,
     table,
     timed_ms,
 )
@@ -86,65 +82,6 @@ from bench_support import (  # noqa: E402  (the script folder is on sys.path)
 def identity(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The stage that returns its inputs."""
     return dict(inputs)
-
-
-async def grpc_round_trips(
-    address: str, request: Frame, nbytes: int, count: int, tls: TlsFiles | None = None, shared: bool = False
-) -> list[float]:
-    """`count` timed round trips (after WARMUP) of `request` over one Process stream, sent and read with
-    the data plane's own codec (runtime.wire), as a worker's links do: over mutual TLS with `tls`; with
-    `shared`, the stream announces this host's shared memory, so both directions hand the tensor over in
-    a segment (runtime.shm; refused if the worker does not share it). ms each."""
-    channel = open_channel(address, tls)
-    try:
-        await asyncio.wait_for(channel.channel_ready(), IO_TIMEOUT_S)
-        call = process_stream(channel)(metadata=shm.metadata() if shared else ())
-        pool = None
-        if shared:
-            if not shm.shares_with(await asyncio.wait_for(call.initial_metadata(), IO_TIMEOUT_S)):
-                raise RuntimeError("the worker does not share this process's shared memory")
-            pool = shm.Pool()
-        times: list[float] = []
-        try:
-            for i in range(WARMUP + count):
-                started = time.perf_counter()
-                sent = request if pool is None else Frame(request.message, pool.place(request.tensors))
-                await asyncio.wait_for(call.write(sent), IO_TIMEOUT_S)
-                reply = await asyncio.wait_for(call.read(), IO_TIMEOUT_S)
-                elapsed = (time.perf_counter() - started) * 1e3
-                if reply is grpc.aio.EOF or not reply.message.ok:
-                    raise RuntimeError(f"worker replied {reply}")
-                if reply.nbytes != nbytes:
-                    raise RuntimeError("worker replied with a different number of bytes")
-                if i >= WARMUP:
-                    times.append(elapsed)
-            await call.done_writing()
-        finally:
-            call.cancel()
-            if pool is not None:
-                pool.close()
-        return times
-    finally:
-        await channel.close()
-
-
-def raw_round_trips(port: int, payload: bytes, count: int) -> list[float]:
-    """`count` timed round trips (after WARMUP) of `payload` through the echo server; ms each."""
-    header = struct.pack("<Q", len(payload))
-    back = memoryview(bytearray(len(payload)))
-    times: list[float] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for i in range(WARMUP + count):
-            started = time.perf_counter()
-            sock.sendall(header)
-            sock.sendall(payload)
-            if not recv_exact(sock, back):
-                raise RuntimeError("echo server closed the connection")
-            elapsed = (time.perf_counter() - started) * 1e3
-            if i >= WARMUP:
-                times.append(elapsed)
-    return times
 
 
 def part_hops(args: argparse.Namespace) -> None:

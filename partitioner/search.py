@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,38 +103,36 @@ def solve(problem: Problem, objective: str) -> Solution | None:
     best = _min_latency(problem, tables, threshold=None)
     if best is None or objective == "latency":
         return best
-    low, high = 0.0, best.bottleneck_ms
-    if _feasible(problem, tables, 0.0):
-        high = 0.0
-    # Bisect the bottleneck to float resolution; the plan found at `high` is then optimal.
-    for _ in range(200):
-        mid = (low + high) / 2
-        if not low < mid < high:
-            break
-        if _feasible(problem, tables, mid):
-            high = mid
-        else:
-            low = mid
+    # The least bottleneck, to float resolution.
+    high = 0.0 if _feasible(problem, tables, 0.0) else best.bottleneck_ms
+    high = _smallest(0.0, high, lambda limit: _feasible(problem, tables, limit), rounds=200)
     widest = _min_latency(problem, tables, threshold=high * (1 + THROUGHPUT_MARGIN))
     if widest is None:
         return best
+
+    def reaches(limit: float) -> bool:
+        found = _min_latency(problem, tables, threshold=limit)
+        return found is not None and found.latency_ms <= widest.latency_ms * (1 + 1e-12)
+
     # Of the plans with that least latency, the one with the lowest bottleneck: the smallest threshold
     # that still reaches it (latency only falls as the threshold grows).
-    tight = _min_latency(problem, tables, threshold=high)
-    if tight is not None and tight.latency_ms <= widest.latency_ms * (1 + 1e-12):
-        return tight
-    low, chosen = high, widest
-    high = widest.bottleneck_ms
-    for _ in range(60):
+    if not reaches(high):
+        high = _smallest(high, widest.bottleneck_ms, reaches, rounds=60)
+    return _min_latency(problem, tables, threshold=high) or widest
+
+
+def _smallest(low: float, high: float, accepts: Callable[[float], bool], rounds: int) -> float:
+    """Bisect [low, high] (`accepts(high)` holds, and stays true above any accepted value) for the
+    smallest accepted value, to float resolution or `rounds` steps."""
+    for _ in range(rounds):
         mid = (low + high) / 2
         if not low < mid < high:
             break
-        found = _min_latency(problem, tables, threshold=mid)
-        if found is not None and found.latency_ms <= widest.latency_ms * (1 + 1e-12):
-            high, chosen = mid, found
+        if accepts(mid):
+            high = mid
         else:
             low = mid
-    return chosen
+    return high
 
 
 def brute_force(problem: Problem, objective: str) -> Solution | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -127,13 +128,12 @@ async def serve_built_stage(
 
     stop = stop or asyncio.Event()
     path, inputs, outputs = library
-    fields = {name: getattr(spec, name) for name in spec.__dataclass_fields__}
     with tempfile.TemporaryDirectory(prefix="nndeploy-emulated-tls-") as secrets:
         config = {
             "library": str(path.resolve()),
             "inputs": inputs,
             "outputs": outputs,
-            "spec": {**fields, "inputs": list(spec.inputs), "outputs": list(spec.outputs)},
+            "spec": dataclasses.asdict(spec),
             "port": port,
             "host": host,
             "tls": _write_tls(tls, Path(secrets)) if tls is not None else None,

@@ -227,19 +227,16 @@ def stage_figures(before: StageCounters, after: StageCounters) -> list[dict[str,
     rows = []
     for (stage, device), now in sorted(after.items(), key=lambda item: (int(item[0][0]), item[0][1])):
         then = before.get((stage, device), {})
-
-        def delta(name: str, now: dict[str, float] = now, then: dict[str, float] = then) -> float:
-            return now.get(name, 0.0) - then.get(name, 0.0)
-
-        count = delta("nndeploy_stage_requests_total")
-        compute = delta("nndeploy_stage_compute_seconds_total") * 1e3
-        transfer = delta("nndeploy_stage_transfer_seconds_total") * 1e3
+        delta = {name: value - then.get(name, 0.0) for name, value in now.items()}
+        count = delta.get("nndeploy_stage_requests_total", 0.0)
+        compute = delta.get("nndeploy_stage_compute_seconds_total", 0.0) * 1e3
+        transfer = delta.get("nndeploy_stage_transfer_seconds_total", 0.0) * 1e3
         rows.append(
             {
                 "stage": int(stage),
                 "device": device,
                 "requests": int(count),
-                "errors": int(delta("nndeploy_stage_errors_total")),
+                "errors": int(delta.get("nndeploy_stage_errors_total", 0.0)),
                 "compute_ms_per_request": compute / count if count else None,
                 "transfer_ms_per_request": transfer / count if count else None,
             }

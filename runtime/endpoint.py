@@ -122,13 +122,13 @@ class Endpoint(
 
     async def RepositoryIndex(self, request: Any, context: Any) -> inference_pb2.RepositoryIndexResponse:
         """Triton's repository index: the one model this endpoint serves, READY while every stage is up."""
-        ready = all(self.stage_up)
-        down = [f"stage {i} ({self.model.stages[i][0]})" for i, up in enumerate(self.stage_up) if not up]
+        down = self._down()
+        ready = not down
         entry = inference_pb2.RepositoryIndexResponse.ModelIndex(
             name=self.model.name,
             version=self.model.version,
             state="READY" if ready else "UNAVAILABLE",
-            reason="" if ready else f"{', '.join(down)} is down",
+            reason="" if ready else f"{down} is down",
         )
         return inference_pb2.RepositoryIndexResponse(models=[] if request.ready and not ready else [entry])
 
@@ -159,9 +159,9 @@ class Endpoint(
         problem = self._input_problem(arrays)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        if not all(self.stage_up):
-            down = [f"stage {i} ({self.model.stages[i][0]})" for i, up in enumerate(self.stage_up) if not up]
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{', '.join(down)} is down; retry shortly")
+        down = self._down()
+        if down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{down} is down; retry shortly")
         if self.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.closing}; retry shortly")
         if len(self.pending) >= self.model.max_in_flight:
@@ -325,6 +325,11 @@ class Endpoint(
                         )
                     )
                 )
+
+    def _down(self) -> str:
+        """The stages that are down now, in words ('' when every stage is up)."""
+        down = [f"stage {i} ({self.model.stages[i][0]})" for i, up in enumerate(self.stage_up) if not up]
+        return ", ".join(down)
 
     async def _check_model(self, name: str, context: Any, version: str = "") -> None:
         """NOT_FOUND for another model, or a version of it this server does not serve ('' = any)."""

@@ -20,19 +20,21 @@ from nndeploy.proto import stage_pb2
 from nndeploy.runtime.links import CHANNEL_OPTIONS
 from nndeploy.runtime.wire import Frame, frame, process_stream
 from nndeploy.runtime.worker import StageSpec, serve_stage
+from nndeploy.types import HopCost
 
 SMALL_BYTES = 1 << 10
 LARGE_MIB = 4
 TIMEOUT_S = 30.0
 
 
-def measure_hop(rounds: int = 20) -> tuple[float, float]:
-    """(fixed ms per message, ms per MiB) of one data-plane hop on this host, medians of `rounds` round
-    trips of each size (worker and client share one event loop, as one host's processes share its CPUs)."""
+def measure_hop(rounds: int = 20) -> HopCost:
+    """The fixed ms per message and ms per MiB of one data-plane hop on this host, medians of `rounds`
+    round trips of each size (worker and client share one event loop, as one host's processes share its
+    CPUs)."""
     small, large = asyncio.run(_measure(rounds))
     fixed = statistics.median(small) / 2
     per_mib = max(0.0, (statistics.median(large) / 2 - fixed) / (LARGE_MIB - SMALL_BYTES / (1 << 20)))
-    return fixed, per_mib
+    return HopCost(fixed, per_mib)
 
 
 async def _measure(rounds: int) -> tuple[list[float], list[float]]:

@@ -55,7 +55,6 @@ def profile(
     from nndeploy.targets.devices.cluster import load_cluster
     from nndeploy.targets.devices.measured import find_profile, write_measured_profile
     from nndeploy.targets.measure.profiling import profile_host, why_not_measurable
-    from nndeploy.types import HopCost
 
     the_cluster = load_cluster(cluster, profiles)
     runnable: dict[str, list[str]] = {}
@@ -101,7 +100,7 @@ def profile(
             )
         )
     out.print("[dim]measuring a data-plane hop (loopback gRPC stream) ...[/]")
-    calibration = Calibration(fits, HopCost(*measure_hop()))
+    calibration = Calibration(fits, measure_hop())
     files.append(calibration.write(output))
     devices = {name: tuple(names) for name, names in runnable.items()}
     return ProfileResult(calibration, tuple(files), measured, skipped, devices)

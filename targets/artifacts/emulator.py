@@ -270,13 +270,19 @@ def setup_emulator(arch: str = "aarch64", log: Callable[[str], None] = print) ->
     return ready
 
 
+def _python_command(emulator: Emulator, path: str) -> tuple[list[str], dict[str, str]]:
+    """qemu's command line up to the emulated python (its PYTHONPATH `path`), and the host environment
+    without the variables that would point the emulated python at the host's libraries."""
+    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
+    return [str(emulator.qemu), "-L", str(emulator.root), "-E", f"PYTHONPATH={path}"], env
+
+
 def run_in_emulator(
     emulator: Emulator, args: Sequence[str], timeout: float, cwd: str | Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the emulated python with `args` (e.g. a script and its arguments); output is captured."""
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
+    cmd, env = _python_command(emulator, str(emulator.site))
     env.update(PYTHONNOUSERSITE="1", PYTHONPATH=str(emulator.site))
-    cmd = [str(emulator.qemu), "-L", str(emulator.root), "-E", f"PYTHONPATH={emulator.site}"]
     try:
         return subprocess.run(
             [*cmd, str(emulator.python), *map(str, args)],
@@ -294,9 +300,7 @@ def run_in_emulator(
 def start_rpc_server(emulator: Emulator, host: str, port: int, timeout: float = 300) -> subprocess.Popen[str]:
     """TVM's RPC server running under the emulator on host:port, once it listens (stop it with
     `.terminate()`); EmulatorError if it does not come up within `timeout` seconds."""
-
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
-    cmd = [str(emulator.qemu), "-L", str(emulator.root), "-E", f"PYTHONPATH={emulator.site}"]
+    cmd, env = _python_command(emulator, str(emulator.site))
     server = subprocess.Popen(
         [*cmd, str(emulator.python), "-P", str(RPC_SERVER), host, str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -352,9 +356,7 @@ def start_worker(
             for file in source.glob(pattern):
                 shutil.copy2(file, target / file.name)
     (overlay / "config.json").write_text(json.dumps(config))
-    path = f"{emulator.site}:{overlay}"
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
-    cmd = [str(emulator.qemu), "-L", str(emulator.root), "-E", f"PYTHONPATH={path}"]
+    cmd, env = _python_command(emulator, f"{emulator.site}:{overlay}")
     worker = subprocess.Popen(
         [*cmd, str(emulator.python), str(WORKER), str(overlay / "config.json")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

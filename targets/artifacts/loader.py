@@ -40,8 +40,7 @@ def _why_not(artifact: Artifact) -> str | None:
         return None
     if artifact.target.get("kind") == "cuda":
         return cuda_problem()
-    triple = str(artifact.target.get("mtriple", ""))
-    if triple.startswith("aarch64") and not platform.machine().startswith("aarch64"):
+    if _emulated(artifact):
         from nndeploy.targets.artifacts.emulator import find_emulator
 
         if find_emulator("aarch64") is None:
@@ -55,14 +54,17 @@ def _why_not(artifact: Artifact) -> str | None:
     return None
 
 
+def _emulated(artifact: Artifact) -> bool:
+    """Whether this machine runs `artifact` under the aarch64 emulator (built for aarch64, run elsewhere)."""
+    triple = str(artifact.target.get("mtriple", ""))
+    return triple.startswith("aarch64") and not platform.machine().startswith("aarch64")
+
+
 def emulated_library(build_dir: Path, entry: StageBuild) -> tuple[Path, list[str], list[str]] | None:
     """For a stage this machine runs under the aarch64 emulator as one TVM library: the library (sha256
     checked) and its main's inputs and outputs by name; None for any other stage."""
     artifact = entry.artifact
-    if artifact is None or artifact.parts or artifact.fallback:
-        return None
-    triple = str(artifact.target.get("mtriple", ""))
-    if not triple.startswith("aarch64") or platform.machine().startswith("aarch64"):
+    if artifact is None or artifact.parts or artifact.fallback or not _emulated(artifact):
         return None
     path = _verified(build_dir, artifact)
     return path, [spec.name for spec in artifact.inputs], [spec.name for spec in artifact.outputs]
@@ -123,8 +125,7 @@ def _run_one(
     names = [spec.name for spec in artifact.outputs]
     if artifact.fallback == "onnxruntime":
         return _run_onnxruntime(path, artifact.sha256, inputs, names, repeats)
-    triple = str(artifact.target.get("mtriple", ""))
-    if triple.startswith("aarch64") and not platform.machine().startswith("aarch64"):
+    if _emulated(artifact):
         from nndeploy.targets.artifacts.emulator import find_emulator, run_artifact_emulated
 
         emulator = find_emulator("aarch64")
