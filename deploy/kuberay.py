@@ -19,6 +19,7 @@ from typing import Any
 from nndeploy.deploy.options import (
     BUILD_MOUNT,
     ENDPOINT_PORT,
+    HTTP_PORT,
     METRICS_PORT,
     DeployOptions,
     image_for,
@@ -88,11 +89,14 @@ def _head_group(options: DeployOptions) -> dict[str, Any]:
             "0.0.0.0",
             "--port",
             str(ENDPOINT_PORT),
+            "--http-port",
+            str(HTTP_PORT),
             "--metrics-port",
             str(METRICS_PORT),
         ],
         "ports": [
             {"name": "grpc", "containerPort": ENDPOINT_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         # The endpoint serves grpc.health.v1; it starts once every device's worker has joined the cluster.
@@ -178,7 +182,8 @@ def stage_devices(plan: dict[str, Any], manifest: dict[str, Any]) -> list[dict[s
 
 def render_kuberay(plan: dict[str, Any], manifest: dict[str, Any], options: DeployOptions) -> list[dict]:
     """The objects to apply on a cluster with the KubeRay operator: RayCluster `<name>` and Service
-    `<name>-serve` (KServe v2 gRPC on 8001, metrics on 9001) in front of the head pod's serve container.
+    `<name>-serve` (KServe v2 gRPC on 8001, HTTP/REST on 8000, metrics on 9001) in front of the head pod's
+    serve container.
     The build folder must be on `options.artifacts_pvc`, readable from every device's node (ReadOnlyMany or
     ReadWriteMany)."""
     name = dns_label(options.name)
@@ -213,6 +218,7 @@ def render_kuberay(plan: dict[str, Any], manifest: dict[str, Any], options: Depl
             "selector": {"ray.io/cluster": name, "ray.io/node-type": "head"},
             "ports": [
                 {"name": "grpc", "port": ENDPOINT_PORT, "targetPort": "grpc", "appProtocol": "grpc"},
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "appProtocol": "http"},
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
             ],
         },

@@ -19,6 +19,7 @@ from nndeploy.deploy.options import (
     CONFIG_MOUNT,
     ENDPOINT_PORT,
     ENDPOINT_TLS_MOUNT,
+    HTTP_PORT,
     MAX_NAME,
     METRICS_PORT,
     SINK_PORT,
@@ -304,7 +305,7 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
     """Deployment, Service and NetworkPolicy of the KServe v2 endpoint."""
     name, component = endpoint_name(options), "endpoint"
     command = ["nndeploy", "endpoint", BUILD_MOUNT, "--host", "0.0.0.0", "--port", str(ENDPOINT_PORT)]
-    command += ["--metrics-port", str(METRICS_PORT)]
+    command += ["--http-port", str(HTTP_PORT), "--metrics-port", str(METRICS_PORT)]
     separate_sink = bool(options.tls_secret or options.endpoint_tls_secret)
     sink_port = SINK_PORT if separate_sink else ENDPOINT_PORT
     command += ["--advertise", service_dns(name, options, sink_port)]
@@ -327,13 +328,14 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
         command += ["--stage", service_dns(stage_name(options, index), options, WORKER_PORT)]
     source = next(d for d in plan["cluster"]["devices"] if d["name"] == plan["cluster"]["source"])
     image = endpoint_image(options, source)
-    ready = {"tcpSocket" if options.endpoint_tls_secret else "grpc": {"port": ENDPOINT_PORT}}
+    ready = _endpoint_readiness(options)
     container = {
         "name": "endpoint",
         "image": image,
         "command": command,
         "ports": [
             {"name": "grpc", "containerPort": ENDPOINT_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
             *([{"name": "sink", "containerPort": SINK_PORT, "protocol": "TCP"}] if separate_sink else []),
         ],
@@ -341,7 +343,9 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
         "volumeMounts": shared_mounts() + tls_mounts(options) + endpoint_secret_mounts(options),
         # Health is SERVING only while every stage is up: right for readiness; liveness only checks the
         # process answers (a stage restarting must not restart the endpoint too). The kubelet's gRPC probe
-        # speaks no TLS: with TLS on the client port, readiness checks the port is open instead.
+        # speaks no TLS: with TLS on the client port, readiness asks the HTTPS port's /v2/health/ready
+        # (the kubelet does not check the certificate) unless client certificates are required, then it
+        # checks the port is open.
         "readinessProbe": {**ready, "periodSeconds": 5, "initialDelaySeconds": 2},
         "livenessProbe": {
             "tcpSocket": {"port": ENDPOINT_PORT},
@@ -365,7 +369,12 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
             "podSelector": {"matchLabels": selector(options, component)},
             "policyTypes": ["Ingress"],
             "ingress": [
-                {"ports": [{"protocol": "TCP", "port": ENDPOINT_PORT}]},
+                {
+                    "ports": [
+                        {"protocol": "TCP", "port": ENDPOINT_PORT},
+                        {"protocol": "TCP", "port": HTTP_PORT},
+                    ]
+                },
                 {
                     "from": [{"podSelector": {"matchLabels": selector(options, last)}}],
                     "ports": [{"protocol": "TCP", "port": sink_port}],
@@ -383,12 +392,23 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
             None,
             [
                 ("grpc", ENDPOINT_PORT),
+                ("http", HTTP_PORT),
                 ("metrics", METRICS_PORT),
                 *([("sink", SINK_PORT)] if separate_sink else []),
             ],
         ),
         policy,
     ]
+
+
+def _endpoint_readiness(options: DeployOptions) -> dict[str, Any]:
+    """The endpoint's readiness check: gRPC health in plaintext, HTTPS /v2/health/ready with TLS, the
+    port alone when clients need certificates (the kubelet has none)."""
+    if not options.endpoint_tls_secret:
+        return {"grpc": {"port": ENDPOINT_PORT}}
+    if options.client_certs:
+        return {"tcpSocket": {"port": ENDPOINT_PORT}}
+    return {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT, "scheme": "HTTPS"}}
 
 
 def shared_objects(

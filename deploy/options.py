@@ -10,6 +10,7 @@ from nndeploy.errors import NNDeployError
 
 WORKER_PORT = 50051
 ENDPOINT_PORT = 8001
+HTTP_PORT = 8000  # the endpoint's KServe v2 HTTP/REST port
 METRICS_PORT = 9001
 SINK_PORT = 8002  # with TLS: where stages deliver results to the endpoint, over mutual TLS
 TLS_MOUNT = "/etc/nndeploy-tls"

@@ -8,6 +8,7 @@ from nndeploy.deploy.options import (
     BUILD_MOUNT,
     CONFIG_MOUNT,
     ENDPOINT_PORT,
+    HTTP_PORT,
     METRICS_PORT,
     SINK_PORT,
     WORKER_PORT,
@@ -24,7 +25,8 @@ def readme(options: DeployOptions, files: dict[str, list[dict[str, Any]]]) -> st
 Objects: {", ".join(files)} and kustomization.yaml. Namespace `{ns}`.
 Each of the {len(stages)} stage(s) is a Deployment + ClusterIP Service (`{name}-stage-<i>`, port
 {WORKER_PORT}) running `nndeploy worker /build --stage <i>`, wired to the next stage's Service;
-`{name}-endpoint` serves KServe v2 gRPC on {ENDPOINT_PORT} (metrics on {METRICS_PORT}).
+`{name}-endpoint` serves KServe v2 gRPC on {ENDPOINT_PORT} and HTTP/REST on {HTTP_PORT} (metrics on
+{METRICS_PORT}).
 
 ## 1. Put the build folder on the volume
 
@@ -60,14 +62,16 @@ kubectl apply -k .
 kubectl -n {ns} rollout status deploy/{name}-endpoint
 kubectl -n {ns} port-forward svc/{name}-endpoint {ENDPOINT_PORT}:{ENDPOINT_PORT} &
 nndeploy infer localhost:{ENDPOINT_PORT}
+kubectl -n {ns} port-forward svc/{name}-endpoint {HTTP_PORT}:{HTTP_PORT} &
+curl -i localhost:{HTTP_PORT}/v2/health/ready && curl localhost:{HTTP_PORT}/v2
 ```
 
 Stages are pinned to their devices' nodes by `nodeSelector` (the cluster.yaml `labels`); GPU stages ask
 for `nvidia.com/gpu: 1` (NVIDIA device plugin) and tolerate the `nvidia.com/gpu` taint. NetworkPolicies
 let each stage accept traffic only from its upstream stage (stage 0: from the endpoint) and from the
-endpoint (health and stats); the endpoint accepts clients on {ENDPOINT_PORT} and metrics scrapes on
-{METRICS_PORT}. Between pods, gRPC is plaintext unless deployed with `--tls-secret NAME`: then every worker
-and the endpoint's result sink (port {SINK_PORT}) use mutual TLS with the Secret's tls.crt, tls.key and
-ca.crt (the certificate's SANs must cover `*.<namespace>.svc.cluster.local`). Check the folder offline with
-`nndeploy deploy --check .`.
+endpoint (health and stats); the endpoint accepts clients on {ENDPOINT_PORT} (gRPC) and {HTTP_PORT} (HTTP)
+and metrics scrapes on {METRICS_PORT}. Between pods, gRPC is plaintext unless deployed with
+`--tls-secret NAME`: then every worker and the endpoint's result sink (port {SINK_PORT}) use mutual TLS
+with the Secret's tls.crt, tls.key and ca.crt (the certificate's SANs must cover
+`*.<namespace>.svc.cluster.local`). Check the folder offline with `nndeploy deploy --check .`.
 """

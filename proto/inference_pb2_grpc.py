@@ -66,6 +66,16 @@ class GRPCInferenceServiceStub:
                 request_serializer=nndeploy_dot_proto_dot_inference__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=nndeploy_dot_proto_dot_inference__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=nndeploy_dot_proto_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=nndeploy_dot_proto_dot_inference__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=nndeploy_dot_proto_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=nndeploy_dot_proto_dot_inference__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
                 request_serializer=nndeploy_dot_proto_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
@@ -119,6 +129,20 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """Triton's extension: the configuration of one model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStatistics(self, request, context):
+        """Triton's extension: what one model (or every model) has done since the server started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RepositoryIndex(self, request, context):
         """Triton's extension: every model the server has, with its version and state.
         """
@@ -158,6 +182,16 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=nndeploy_dot_proto_dot_inference__pb2.ModelInferRequest.FromString,
                     response_serializer=nndeploy_dot_proto_dot_inference__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=nndeploy_dot_proto_dot_inference__pb2.ModelConfigRequest.FromString,
+                    response_serializer=nndeploy_dot_proto_dot_inference__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=nndeploy_dot_proto_dot_inference__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=nndeploy_dot_proto_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
@@ -328,6 +362,60 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             nndeploy_dot_proto_dot_inference__pb2.ModelInferRequest.SerializeToString,
             nndeploy_dot_proto_dot_inference__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            nndeploy_dot_proto_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+            nndeploy_dot_proto_dot_inference__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            nndeploy_dot_proto_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+            nndeploy_dot_proto_dot_inference__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

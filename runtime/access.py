@@ -9,7 +9,9 @@ and the stages' result sink is guarded by mutual TLS between stages (`--tls-dir`
 from __future__ import annotations
 
 import hmac
+import ssl
 import stat
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,23 @@ class ServerAccess:
             root_certificates=self.client_ca,
             require_client_auth=self.client_ca is not None,
         )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The HTTP port's TLS context (None: plaintext): the same certificate, key and client CA."""
+        if self.cert is None or self.key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        # load_cert_chain reads files only: write the PEMs to a private temporary folder for the call.
+        with tempfile.TemporaryDirectory() as folder:
+            cert, key = Path(folder, "tls.crt"), Path(folder, "tls.key")
+            cert.write_bytes(self.cert)
+            key.touch(mode=0o600)
+            key.write_bytes(self.key)
+            context.load_cert_chain(cert, key)
+        if self.client_ca is not None:
+            context.load_verify_locations(cadata=self.client_ca.decode())
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """The token check, when a token is set."""

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +38,52 @@ from nndeploy.runtime.tensors import (
     request_inputs_to_numpy,
 )
 from nndeploy.runtime.tls import TlsFiles, stage_identity
+from nndeploy.runtime.triton_model import Statistics, model_config
 from nndeploy.runtime.wire import Frame, frame, sink_handler
 from nndeploy.types import TensorSpec
 
 STATUS = {code.name: code for code in grpc.StatusCode}
+
+
+class Refused(Exception):
+    """A request the endpoint answers with an error: a gRPC status code name and a one-line message
+    (runtime.http maps the code to an HTTP status)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _ns(seconds: float) -> int:
+    return max(int(seconds * 1e9), 0)
+
+
+def _shorter(a: float | None, b: float | None) -> float | None:
+    """The smaller of two optional timeouts (None: no limit)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
+def timeout_parameter(parameters: Any) -> float | None:
+    """Triton's per-request `timeout` parameter (microseconds; an InferParameter map or JSON parameters)
+    in seconds, if the request sets a positive one."""
+    if not parameters or "timeout" not in parameters:
+        return None
+    value = parameters["timeout"]
+    if hasattr(value, "int64_param"):
+        value = value.int64_param or value.uint64_param
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return value / 1e6
+
+
+@dataclass(frozen=True)
+class Request:
+    """One inference request, decoded from either protocol."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...] = ()  # the outputs wanted; () = all
+    timeout_s: float | None = None  # the client's own limit (its deadline, Triton's `timeout` parameter)
 
 
 @dataclass(frozen=True)
@@ -77,6 +119,7 @@ class Endpoint(
         self.stage_up = [True] * len(model.stages)
         self.stats: list[stage_pb2.StageStats | None] = [None] * len(model.stages)
         self.observed = Observed(model.name, [device for device, _ in model.stages])
+        self.statistics = Statistics()
         self.watcher: asyncio.Task[None] | None = None
         self._channels: list[grpc.aio.Channel] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -105,6 +148,10 @@ class Endpoint(
     async def ModelMetadata(self, request: Any, context: Any) -> inference_pb2.ModelMetadataResponse:
         """Inputs and outputs with KServe datatypes and shapes."""
         await self._check_model(request.name, context, request.version)
+        return self.metadata()
+
+    def metadata(self) -> inference_pb2.ModelMetadataResponse:
+        """The served model's metadata (both protocols answer with it)."""
         meta = inference_pb2.ModelMetadataResponse.TensorMetadata
         return inference_pb2.ModelMetadataResponse(
             name=self.model.name,
@@ -120,9 +167,35 @@ class Endpoint(
             properties=dict(self.model.properties),
         )
 
+    async def ModelConfig(self, request: Any, context: Any) -> inference_pb2.ModelConfigResponse:
+        """Triton's model configuration of the served model."""
+        await self._check_model(request.name, context, request.version)
+        return inference_pb2.ModelConfigResponse(config=self.config())
+
+    def config(self) -> inference_pb2.ModelConfig:
+        """Triton's model configuration: tensors, batching and each stage's device."""
+        return model_config(self.model.name, self.model.inputs, self.model.outputs, self.model.stages)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> inference_pb2.ModelStatisticsResponse:
+        """Triton's statistics of the served model (an empty name: of every model, the one served)."""
+        if request.name:
+            await self._check_model(request.name, context, request.version)
+        return self.model_statistics()
+
+    def model_statistics(self) -> inference_pb2.ModelStatisticsResponse:
+        """The served model's statistics since the endpoint started."""
+        return inference_pb2.ModelStatisticsResponse(
+            model_stats=[self.statistics.proto(self.model.name, self.model.version)]
+        )
+
     async def RepositoryIndex(self, request: Any, context: Any) -> inference_pb2.RepositoryIndexResponse:
-        """Triton's repository index: the one model this endpoint serves, READY while every stage is up."""
-        down = self._down()
+        """Triton's repository index: the one model this endpoint serves."""
+        return self.repository_index(request.ready)
+
+    def repository_index(self, ready_only: bool = False) -> inference_pb2.RepositoryIndexResponse:
+        """The one model this endpoint serves, READY while every stage is up (else UNAVAILABLE, naming the
+        stages that are down); none with `ready_only` while a stage is down."""
+        down = self.down()
         ready = not down
         entry = inference_pb2.RepositoryIndexResponse.ModelIndex(
             name=self.model.name,
@@ -130,48 +203,88 @@ class Endpoint(
             state="READY" if ready else "UNAVAILABLE",
             reason="" if ready else f"{down} is down",
         )
-        return inference_pb2.RepositoryIndexResponse(models=[] if request.ready and not ready else [entry])
+        return inference_pb2.RepositoryIndexResponse(models=[] if ready_only and not ready else [entry])
 
     async def ModelInfer(self, request: Any, context: Any) -> inference_pb2.ModelInferResponse:
-        """Run one request through the chain; every answer is counted by status code (`observed`)."""
-        started = time.perf_counter()
-        try:
-            response = await self._infer(request, context)
-        except asyncio.CancelledError:  # the client went away, or its deadline passed
-            remaining = context.time_remaining()
-            self.observed.answered(
-                "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+        """Run one request through the chain (see `infer`)."""
+        deadline_s = context.time_remaining()
+
+        def decode() -> Request:
+            return Request(
+                request_inputs_to_numpy(request),
+                tuple(o.name for o in request.outputs),
+                _shorter(deadline_s, timeout_parameter(request.parameters)),
             )
-            raise
-        except BaseException:  # context.abort raises after setting the code; anything else is INTERNAL
-            code = context.code()
-            self.observed.answered(code.name if isinstance(code, grpc.StatusCode) else "INTERNAL")
-            raise
-        self.observed.answered("OK", time.perf_counter() - started)
+
+        try:
+            outputs = await self.infer(request.model_name, request.model_version, decode)
+        except Refused as refused:
+            await context.abort(STATUS.get(refused.code, grpc.StatusCode.INTERNAL), refused.message)
+        response = inference_pb2.ModelInferResponse(
+            model_name=self.model.name, model_version=self.model.version, id=request.id
+        )
+        numpy_to_infer_response_outputs(outputs, response)
         return response
 
-    async def _infer(self, request: Any, context: Any) -> inference_pb2.ModelInferResponse:
-        await self._check_model(request.model_name, context, request.model_version)
+    async def infer(self, name: str, version: str, decode: Callable[[], Request]) -> dict[str, np.ndarray]:
+        """Check the model, decode the request (`decode` raises ValueError for a malformed one), run it
+        through the chain within its timeout (at most the model's) and return the outputs it wants. Every
+        answer is counted by gRPC status code (`observed`) and in Triton's statistics; a refusal raises
+        Refused, a client gone raises CancelledError."""
+        started = time.perf_counter()
+        timeout = self.model.timeout_s
         try:
-            arrays = request_inputs_to_numpy(request)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            self.check_model(name, version)
+            try:
+                request = decode()
+            except ValueError as exc:
+                raise Refused("INVALID_ARGUMENT", str(exc)) from None
+            decoded = time.perf_counter()
+            if request.timeout_s is not None:
+                timeout = min(timeout, request.timeout_s)
+            outputs, timings, extracted_s = await self._run(request.inputs, request.outputs, timeout)
+        except Refused as refused:
+            self.observed.answered(refused.code)
+            self.statistics.failed(_ns(time.perf_counter() - started))
+            raise
+        except asyncio.CancelledError:  # the client went away, or its deadline passed
+            expired = time.perf_counter() - started >= timeout
+            self.observed.answered("DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            self.statistics.failed(_ns(time.perf_counter() - started))
+            raise
+        total_s = time.perf_counter() - started
+        self.observed.answered("OK", total_s)
+        queue_ns = sum(_ns(t.queue_ms / 1e3) for t in timings)
+        compute_ns = sum(_ns(t.compute_ms / 1e3) for t in timings)
+        input_ns, output_ns = _ns(decoded - started), _ns(extracted_s)
+        self.statistics.succeeded(_ns(total_s), queue_ns, input_ns, compute_ns, output_ns)
+        self.statistics.executed(1, input_ns, compute_ns, output_ns)
+        return outputs
+
+    async def _run(
+        self, arrays: dict[str, np.ndarray], wanted: Sequence[str], timeout: float
+    ) -> tuple[dict[str, np.ndarray], Sequence[Any], float]:
+        """The chain's outputs for one request, its stage timings and the seconds spent reading the
+        result; Refused for anything the client or the chain got wrong."""
         problem = self._input_problem(arrays)
         if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        down = self._down()
+            raise Refused("INVALID_ARGUMENT", problem)
+        wanted = list(wanted) or [t.name for t in self.model.outputs]
+        names = [t.name for t in self.model.outputs]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise Refused("INVALID_ARGUMENT", f"unknown output(s) {unknown}; the model's outputs are {names}")
+        down = self.down()
         if down:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{down} is down; retry shortly")
+            raise Refused("UNAVAILABLE", f"{down} is down; retry shortly")
         if self.closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.closing}; retry shortly")
+            raise Refused("UNAVAILABLE", f"{self.closing}; retry shortly")
         if len(self.pending) >= self.model.max_in_flight:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise Refused(
+                "RESOURCE_EXHAUSTED",
                 f"{len(self.pending)} requests in flight, the endpoint's limit (--max-in-flight); "
                 "retry shortly",
             )
-        remaining = context.time_remaining()
-        timeout = min(self.model.timeout_s, remaining) if remaining is not None else self.model.timeout_s
         request_id = uuid.uuid4().hex
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
@@ -199,10 +312,10 @@ class Endpoint(
             remaining_s = timeout - (time.perf_counter() - started)
             delivered = await asyncio.wait_for(future, max(remaining_s, 0.0) if not future.done() else None)
         except PeerUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"stage 0 is unreachable: {exc}")
+            raise Refused("UNAVAILABLE", f"stage 0 is unreachable: {exc}") from None
         except TimeoutError:
             await self._cancel_downstream(request_id)
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no result within {timeout:.1f} s")
+            raise Refused("DEADLINE_EXCEEDED", f"no result within {timeout:.1f} s") from None
         except asyncio.CancelledError:  # the client cancelled: stop the chain working on it
             if sending is not None:
                 sending.cancel()
@@ -212,23 +325,17 @@ class Endpoint(
             self.pending.pop(request_id, None)
         reply = delivered.message
         if not reply.ok:
-            await context.abort(STATUS.get(reply.error_code, grpc.StatusCode.INTERNAL), reply.error)
+            raise Refused(reply.error_code if reply.error_code in STATUS else "INTERNAL", reply.error)
         self.observed.stage_times(reply.timings)
+        reading = time.perf_counter()
         try:
             outputs = delivered.arrays()
         except ValueError as exc:
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"stage {reply.stage} sent a malformed result: {exc}"
-            )
-        wanted = [o.name for o in request.outputs] or [t.name for t in self.model.outputs]
+            raise Refused("INTERNAL", f"stage {reply.stage} sent a malformed result: {exc}") from None
         missing = [name for name in wanted if name not in outputs]
         if missing:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output(s) {missing}")
-        response = inference_pb2.ModelInferResponse(
-            model_name=self.model.name, model_version=self.model.version, id=request.id
-        )
-        numpy_to_infer_response_outputs({name: outputs[name] for name in wanted}, response)
-        return response
+            raise Refused("INTERNAL", f"the last stage sent no output(s) {missing}")
+        return {name: outputs[name] for name in wanted}, reply.timings, time.perf_counter() - reading
 
     async def _cancel_downstream(self, request_id: str) -> None:
         """Tell the chain to drop `request_id` (best effort: a dead stage 0 has nothing to drop)."""
@@ -326,20 +433,25 @@ class Endpoint(
                     )
                 )
 
-    def _down(self) -> str:
+    def down(self) -> str:
         """The stages that are down now, in words ('' when every stage is up)."""
         down = [f"stage {i} ({self.model.stages[i][0]})" for i, up in enumerate(self.stage_up) if not up]
         return ", ".join(down)
 
     async def _check_model(self, name: str, context: Any, version: str = "") -> None:
-        """NOT_FOUND for another model, or a version of it this server does not serve ('' = any)."""
+        """`check_model`, answered with gRPC's NOT_FOUND."""
+        try:
+            self.check_model(name, version)
+        except Refused as refused:
+            await context.abort(grpc.StatusCode.NOT_FOUND, refused.message)
+
+    def check_model(self, name: str, version: str = "") -> None:
+        """Refused NOT_FOUND for another model, or a version of it this server does not serve ('' = any)."""
         if name != self.model.name:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"unknown model '{name}'; this server serves '{self.model.name}'"
-            )
+            raise Refused("NOT_FOUND", f"unknown model '{name}'; this server serves '{self.model.name}'")
         if version and version != self.model.version:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
+            raise Refused(
+                "NOT_FOUND",
                 f"model '{name}' has no version '{version}'; this server serves version {self.model.version}",
             )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from nndeploy.runtime.access import ServerAccess
 from nndeploy.runtime.chain import free_ports, model_spec, stage_specs
 from nndeploy.runtime.endpoint import Endpoint, ModelSpec, start_endpoint
+from nndeploy.runtime.http import HttpLimits, HttpServer, start_http
 from nndeploy.runtime.metrics import start_metrics_server
 from nndeploy.runtime.ray_cluster import RayStages, ServeError
 from nndeploy.runtime.tls import TlsFiles
@@ -29,6 +30,7 @@ class Serving:
     endpoint: str
     metrics: str | None
     pids: list[int]
+    http: str | None = None
 
 
 async def serve_build(
@@ -46,9 +48,10 @@ async def serve_build(
     max_in_flight: int = 256,
     max_request_bytes: int | None = None,
     on_event: Callable[[str], None] | None = None,
+    http_port: int | None = None,
 ) -> None:
     """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM; `on_event` hears of
-    stages that went down for good."""
+    stages that went down for good. `http_port` (None: no HTTP) also serves the KServe v2 REST API."""
     problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
     if problems:
         raise ServeError("cannot serve this build here: " + "; ".join(problems))
@@ -57,6 +60,7 @@ async def serve_build(
     ray_stages = RayStages(address=ray_address)
     server = None
     metrics = None
+    http = None
     try:
         ray_stages.start(sorted({s.device for s in plan.stages}))
         by_device = ray_stages.device_hosts([s.device for s in plan.stages])
@@ -77,6 +81,8 @@ async def serve_build(
         server, endpoint, bound = await start_endpoint(
             model, port, host, access=access, max_request_bytes=max_request_bytes
         )
+        if http_port is not None:
+            http = await start_http(endpoint, http_port, host, access, _limits(max_request_bytes))
         if metrics_port is not None:
             metrics = start_metrics_server(endpoint, metrics_port, host)
         if on_ready is not None:
@@ -86,6 +92,7 @@ async def serve_build(
                     f"{host}:{bound}",
                     f"http://{host}:{metrics.server_port}/metrics" if metrics else None,
                     pids,
+                    _http_url(host, http, access),
                 )
             )
         watchers = [
@@ -99,6 +106,8 @@ async def serve_build(
         if server is not None:
             await endpoint.close("the server is shutting down")  # answered UNAVAILABLE, not cut off
             await server.stop(grace=2.0)
+        if http is not None:
+            await http.stop()
         if metrics is not None:
             metrics.shutdown()
         if ray_stages.head_lost:
@@ -188,8 +197,10 @@ async def serve_endpoint(
     access: ServerAccess | None = None,
     max_in_flight: int = 256,
     max_request_bytes: int | None = None,
+    http_port: int | None = None,
 ) -> None:
-    """The endpoint alone, in front of workers started elsewhere, until SIGINT/SIGTERM."""
+    """The endpoint alone, in front of workers started elsewhere, until SIGINT/SIGTERM; `http_port`
+    (None: no HTTP) also serves the KServe v2 REST API."""
     if len(stage_addresses) != len(plan.stages):
         raise ServeError(
             f"the plan has {len(plan.stages)} stages; got {len(stage_addresses)} --stage addresses"
@@ -206,14 +217,32 @@ async def serve_endpoint(
         access=access,
         max_request_bytes=max_request_bytes,
     )
-    metrics = start_metrics_server(endpoint, metrics_port, host) if metrics_port is not None else None
+    http = None
+    metrics = None
     try:
+        if http_port is not None:
+            http = await start_http(endpoint, http_port, host, access, _limits(max_request_bytes))
+        metrics = start_metrics_server(endpoint, metrics_port, host) if metrics_port is not None else None
         await stop.wait()
     finally:
         await endpoint.close("the server is shutting down")
         await server.stop(grace=2.0)
+        if http is not None:
+            await http.stop()
         if metrics is not None:
             metrics.shutdown()
+
+
+def _limits(max_request_bytes: int | None) -> HttpLimits:
+    return HttpLimits(max_request_bytes) if max_request_bytes is not None else HttpLimits()
+
+
+def _http_url(host: str, http: HttpServer | None, access: ServerAccess | None) -> str | None:
+    """Where the REST API listens, as a URL (None: no HTTP)."""
+    if http is None:
+        return None
+    scheme = "https" if access is not None and access.tls else "http"
+    return f"{scheme}://{host}:{http.port}"
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

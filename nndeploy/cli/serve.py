@@ -33,6 +33,10 @@ MaxRequestMb = Annotated[
         "--max-request-mb", min=0.001, help="Largest request in MiB; larger get RESOURCE_EXHAUSTED."
     ),
 ]
+HttpPort = Annotated[
+    int, typer.Option("--http-port", min=0, help="KServe v2 HTTP/REST port (0: any free port).")
+]
+NoHttp = Annotated[bool, typer.Option("--no-http", help="Serve gRPC only (no HTTP/REST port).")]
 TlsCa = Annotated[
     Path | None, typer.Option("--tls-ca", help="PEM CA that signed the server's certificate: use TLS.")
 ]
@@ -69,8 +73,11 @@ def serve_command(
     auth_token_file: AuthTokenFile = None,
     max_in_flight: MaxInFlight = 256,
     max_request_mb: MaxRequestMb = 1024.0,
+    http_port: HttpPort = 8000,
+    no_http: NoHttp = False,
 ) -> None:
-    """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint (Ctrl-C stops)."""
+    """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint, gRPC and
+    HTTP/REST (Ctrl-C stops)."""
     from nndeploy.runtime.access import server_access
     from nndeploy.runtime.serve import Serving, serve_build
 
@@ -88,6 +95,8 @@ def serve_command(
         out.print(table)
         secured = _security_words(access)
         out.print(f"KServe v2 gRPC endpoint listening on {serving.endpoint}{secured}", highlight=False)
+        if serving.http:
+            out.print(f"KServe v2 HTTP/REST endpoint listening on {serving.http}{secured}", highlight=False)
         if serving.metrics:
             out.print(f"Prometheus metrics on {serving.metrics}", highlight=False)
         out.print("press Ctrl-C to stop", highlight=False)
@@ -106,6 +115,7 @@ def serve_command(
             max_in_flight=max_in_flight,
             max_request_bytes=int(max_request_mb * (1 << 20)),
             on_event=lambda message: err.print(f"[yellow]warning:[/] {message}", highlight=False),
+            http_port=None if no_http else http_port,
         )
     )
     out.print("stopped; all stage workers shut down")
@@ -306,14 +316,18 @@ def endpoint_command(
     auth_token_file: AuthTokenFile = None,
     max_in_flight: MaxInFlight = 256,
     max_request_mb: MaxRequestMb = 1024.0,
+    http_port: HttpPort = 8000,
+    no_http: NoHttp = False,
 ) -> None:
-    """Run the KServe v2 endpoint in front of stage workers started elsewhere (Kubernetes)."""
+    """Run the KServe v2 endpoint (gRPC and HTTP/REST) in front of stage workers started elsewhere
+    (Kubernetes)."""
     from nndeploy.runtime.access import server_access
     from nndeploy.runtime.serve import serve_endpoint
 
     access = server_access(tls_cert, tls_key, client_ca, auth_token_file)
     _, plan = read_build(build_dir)
-    out.print(f"endpoint on {host}:{port} in front of {', '.join(stages)}", highlight=False)
+    http = "" if no_http else f", HTTP/REST on {host}:{http_port}"
+    out.print(f"endpoint on {host}:{port}{http} in front of {', '.join(stages)}", highlight=False)
     from nndeploy.runtime.tls import load_tls
 
     tls = load_tls(tls_dir)
@@ -330,6 +344,7 @@ def endpoint_command(
             access=access,
             max_in_flight=max_in_flight,
             max_request_bytes=int(max_request_mb * (1 << 20)),
+            http_port=None if no_http else http_port,
         )
     )
 

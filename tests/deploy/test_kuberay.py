@@ -99,10 +99,10 @@ def test_every_example_cluster_renders_a_valid_raycluster(plans, cluster: str) -
     assert head["containers"][0]["name"] == "ray-head"  # KubeRay adds `ray start --head` to the first
     serve = next(c for c in head["containers"] if c["name"] == "serve")
     assert serve["args"][:4] == ["serve", "/build", "--address", "auto"]
-    assert {"0.0.0.0", "8001"} <= set(serve["args"])
+    assert {"0.0.0.0", "8001", "8000"} <= set(serve["args"])
     (service,) = others
     assert service["kind"] == "Service" and service["spec"]["selector"]["ray.io/cluster"] == "camera-cnn"
-    assert {p["port"] for p in service["spec"]["ports"]} == {8001, 9001}
+    assert {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 9001}
 
 
 def test_gpu_cluster_has_a_gpu_group(plans) -> None:

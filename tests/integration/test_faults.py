@@ -290,7 +290,7 @@ def _session_processes(session: int) -> list[int]:
 
 def test_serve_exits_in_one_line_when_rays_head_is_gone(build: tuple[Path, Path]) -> None:
     port, metrics = free_ports(2)
-    serve = _start("serve", str(build[1]), "--port", str(port), "--metrics-port", str(metrics))
+    serve = _start("serve", str(build[1]), "--port", str(port), "--metrics-port", str(metrics), "--no-http")
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and nndeploy("infer", f"127.0.0.1:{port}").returncode != 0:
@@ -353,7 +353,7 @@ def test_a_corrupted_artifact_under_ray_is_reported_and_no_answer_is_served(
     copy = tmp_path / "build"
     shutil.copytree(build[1], copy)
     port, metrics = free_ports(2)
-    serve = _start("serve", str(copy), "--port", str(port), "--metrics-port", str(metrics))
+    serve = _start("serve", str(copy), "--port", str(port), "--metrics-port", str(metrics), "--no-http")
     lines: dict[str, list[str]] = {"out": [], "err": []}
 
     def collect(stream: object, into: list[str]) -> None:

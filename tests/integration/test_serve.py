@@ -45,7 +45,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 class Server:
     """`nndeploy serve` in a subprocess, with the stage table it printed."""
 
-    def __init__(self, build_dir: Path, port: int, metrics_port: int) -> None:
+    def __init__(self, build_dir: Path, port: int, metrics_port: int, http_port: int) -> None:
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -57,6 +57,8 @@ class Server:
                 str(port),
                 "--metrics-port",
                 str(metrics_port),
+                "--http-port",
+                str(http_port),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -66,6 +68,7 @@ class Server:
         self.address = f"127.0.0.1:{port}"
         self.pids: list[int] = []
         self.metrics = ""
+        self.http = ""
         self.output: list[str] = []
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -78,8 +81,8 @@ class Server:
                 self.pids.append(int(match.group(2)))
             if "Prometheus metrics on" in line:
                 self.metrics = line.split(" on ", 1)[1].strip()
-            if "listening on" in line:
-                continue
+            if "HTTP/REST endpoint listening on" in line:
+                self.http = line.split(" on ", 1)[1].split()[0]
             if "press Ctrl-C" in line:
                 return
         self.stop()
@@ -101,8 +104,8 @@ class Server:
 def server(build: tuple[Path, Path]):
     from nndeploy.runtime.chain import free_ports
 
-    port, metrics_port = free_ports(2)
-    running = Server(build[1], port, metrics_port)
+    port, metrics_port, http_port = free_ports(3)
+    running = Server(build[1], port, metrics_port, http_port)
     yield running
     assert running.stop() == 0
     deadline = time.monotonic() + 20  # Ray reaps its workers asynchronously after shutdown
@@ -126,20 +129,33 @@ TRITON_CLIENT = textwrap.dedent(
     import json, sys
     import numpy as np
     import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    address, model, inputs_path, outputs_path = sys.argv[1:5]
+    address, model, inputs_path, outputs_path, http_url = sys.argv[1:6]
     client = grpcclient.InferenceServerClient(address)
     report = {"live": client.is_server_live(), "ready": client.is_server_ready(),
               "model_ready": client.is_model_ready(model)}
     meta = client.get_model_metadata(model, as_json=True)
     report["inputs"] = meta["inputs"]
     report["index"] = client.get_model_repository_index(as_json=True).get("models", [])
+    config = client.get_model_config(model, as_json=True)["config"]
+    report["config"] = [config["platform"], config["input"][0]["dims"], config["parameters"]["stages"]]
     x = np.load(inputs_path)
     infer_input = grpcclient.InferInput("x", list(x.shape), "FP32")
     infer_input.set_data_from_numpy(x)
     result = client.infer(model, [infer_input])
     np.save(outputs_path, result.as_numpy("y"))
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    report["grpc_successes"] = int(stats["inference_stats"]["success"]["count"])
+    http = httpclient.InferenceServerClient(http_url.split("://", 1)[1])
+    http_input = httpclient.InferInput("x", list(x.shape), "FP32")
+    http_input.set_data_from_numpy(x)
+    http_y = http.infer(model, [http_input]).as_numpy("y")
+    report["http_same"] = bool(np.array_equal(http_y, result.as_numpy("y")))
+    http_stats = http.get_inference_statistics(model)["model_stats"][0]
+    report["http_successes"] = http_stats["inference_stats"]["success"]["count"]
+    report["http_config"] = http.get_model_config(model)["parameters"]["stages"]["string_value"]
     bad = grpcclient.InferInput("x", [1, 3, 64, 64], "FP32")
     bad.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
     try:
@@ -167,6 +183,7 @@ def test_triton_client_gets_onnxruntime_results(
             "big",
             str(tmp_path / "x.npy"),
             str(tmp_path / "y.npy"),
+            server.http,
         ],
         capture_output=True,
         text=True,
@@ -177,6 +194,10 @@ def test_triton_client_gets_onnxruntime_results(
     assert report["live"] and report["ready"] and report["model_ready"]
     assert report["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["1", "3", "640", "640"]}]
     assert report["index"] == [{"name": "big", "version": "1", "state": "READY"}]
+    stages = str(len(server.pids))
+    assert report["config"] == ["nndeploy", ["1", "3", "640", "640"], {"string_value": stages}]
+    assert report["grpc_successes"] == 1 and report["http_successes"] == 2  # the HTTP request counted too
+    assert report["http_same"] and report["http_config"] == stages
     expected = run_model(str(model), {"x": x})["y"]
     got = np.load(tmp_path / "y.npy")
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
@@ -289,7 +310,7 @@ def test_x86_plus_emulated_aarch64_pipeline_serves_onnxruntime_results(
     devices = [s["device"] for s in json.loads(plan.read_text())["stages"]]
     assert devices == ["camera", "server"]  # aarch64 Raspberry Pi stage, then x86
     assert nndeploy("compile", plan, "-o", tmp_path / "build").returncode == 0
-    running = Server(tmp_path / "build", *free_ports(2))
+    running = Server(tmp_path / "build", *free_ports(3))
     try:
         x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
         np.save(tmp_path / "x.npy", x)
@@ -308,6 +329,7 @@ def test_x86_plus_emulated_aarch64_pipeline_serves_onnxruntime_results(
                 "camera_cnn",
                 str(tmp_path / "x.npy"),
                 str(tmp_path / "y.npy"),
+                running.http,
             ],
             capture_output=True,
             text=True,

@@ -66,6 +66,87 @@ def number(message: type, field: str) -> int:
     return message.DESCRIPTOR.fields_by_name[field].number
 
 
+# Triton's numbers for its model configuration and statistics extensions (model_config.proto and
+# grpc_service.proto); tritonclient decodes by these numbers.
+_pb = inference_pb2
+# Triton's DataType, by value.
+TRITON_DATA_TYPES = (
+    "INVALID",
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "STRING",
+    "BF16",
+)
+TRITON_EXTENSION_FIELDS = {
+    (_pb.ModelConfigRequest, "name"): 1,
+    (_pb.ModelConfigRequest, "version"): 2,
+    (_pb.ModelConfigResponse, "config"): 1,
+    (_pb.ModelConfig, "name"): 1,
+    (_pb.ModelConfig, "platform"): 2,
+    (_pb.ModelConfig, "backend"): 17,
+    (_pb.ModelConfig, "max_batch_size"): 4,
+    (_pb.ModelConfig, "input"): 5,
+    (_pb.ModelConfig, "output"): 6,
+    (_pb.ModelConfig, "dynamic_batching"): 11,
+    (_pb.ModelConfig, "parameters"): 14,
+    (_pb.ModelInput, "name"): 1,
+    (_pb.ModelInput, "data_type"): 2,
+    (_pb.ModelInput, "format"): 3,
+    (_pb.ModelInput, "dims"): 4,
+    (_pb.ModelOutput, "name"): 1,
+    (_pb.ModelOutput, "data_type"): 2,
+    (_pb.ModelOutput, "dims"): 3,
+    (_pb.ModelDynamicBatching, "preferred_batch_size"): 1,
+    (_pb.ModelDynamicBatching, "max_queue_delay_microseconds"): 2,
+    (_pb.ModelParameter, "string_value"): 1,
+    (_pb.ModelStatisticsRequest, "name"): 1,
+    (_pb.ModelStatisticsRequest, "version"): 2,
+    (_pb.ModelStatisticsResponse, "model_stats"): 1,
+    (_pb.ModelStatistics, "name"): 1,
+    (_pb.ModelStatistics, "version"): 2,
+    (_pb.ModelStatistics, "last_inference"): 3,
+    (_pb.ModelStatistics, "inference_count"): 4,
+    (_pb.ModelStatistics, "execution_count"): 5,
+    (_pb.ModelStatistics, "inference_stats"): 6,
+    (_pb.ModelStatistics, "batch_stats"): 7,
+    (_pb.ModelStatistics, "memory_usage"): 8,
+    (_pb.ModelStatistics, "response_stats"): 9,
+    (_pb.InferStatistics, "success"): 1,
+    (_pb.InferStatistics, "fail"): 2,
+    (_pb.InferStatistics, "queue"): 3,
+    (_pb.InferStatistics, "compute_input"): 4,
+    (_pb.InferStatistics, "compute_infer"): 5,
+    (_pb.InferStatistics, "compute_output"): 6,
+    (_pb.InferStatistics, "cache_hit"): 7,
+    (_pb.InferStatistics, "cache_miss"): 8,
+    (_pb.InferBatchStatistics, "batch_size"): 1,
+    (_pb.InferBatchStatistics, "compute_input"): 2,
+    (_pb.InferBatchStatistics, "compute_infer"): 3,
+    (_pb.InferBatchStatistics, "compute_output"): 4,
+    (_pb.StatisticDuration, "count"): 1,
+    (_pb.StatisticDuration, "ns"): 2,
+    (_pb.MemoryUsage, "type"): 1,
+    (_pb.MemoryUsage, "id"): 2,
+    (_pb.MemoryUsage, "byte_size"): 3,
+    (_pb.InferResponseStatistics, "compute_infer"): 1,
+    (_pb.InferResponseStatistics, "compute_output"): 2,
+    (_pb.InferResponseStatistics, "success"): 3,
+    (_pb.InferResponseStatistics, "fail"): 4,
+    (_pb.InferResponseStatistics, "empty_response"): 5,
+    (_pb.InferResponseStatistics, "cancel"): 6,
+}
+
+
 def test_inference_proto_matches_the_open_inference_protocol() -> None:
     assert inference_pb2_grpc.GRPCInferenceServiceStub and inference_pb2_grpc.GRPCInferenceServiceServicer
     service = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -77,7 +158,16 @@ def test_inference_proto_matches_the_open_inference_protocol() -> None:
         "ServerMetadata",
         "ModelMetadata",
         "ModelInfer",
+        "ModelConfig",
+        "ModelStatistics",
+        "RepositoryIndex",
     }
+    for method, request_type, response_type in (
+        ("ModelConfig", "ModelConfigRequest", "ModelConfigResponse"),
+        ("ModelStatistics", "ModelStatisticsRequest", "ModelStatisticsResponse"),
+    ):
+        rpc = service.methods_by_name[method]
+        assert (rpc.input_type.name, rpc.output_type.name) == (request_type, response_type)
     request, response = inference_pb2.ModelInferRequest, inference_pb2.ModelInferResponse
     expected = {
         (request, "model_name"): 1,
@@ -99,8 +189,13 @@ def test_inference_proto_matches_the_open_inference_protocol() -> None:
         (inference_pb2.ServerMetadataResponse, "extensions"): 3,
         (inference_pb2.ModelReadyRequest, "version"): 2,
     }
-    for (message, field), num in expected.items():
+    for (message, field), num in {**expected, **TRITON_EXTENSION_FIELDS}.items():
         assert number(message, field) == num, f"{message.DESCRIPTOR.full_name}.{field}"
+    data_types = {v.name: v.number for v in inference_pb2.DataType.DESCRIPTOR.values}
+    assert data_types == {f"TYPE_{name}": value for value, name in enumerate(TRITON_DATA_TYPES)}
+    assert inference_pb2.ModelConfig.DESCRIPTOR.fields_by_name["dynamic_batching"].containing_oneof.name == (
+        "scheduling_choice"
+    )
 
 
 def test_stage_and_health_services() -> None:
@@ -249,6 +344,10 @@ from concurrent import futures
 import grpc
 from nndeploy.proto import inference_pb2 as pb, inference_pb2_grpc
 from nndeploy.runtime.tensors import numpy_to_infer_response_outputs, request_inputs_to_numpy
+from nndeploy.runtime.triton_model import Statistics, model_config
+from nndeploy.types import TensorSpec
+
+SPEC = TensorSpec("INPUT0", (8, 3, 224, 224), "float32")
 
 Meta = pb.ModelMetadataResponse.TensorMetadata
 
@@ -278,6 +377,15 @@ class Echo(inference_pb2_grpc.GRPCInferenceServiceServicer):
         response = pb.ModelInferResponse(model_name="echo", model_version="1", id=request.id)
         numpy_to_infer_response_outputs({"OUTPUT0": inputs["INPUT0"] * 2}, response)
         return response
+    def ModelConfig(self, request, context):
+        config = model_config("echo", [SPEC], [SPEC], [("cpu0", "127.0.0.1:1")], max_batch_size=8,
+                              batch_delay_ms=1.5)
+        return pb.ModelConfigResponse(config=config)
+    def ModelStatistics(self, request, context):
+        stats = Statistics()
+        stats.executed(2, 10, 20, 30)
+        stats.succeeded(100, 5, 10, 20, 30, batch_size=2)
+        return pb.ModelStatisticsResponse(model_stats=[stats.proto("echo", "1")])
 
 limit = 64 * 1024 * 1024
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[
@@ -306,6 +414,13 @@ assert client.get_server_metadata(client_timeout=10).name == "nndeploy-test"
 meta = client.get_model_metadata("echo", client_timeout=10)
 assert meta.name == "echo" and list(meta.versions) == ["1"], meta
 assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("INPUT0", "FP32", [-1, 3, 224, 224])]
+
+config = client.get_model_config("echo", client_timeout=10).config
+assert (config.name, config.max_batch_size, list(config.input[0].dims)) == ("echo", 8, [3, 224, 224]), config
+assert config.dynamic_batching.max_queue_delay_microseconds == 1500, config
+stats = client.get_inference_statistics("echo", client_timeout=10).model_stats[0]
+assert (stats.inference_count, stats.execution_count, stats.inference_stats.success.ns) == (2, 1, 100), stats
+assert client.get_inference_statistics("echo", as_json=True)["model_stats"][0]["name"] == "echo"
 
 x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
 inp = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
