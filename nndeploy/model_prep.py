@@ -157,6 +157,7 @@ def _bind(
     if batch is not None and batch <= 0:
         raise ModelError(f"{name}: batch must be positive, got {batch}")
     problems, hints, first_dim_dynamic = [], [], False
+    declared = {vi.name: value_dims(vi) for vi in inputs}
     for vi in inputs:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type"):
@@ -183,6 +184,13 @@ def _bind(
     if problems:
         tail = " (or --batch N for the first dim)" if first_dim_dynamic else ""
         raise ModelError(f"{name}: {'; '.join(problems)}; pass {' '.join(hints)}{tail}")
+    if any(value_dims(vi) != declared[vi.name] for vi in inputs):
+        # Outputs declared for the file's own input shapes (an exported batch of 1) would contradict the
+        # bound ones: forget their dims, so shape inference derives them from the bound inputs.
+        for out in model.graph.output:
+            if out.type.HasField("tensor_type") and out.type.tensor_type.HasField("shape"):
+                for dim in out.type.tensor_type.shape.dim:
+                    dim.Clear()
 
 
 def bind_input_shapes(

@@ -23,7 +23,13 @@ from nndeploy.runtime.endpoint import ModelSpec
 from nndeploy.runtime.tls import TlsFiles
 from nndeploy.runtime.worker import Execute, StageSpec, serve_stage
 from nndeploy.targets.artifacts.loader import emulated_library, run_artifact, start_emulated_worker
-from nndeploy.targets.artifacts.manifest import Manifest, StageBuild, checked_artifact_path
+from nndeploy.targets.artifacts.manifest import (
+    Manifest,
+    StageBuild,
+    batch_builds,
+    checked_artifact_path,
+    read_manifest,
+)
 from nndeploy.types import Plan
 
 
@@ -48,6 +54,9 @@ def model_spec(
     timeout_s: float = 60.0,
     max_in_flight: int = 256,
     manifest: Manifest | None = None,
+    max_batch: int = 0,
+    batch_delay_ms: float = 0.0,
+    batch_sizes: tuple[int, ...] = (),
 ) -> ModelSpec:
     """What the endpoint serves: the model's name (its file's stem), inputs, outputs and first hop, and
     as metadata properties the executor of every stage and the nodes that run on onnxruntime, with why
@@ -61,7 +70,44 @@ def model_spec(
         timeout_s=timeout_s,
         max_in_flight=max_in_flight,
         properties=tuple(executor_properties(plan, manifest).items()),
+        max_batch=max_batch,
+        batch_delay_ms=batch_delay_ms,
+        batch_sizes=batch_sizes,
     )
+
+
+def built_batch_sizes(build_dir: Path, plan: Plan, manifest: Manifest, max_batch: int) -> tuple[int, ...]:
+    """The batch sizes a build can run (the plan's and `compile --batch-sizes`'), checked for dynamic
+    batching up to `max_batch`: every model input and output must carry the batch as its first dimension
+    in every build, one of them must hold `max_batch`, and no stage may run under the emulator (its
+    worker loads one build). A one-line ServeError otherwise."""
+    from nndeploy.runtime.ray_cluster import ServeError
+
+    builds = {plan.batch: manifest} | {b: sub for b, (_, sub) in batch_builds(build_dir, manifest).items()}
+    sizes = tuple(sorted(builds))
+    if max_batch > sizes[-1]:
+        raise ServeError(
+            f"--max-batch {max_batch}: the build's largest batch size is {sizes[-1]} (it has {list(sizes)}); "
+            f"compile with --batch-sizes ...,{max_batch} or lower --max-batch"
+        )
+    for batch, built in builds.items():
+        first, last = built.stages[0].artifact, built.stages[-1].artifact
+        if first is None or last is None:
+            raise ServeError(f"the batch {batch} build has a stage without an artifact; compile again")
+        for tensor in (*first.inputs, *last.outputs):
+            if not tensor.shape or tensor.shape[0] != batch:
+                raise ServeError(
+                    f"--max-batch: tensor '{tensor.name}' has shape {list(tensor.shape)} in the batch "
+                    f"{batch} build, not the batch first; this model cannot be batched (serve without "
+                    "--max-batch)"
+                )
+    emulated = [e.stage for e in manifest.stages if emulated_library(build_dir, e) is not None]
+    if emulated:
+        raise ServeError(
+            f"--max-batch: stage {emulated[0]} runs under the aarch64 emulator here, which serves one batch "
+            "size; serve without --max-batch (on a real aarch64 host the stage runs natively and batches)"
+        )
+    return sizes
 
 
 def executor_properties(plan: Plan, manifest: Manifest | None) -> dict[str, str]:
@@ -89,6 +135,34 @@ def executor_properties(plan: Plan, manifest: Manifest | None) -> dict[str, str]
         properties[f"stage_{stage.index}_executor"] = executor
     properties["onnxruntime_nodes"] = json.dumps(nodes)
     return properties
+
+
+def batched_executor(build_dir: Path, entry: StageBuild) -> Execute:
+    """`artifact_executor` over every batch size the build has (`compile --batch-sizes`): each request
+    runs on the artifact built for its input shapes; shapes no artifact was built for are a ValueError
+    naming the sizes there are."""
+    manifest = read_manifest(build_dir)
+    builds = [(build_dir, entry)] + [
+        (folder, next(e for e in sub.stages if e.stage == entry.stage))
+        for folder, sub in batch_builds(build_dir, manifest).values()
+    ]
+    if len(builds) == 1:
+        return artifact_executor(build_dir, entry)
+    by_shapes: dict[tuple[tuple[str, tuple[int, ...]], ...], Execute] = {}
+    for folder, built in builds:
+        if built.artifact is not None:
+            key = tuple(sorted((t.name, tuple(t.shape)) for t in built.artifact.inputs))
+            by_shapes[key] = artifact_executor(folder, built)
+
+    def execute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        key = tuple(sorted((name, tuple(array.shape)) for name, array in inputs.items()))
+        run = by_shapes.get(key)
+        if run is None:
+            built = "; ".join(str(dict(shapes)) for shapes in by_shapes)
+            raise ValueError(f"stage {entry.stage} has no build for input shapes {dict(key)}; it has {built}")
+        return run(inputs)
+
+    return execute
 
 
 def artifact_executor(build_dir: Path, entry: StageBuild) -> Execute:
@@ -121,7 +195,7 @@ async def serve_built_stage(
     process. EmulatorError if the emulated worker dies, so a supervisor (Ray) starts the stage again."""
     library = emulated_library(build_dir, entry)
     if library is None:
-        execute = artifact_executor(build_dir, entry)
+        execute = batched_executor(build_dir, entry)
         await serve_stage(spec, execute, port, host=host, ready=ready, stop=stop, tls=tls)
         return
     from nndeploy.errors import EmulatorError

@@ -73,8 +73,13 @@ class Client:
             if not name and exc.code() == grpc.StatusCode.NOT_FOUND and "serves '" in (exc.details() or ""):
                 return self.metadata((exc.details() or "").split("serves '")[1].split("'")[0])
             raise ClientError(f"{self.target}: {exc.code().name}: {exc.details()}") from None
+        # A variable dimension (-1: the batch of a batching endpoint) gets 1: one sample per request.
         return Metadata(
-            meta.name, {t.name: (kserve_to_dtype(t.datatype), tuple(t.shape)) for t in meta.inputs}
+            meta.name,
+            {
+                t.name: (kserve_to_dtype(t.datatype), tuple(d if d >= 0 else 1 for d in t.shape))
+                for t in meta.inputs
+            },
         )
 
     def inputs_from_files(self, meta: Metadata, items: list[str]) -> dict[str, np.ndarray]:

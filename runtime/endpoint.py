@@ -29,6 +29,7 @@ from nndeploy.proto import (
 )
 from nndeploy.runtime import shm
 from nndeploy.runtime.access import ServerAccess
+from nndeploy.runtime.batcher import Batcher
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port, open_channel
 from nndeploy.runtime.malloc import keep_large_buffers
 from nndeploy.runtime.observed import Observed
@@ -101,6 +102,11 @@ class ModelSpec:
     max_in_flight: int = 256
     # Free-form metadata properties: which executor runs each stage, which nodes run on onnxruntime.
     properties: tuple[tuple[str, str], ...] = ()
+    # Dynamic batching (0: off): requests of 1..max_batch samples (first dimension) arriving within
+    # batch_delay_ms run as one batch, padded to the smallest of the build's batch_sizes that holds it.
+    max_batch: int = 0
+    batch_delay_ms: float = 0.0
+    batch_sizes: tuple[int, ...] = ()
 
 
 class Endpoint(
@@ -120,6 +126,11 @@ class Endpoint(
         self.stats: list[stage_pb2.StageStats | None] = [None] * len(model.stages)
         self.observed = Observed(model.name, [device for device, _ in model.stages])
         self.statistics = Statistics()
+        self.batcher = (
+            Batcher(self._chain, model.max_batch, model.batch_delay_ms / 1e3, model.batch_sizes, self._ran)
+            if model.max_batch > 0
+            else None
+        )
         self.watcher: asyncio.Task[None] | None = None
         self._channels: list[grpc.aio.Channel] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -153,15 +164,21 @@ class Endpoint(
     def metadata(self) -> inference_pb2.ModelMetadataResponse:
         """The served model's metadata (both protocols answer with it)."""
         meta = inference_pb2.ModelMetadataResponse.TensorMetadata
+        batched = self.model.max_batch > 0
+
+        def shape(spec: TensorSpec) -> list[int]:  # with batching, any batch up to max_batch: -1
+            return [-1, *spec.shape[1:]] if batched else list(spec.shape)
+
         return inference_pb2.ModelMetadataResponse(
             name=self.model.name,
             versions=[self.model.version],
             platform="nndeploy_pipeline",
             inputs=[
-                meta(name=t.name, datatype=dtype_to_kserve(t.dtype), shape=t.shape) for t in self.model.inputs
+                meta(name=t.name, datatype=dtype_to_kserve(t.dtype), shape=shape(t))
+                for t in self.model.inputs
             ],
             outputs=[
-                meta(name=t.name, datatype=dtype_to_kserve(t.dtype), shape=t.shape)
+                meta(name=t.name, datatype=dtype_to_kserve(t.dtype), shape=shape(t))
                 for t in self.model.outputs
             ],
             properties=dict(self.model.properties),
@@ -174,7 +191,15 @@ class Endpoint(
 
     def config(self) -> inference_pb2.ModelConfig:
         """Triton's model configuration: tensors, batching and each stage's device."""
-        return model_config(self.model.name, self.model.inputs, self.model.outputs, self.model.stages)
+        return model_config(
+            self.model.name,
+            self.model.inputs,
+            self.model.outputs,
+            self.model.stages,
+            self.model.max_batch,
+            self.model.batch_delay_ms,
+            self.model.batch_sizes if self.model.max_batch > 0 else (),
+        )
 
     async def ModelStatistics(self, request: Any, context: Any) -> inference_pb2.ModelStatisticsResponse:
         """Triton's statistics of the served model (an empty name: of every model, the one served)."""
@@ -242,7 +267,7 @@ class Endpoint(
             decoded = time.perf_counter()
             if request.timeout_s is not None:
                 timeout = min(timeout, request.timeout_s)
-            outputs, timings, extracted_s = await self._run(request.inputs, request.outputs, timeout)
+            outputs, ran, waited_s = await self._run(request.inputs, request.outputs, timeout)
         except Refused as refused:
             self.observed.answered(refused.code)
             self.statistics.failed(_ns(time.perf_counter() - started))
@@ -254,18 +279,30 @@ class Endpoint(
             raise
         total_s = time.perf_counter() - started
         self.observed.answered("OK", total_s)
-        queue_ns = sum(_ns(t.queue_ms / 1e3) for t in timings)
+        timings, extracted_s = ran
+        queue_ns = _ns(waited_s) + sum(_ns(t.queue_ms / 1e3) for t in timings)
         compute_ns = sum(_ns(t.compute_ms / 1e3) for t in timings)
         input_ns, output_ns = _ns(decoded - started), _ns(extracted_s)
-        self.statistics.succeeded(_ns(total_s), queue_ns, input_ns, compute_ns, output_ns)
-        self.statistics.executed(1, input_ns, compute_ns, output_ns)
+        samples = int(next(iter(request.inputs.values())).shape[0]) if self.batcher is not None else 1
+        self.statistics.succeeded(_ns(total_s), queue_ns, input_ns, compute_ns, output_ns, samples)
+        if self.batcher is None:  # batches are counted as they run (`_ran`)
+            self.statistics.executed(1, input_ns, compute_ns, output_ns)
+            self.observed.batch(1)
         return outputs
+
+    def _ran(self, samples: int, ran: tuple[Sequence[Any], float], assembled_s: float) -> None:
+        """One batch went through the chain: Triton's execution statistics and the batch-size histogram."""
+        timings, extracted_s = ran
+        compute_ns = sum(_ns(t.compute_ms / 1e3) for t in timings)
+        self.statistics.executed(samples, _ns(assembled_s), compute_ns, _ns(extracted_s))
+        self.observed.batch(samples)
 
     async def _run(
         self, arrays: dict[str, np.ndarray], wanted: Sequence[str], timeout: float
-    ) -> tuple[dict[str, np.ndarray], Sequence[Any], float]:
-        """The chain's outputs for one request, its stage timings and the seconds spent reading the
-        result; Refused for anything the client or the chain got wrong."""
+    ) -> tuple[dict[str, np.ndarray], tuple[Sequence[Any], float], float]:
+        """The `wanted` outputs for one request, the chain's report (stage timings, seconds spent reading
+        the result) and the seconds it waited for a batch; Refused for anything the client or the chain
+        got wrong."""
         problem = self._input_problem(arrays)
         if problem:
             raise Refused("INVALID_ARGUMENT", problem)
@@ -279,12 +316,30 @@ class Endpoint(
             raise Refused("UNAVAILABLE", f"{down} is down; retry shortly")
         if self.closing:
             raise Refused("UNAVAILABLE", f"{self.closing}; retry shortly")
-        if len(self.pending) >= self.model.max_in_flight:
+        in_flight = self.batcher.in_flight if self.batcher is not None else len(self.pending)
+        if in_flight >= self.model.max_in_flight:
             raise Refused(
                 "RESOURCE_EXHAUSTED",
-                f"{len(self.pending)} requests in flight, the endpoint's limit (--max-in-flight); "
-                "retry shortly",
+                f"{in_flight} requests in flight, the endpoint's limit (--max-in-flight); retry shortly",
             )
+        if self.batcher is None:
+            outputs, ran = await self._chain(arrays, timeout)
+            waited_s = 0.0
+        else:
+            try:
+                outputs, ran, waited_s = await self.batcher.submit(arrays, timeout)
+            except TimeoutError:
+                raise Refused("DEADLINE_EXCEEDED", f"no result within {timeout:.1f} s") from None
+        missing = [name for name in wanted if name not in outputs]
+        if missing:
+            raise Refused("INTERNAL", f"the last stage sent no output(s) {missing}")
+        return {name: outputs[name] for name in wanted}, ran, waited_s
+
+    async def _chain(
+        self, arrays: dict[str, np.ndarray], timeout: float
+    ) -> tuple[dict[str, np.ndarray], tuple[Sequence[Any], float]]:
+        """Send `arrays` through the chain and wait (at most `timeout`) for the last stage's outputs;
+        returns them and (stage timings, seconds spent reading the result)."""
         request_id = uuid.uuid4().hex
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
@@ -332,10 +387,7 @@ class Endpoint(
             outputs = delivered.arrays()
         except ValueError as exc:
             raise Refused("INTERNAL", f"stage {reply.stage} sent a malformed result: {exc}") from None
-        missing = [name for name in wanted if name not in outputs]
-        if missing:
-            raise Refused("INTERNAL", f"the last stage sent no output(s) {missing}")
-        return {name: outputs[name] for name in wanted}, reply.timings, time.perf_counter() - reading
+        return outputs, (reply.timings, time.perf_counter() - reading)
 
     async def _cancel_downstream(self, request_id: str) -> None:
         """Tell the chain to drop `request_id` (best effort: a dead stage 0 has nothing to drop)."""
@@ -417,12 +469,16 @@ class Endpoint(
         sees its call cut off (CANCELLED)."""
         self.closing = reason
         deadline = time.monotonic() + timeout_s
-        while self.pending and time.monotonic() < deadline:
+        while (self.pending or (self.batcher is not None and self.batcher.in_flight)) and (
+            time.monotonic() < deadline
+        ):
             self.fail_pending(reason)
             await asyncio.sleep(0.01)
 
     def fail_pending(self, reason: str) -> None:
-        """Fail every request in flight with UNAVAILABLE."""
+        """Fail every request in flight with UNAVAILABLE (also those waiting for a batch)."""
+        if self.batcher is not None:
+            self.batcher.fail_waiting(Refused("UNAVAILABLE", f"{reason}; retry shortly"))
         for request_id, future in list(self.pending.items()):
             if not future.done():
                 future.set_result(
@@ -467,8 +523,19 @@ class Endpoint(
             if array.dtype.name != spec.dtype:
                 got, needed = dtype_to_kserve(array.dtype), dtype_to_kserve(spec.dtype)
                 return f"input '{name}': datatype {got}, the model needs {needed}"
-            if tuple(array.shape) != spec.shape:
+            if self.model.max_batch > 0:
+                if (
+                    array.ndim == 0
+                    or array.shape[1:] != spec.shape[1:]
+                    or not 1 <= array.shape[0] <= self.model.max_batch
+                ):
+                    needed = ", ".join([f"1..{self.model.max_batch}", *map(str, spec.shape[1:])])
+                    return f"input '{name}': shape {list(array.shape)}, the model needs [{needed}]"
+            elif tuple(array.shape) != spec.shape:
                 return f"input '{name}': shape {list(array.shape)}, the model needs {list(spec.shape)}"
+        if self.model.max_batch > 0 and len({array.shape[0] for array in arrays.values()}) > 1:
+            sizes = {name: int(array.shape[0]) for name, array in arrays.items()}
+            return f"every input needs the same batch (first dimension); got {sizes}"
         return ""
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 # From 0.5 ms to 60 s: a small CPU stage up to an emulated edge stage or a request's whole deadline.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -34,6 +35,13 @@ class Observed:
             buckets=BUCKETS,
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "nndeploy_batch_size",
+            "Samples (the requests' first dimensions, without padding) run through the chain as one batch",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
         stage_labels = ["stage", "device"]
         self.queue = Histogram(
             "nndeploy_stage_queue_duration_seconds",
@@ -49,6 +57,10 @@ class Observed:
             buckets=BUCKETS,
             registry=self.registry,
         )
+
+    def batch(self, samples: int) -> None:
+        """One run of the chain, holding `samples` samples (without padding)."""
+        self.batch_size.labels(self.model).observe(samples)
 
     def answered(self, code: str, seconds: float | None = None) -> None:
         """One request answered with gRPC status `code` ("OK", "DEADLINE_EXCEEDED", ...), and its

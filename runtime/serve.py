@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nndeploy.runtime.access import ServerAccess
-from nndeploy.runtime.chain import free_ports, model_spec, stage_specs
+from nndeploy.runtime.chain import built_batch_sizes, free_ports, model_spec, stage_specs
 from nndeploy.runtime.endpoint import Endpoint, ModelSpec, start_endpoint
 from nndeploy.runtime.http import HttpLimits, HttpServer, start_http
 from nndeploy.runtime.metrics import start_metrics_server
@@ -49,12 +49,15 @@ async def serve_build(
     max_request_bytes: int | None = None,
     on_event: Callable[[str], None] | None = None,
     http_port: int | None = None,
+    max_batch: int = 0,
+    batch_delay_ms: float = 5.0,
 ) -> None:
     """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM; `on_event` hears of
     stages that went down for good. `http_port` (None: no HTTP) also serves the KServe v2 REST API."""
     problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
     if problems:
         raise ServeError("cannot serve this build here: " + "; ".join(problems))
+    sizes = built_batch_sizes(build_dir, plan, manifest, max_batch) if max_batch > 0 else ()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     ray_stages = RayStages(address=ray_address)
@@ -77,7 +80,15 @@ async def serve_build(
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
-        model = model_spec(plan, addresses, max_in_flight=max_in_flight, manifest=manifest)
+        model = model_spec(
+            plan,
+            addresses,
+            max_in_flight=max_in_flight,
+            manifest=manifest,
+            max_batch=max_batch,
+            batch_delay_ms=batch_delay_ms,
+            batch_sizes=sizes,
+        )
         server, endpoint, bound = await start_endpoint(
             model, port, host, access=access, max_request_bytes=max_request_bytes
         )
@@ -198,6 +209,9 @@ async def serve_endpoint(
     max_in_flight: int = 256,
     max_request_bytes: int | None = None,
     http_port: int | None = None,
+    build: tuple[Path, Manifest] | None = None,
+    max_batch: int = 0,
+    batch_delay_ms: float = 5.0,
 ) -> None:
     """The endpoint alone, in front of workers started elsewhere, until SIGINT/SIGTERM; `http_port`
     (None: no HTTP) also serves the KServe v2 REST API."""
@@ -205,10 +219,22 @@ async def serve_endpoint(
         raise ServeError(
             f"the plan has {len(plan.stages)} stages; got {len(stage_addresses)} --stage addresses"
         )
+    sizes: tuple[int, ...] = ()
+    if max_batch > 0:
+        if build is None:
+            raise ServeError("--max-batch needs the build folder (its batch sizes)")
+        sizes = built_batch_sizes(build[0], plan, build[1], max_batch)
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     server, endpoint, _ = await start_endpoint(
-        model_spec(plan, stage_addresses, max_in_flight=max_in_flight),
+        model_spec(
+            plan,
+            stage_addresses,
+            max_in_flight=max_in_flight,
+            max_batch=max_batch,
+            batch_delay_ms=batch_delay_ms,
+            batch_sizes=sizes,
+        ),
         port,
         host,
         advertise,

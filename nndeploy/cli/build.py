@@ -89,10 +89,21 @@ def compile_command(
     check_rtol: Annotated[
         float | None, typer.Option("--check-rtol", help="Relative tolerance of the check (float outputs).")
     ] = None,
+    batch_sizes: Annotated[
+        str | None,
+        typer.Option(
+            "--batch-sizes",
+            help="Also build every stage at these batch sizes (e.g. 1,4,8), for serve --max-batch: the "
+            "plan's own batch is the main build, each other size a sub-folder batch-<n>.",
+        ),
+    ] = None,
 ) -> None:
     """Build every stage of PLAN with TVM for its device; write artifacts and manifest.json."""
+    from dataclasses import replace
+
     from nndeploy.oracle import float_tolerances
     from nndeploy.planfile import read_plan, write_plan
+    from nndeploy.targets.artifacts.manifest import Manifest, write_manifest
     from nndeploy.targets.build.best_of_regions import PREFIX as BEST_OF_PREFIX
     from nndeploy.targets.build.check import BuildCheck, check_summary
     from nndeploy.targets.build.record import BuildRecord
@@ -107,33 +118,56 @@ def compile_command(
 
         os.environ[SWITCH_ENV] = "0"
     plan = read_plan(plan_file)
+    extra_batches = [b for b in parse_batch_sizes(batch_sizes) if b != plan.batch]
     output.mkdir(parents=True, exist_ok=True)
-    model_path, stage_models = write_stage_models(plan, plan_file, output / "stages", model)
-    write_plan(plan, output / "plan.json")
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
-    with Progress(*columns, TimeElapsedColumn(), console=out, transient=True) as progress:
-        task = progress.add_task(f"building {len(plan.stages)} stage(s)", total=len(plan.stages))
 
-        def done(record: BuildRecord) -> None:
-            state = "failed" if record.error else "cached" if record.cached else f"{record.seconds:.1f} s"
-            progress.console.print(f"  stage {record.stage} on {record.device}: {state}", highlight=False)
-            progress.advance(task)
+    def build(folder: Path, batch: int | None) -> Manifest:
+        """Compile the plan into `folder` (at `batch` instead of the plan's own, if given)."""
+        model_path, stage_models = write_stage_models(plan, plan_file, folder / "stages", model, batch)
+        write_plan(plan, folder / "plan.json")
+        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+        at = f" at batch {batch}" if batch is not None else ""
+        with Progress(*columns, TimeElapsedColumn(), console=out, transient=True) as progress:
+            task = progress.add_task(f"building {len(plan.stages)} stage(s){at}", total=len(plan.stages))
 
-        manifest = compile_plan(
-            plan,
-            "plan.json",
-            stage_models,
-            output,
-            jobs,
-            fallback.value if fallback else None,
-            done,
-            model_path=str(model_path.resolve()),
-            tuning_db_root=db,
-            best_of=best_of,
-            check=BuildCheck(float_tolerances(check_atol, check_rtol)) if check else None,
-            log=lambda line: progress.console.print(line, highlight=False),
-        )
-    write_plan(as_built(plan, manifest, stage_models), output / "plan.json")
+            def done(record: BuildRecord) -> None:
+                state = "failed" if record.error else "cached" if record.cached else f"{record.seconds:.1f} s"
+                progress.console.print(
+                    f"  stage {record.stage} on {record.device}{at}: {state}", highlight=False
+                )
+                progress.advance(task)
+
+            built = compile_plan(
+                plan,
+                "plan.json",
+                stage_models,
+                folder,
+                jobs,
+                fallback.value if fallback else None,
+                done,
+                model_path=str(model_path.resolve()),
+                tuning_db_root=db,
+                best_of=best_of,
+                check=BuildCheck(float_tolerances(check_atol, check_rtol)) if check else None,
+                log=lambda line: progress.console.print(line, highlight=False),
+            )
+        write_plan(as_built(plan, built, stage_models), folder / "plan.json")
+        return built
+
+    manifest = build(output, None)
+    if extra_batches and manifest.ok:
+        failed_batches = []
+        for batch in extra_batches:
+            if not build(output / f"batch-{batch}", batch).ok:
+                failed_batches.append(batch)
+        built_batches = tuple((b, f"batch-{b}") for b in extra_batches if b not in failed_batches)
+        manifest = replace(manifest, batches=built_batches)
+        write_manifest(manifest, output)
+        if failed_batches:
+            raise BuildError(
+                f"batch size(s) {failed_batches} failed to build (see above); the build serves batch "
+                f"{sorted([plan.batch, *(b for b, _ in built_batches)])}"
+            )
     table = Table(title=f"build {output} (TVM {manifest.tvm_version})")
     for column in ("stage", "device", "target", "status", "checked", "seconds", "artifact", "sha256"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
@@ -194,12 +228,30 @@ def compile_command(
                 f"onnxruntime: {node['reason']}",
                 highlight=False,
             )
+    if manifest.batches:
+        folders = ", ".join(f"{b} ({folder}/)" for b, folder in manifest.batches)
+        out.print(f"batch sizes: {plan.batch} (this folder), {folders}", highlight=False)
     failed = [e for e in manifest.stages if e.artifact is None]
     if failed:
         raise BuildError(
             "; ".join(f"stage {e.stage} failed to build: {e.error}" for e in failed)
             + f" (the other stages' artifacts are in {output})"
         )
+
+
+def parse_batch_sizes(text: str | None) -> list[int]:
+    """'1,4,8' -> [1, 4, 8] (sorted, unique); a one-line error for anything else."""
+    if text is None:
+        return []
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise BuildError(
+            f"--batch-sizes {text!r}: give whole numbers separated by commas, e.g. 1,4,8"
+        ) from None
+    if not sizes or sizes[0] < 1:
+        raise BuildError(f"--batch-sizes {text!r}: every size must be 1 or more, e.g. 1,4,8")
+    return sizes
 
 
 def verify_command(

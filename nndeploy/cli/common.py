@@ -82,10 +82,11 @@ ProfilesOption = Annotated[
 
 
 def write_stage_models(
-    the_plan: Plan, plan_file: Path, output: Path, model: Path | None
+    the_plan: Plan, plan_file: Path, output: Path, model: Path | None, batch: int | None = None
 ) -> tuple[Path, list[Path]]:
-    """Re-prepare the plan's model exactly as planned, check it is the same file, and cut it; returns the
-    model's path and the stage model paths."""
+    """Re-prepare the plan's model exactly as planned (with `batch`: at that batch size instead, the first
+    dimension of every input), check it is the same file, and cut it; returns the model's path and the
+    stage model paths."""
     from nndeploy.graph import load_prepared_model
     from nndeploy.model_prep import file_sha256
     from nndeploy.partitioner.split import split as split_model
@@ -100,7 +101,10 @@ def write_stage_models(
             f"{model_path}: this is not the model the plan was made for (sha256 differs); "
             "run nndeploy plan again"
         )
-    prepared = load_prepared_model(model_path, the_plan.input_shapes, None)
+    shapes = the_plan.input_shapes
+    if batch is not None:
+        shapes = {name: (batch, *shape[1:]) for name, shape in shapes.items()}
+    prepared = load_prepared_model(model_path, shapes, None)
     return model_path, write_stages(split_model(prepared, the_plan), output)
 
 

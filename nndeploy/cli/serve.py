@@ -37,6 +37,21 @@ HttpPort = Annotated[
     int, typer.Option("--http-port", min=0, help="KServe v2 HTTP/REST port (0: any free port).")
 ]
 NoHttp = Annotated[bool, typer.Option("--no-http", help="Serve gRPC only (no HTTP/REST port).")]
+MaxBatch = Annotated[
+    int,
+    typer.Option(
+        "--max-batch",
+        min=0,
+        help="Dynamic batching: run requests arriving together as one batch of up to N samples, padded to "
+        "a batch size the build has (compile --batch-sizes); 0: off.",
+    ),
+]
+BatchDelayMs = Annotated[
+    float,
+    typer.Option(
+        "--batch-delay-ms", min=0.0, help="With --max-batch: how long a request waits for batch-mates."
+    ),
+]
 TlsCa = Annotated[
     Path | None, typer.Option("--tls-ca", help="PEM CA that signed the server's certificate: use TLS.")
 ]
@@ -75,6 +90,8 @@ def serve_command(
     max_request_mb: MaxRequestMb = 1024.0,
     http_port: HttpPort = 8000,
     no_http: NoHttp = False,
+    max_batch: MaxBatch = 0,
+    batch_delay_ms: BatchDelayMs = 5.0,
 ) -> None:
     """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint, gRPC and
     HTTP/REST (Ctrl-C stops)."""
@@ -97,6 +114,12 @@ def serve_command(
         out.print(f"KServe v2 gRPC endpoint listening on {serving.endpoint}{secured}", highlight=False)
         if serving.http:
             out.print(f"KServe v2 HTTP/REST endpoint listening on {serving.http}{secured}", highlight=False)
+        if serving.model.max_batch:
+            out.print(
+                f"dynamic batching: up to {serving.model.max_batch} samples within "
+                f"{serving.model.batch_delay_ms:g} ms, run at batch sizes {list(serving.model.batch_sizes)}",
+                highlight=False,
+            )
         if serving.metrics:
             out.print(f"Prometheus metrics on {serving.metrics}", highlight=False)
         out.print("press Ctrl-C to stop", highlight=False)
@@ -116,6 +139,8 @@ def serve_command(
             max_request_bytes=int(max_request_mb * (1 << 20)),
             on_event=lambda message: err.print(f"[yellow]warning:[/] {message}", highlight=False),
             http_port=None if no_http else http_port,
+            max_batch=max_batch,
+            batch_delay_ms=batch_delay_ms,
         )
     )
     out.print("stopped; all stage workers shut down")
@@ -318,6 +343,8 @@ def endpoint_command(
     max_request_mb: MaxRequestMb = 1024.0,
     http_port: HttpPort = 8000,
     no_http: NoHttp = False,
+    max_batch: MaxBatch = 0,
+    batch_delay_ms: BatchDelayMs = 5.0,
 ) -> None:
     """Run the KServe v2 endpoint (gRPC and HTTP/REST) in front of stage workers started elsewhere
     (Kubernetes)."""
@@ -325,7 +352,7 @@ def endpoint_command(
     from nndeploy.runtime.serve import serve_endpoint
 
     access = server_access(tls_cert, tls_key, client_ca, auth_token_file)
-    _, plan = read_build(build_dir)
+    manifest, plan = read_build(build_dir)
     http = "" if no_http else f", HTTP/REST on {host}:{http_port}"
     out.print(f"endpoint on {host}:{port}{http} in front of {', '.join(stages)}", highlight=False)
     from nndeploy.runtime.tls import load_tls
@@ -345,6 +372,9 @@ def endpoint_command(
             max_in_flight=max_in_flight,
             max_request_bytes=int(max_request_mb * (1 << 20)),
             http_port=None if no_http else http_port,
+            build=(build_dir, manifest),
+            max_batch=max_batch,
+            batch_delay_ms=batch_delay_ms,
         )
     )
 

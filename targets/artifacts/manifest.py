@@ -75,6 +75,9 @@ class Manifest:
     model_sha256: str
     tvm_version: str
     stages: tuple[StageBuild, ...]
+    # Builds of the same plan at other batch sizes (`compile --batch-sizes`): (batch, sub-folder), each a
+    # build folder of its own; the plan's own batch is this build.
+    batches: tuple[tuple[int, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -90,6 +93,7 @@ class Manifest:
             "model_sha256": self.model_sha256,
             "tvm_version": self.tvm_version,
             "stages": [s.to_dict() for s in self.stages],
+            **({"batch_builds": {str(b): folder for b, folder in self.batches}} if self.batches else {}),
         }
 
 
@@ -121,12 +125,14 @@ def read_manifest(build_dir: str | Path) -> Manifest:
             model_sha256=data["model_sha256"],
             tvm_version=data["tvm_version"],
             stages=tuple(StageBuild.from_dict(s) for s in data["stages"]),
+            batches=tuple(sorted((int(b), str(f)) for b, f in data.get("batch_builds", {}).items())),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{path}: not a valid nndeploy manifest ({exc}); compile again") from None
     escaping = (
         [f"plan_file '{manifest.plan_file}'"] if inside(Path(build_dir), manifest.plan_file) is None else []
     )
+    escaping += [f"batch {b} build '{f}'" for b, f in manifest.batches if inside(Path(build_dir), f) is None]
     for stage in manifest.stages:
         if stage.artifact is None:
             continue
@@ -162,3 +168,11 @@ def checked_artifact_path(build_dir: Path, artifact: Artifact) -> Path:
             "the artifact is corrupt or was modified: refusing to load it, compile again"
         )
     return path
+
+
+def batch_builds(build_dir: Path, manifest: Manifest) -> dict[int, tuple[Path, Manifest]]:
+    """The build's sub-builds at other batch sizes: {batch: (folder, its manifest)}."""
+    return {
+        batch: (Path(build_dir) / folder, read_manifest(Path(build_dir) / folder))
+        for batch, folder in manifest.batches
+    }

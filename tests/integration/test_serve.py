@@ -24,7 +24,7 @@ from test_cli import assert_user_error, nndeploy
 from nndeploy.oracle import run_model
 
 from conftest import plan_and_compile, servers
-from models import conv_residual_model
+from models import conv_residual_model, conv_stack_model
 
 # Checked without importing it: tritonclient's protos clash with the project's in one process.
 pytestmark = [
@@ -45,7 +45,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 class Server:
     """`nndeploy serve` in a subprocess, with the stage table it printed."""
 
-    def __init__(self, build_dir: Path, port: int, metrics_port: int, http_port: int) -> None:
+    def __init__(self, build_dir: Path, port: int, metrics_port: int, http_port: int, *extra: str) -> None:
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -59,6 +59,7 @@ class Server:
                 str(metrics_port),
                 "--http-port",
                 str(http_port),
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -358,3 +359,87 @@ def _emulated_workers() -> list[int]:
         if any(part.endswith("emulated_worker.py") for part in process.info["cmdline"] or ()):
             found.append(process.info["pid"])
     return sorted(found)
+
+
+BATCH_CLIENT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    url, inputs_path, outputs_path = sys.argv[1:4]
+    xs = np.load(inputs_path)
+    client = httpclient.InferenceServerClient(url.split("://", 1)[1], concurrency=len(xs))
+    config = client.get_model_config("stack")
+    assert config["max_batch_size"] == 4 and config["input"][0]["dims"] == [8, 16, 16], config
+    pending = []
+    for x in xs:
+        tensor = httpclient.InferInput("x", [1, 8, 16, 16], "FP32")
+        tensor.set_data_from_numpy(x[None])
+        pending.append(client.async_infer("stack", [tensor]))
+    np.save(outputs_path, np.stack([p.get_result().as_numpy("y")[0] for p in pending]))
+    two = httpclient.InferInput("x", [2, 8, 16, 16], "FP32")
+    two.set_data_from_numpy(xs[:2])
+    both = client.infer("stack", [two]).as_numpy("y")
+    assert both.shape == (2, 8, 16, 16), both.shape
+    print("batched ok")
+    """
+)
+
+
+def test_compile_batch_sizes_and_serve_dynamic_batching(tmp_path: Path) -> None:
+    import onnx
+    import yaml
+
+    from nndeploy.runtime.chain import free_ports
+
+    model = tmp_path / "stack.onnx"
+    onnx.save(conv_stack_model(blocks=2, channels=8, side=16), model)
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(servers(2, profile="x86-avx2-server")))
+    assert (
+        nndeploy(
+            "plan", model, "--cluster", tmp_path / "cluster.yaml", "-o", tmp_path / "plan.json"
+        ).returncode
+        == 0
+    )
+    build = tmp_path / "build"
+    done = nndeploy("compile", tmp_path / "plan.json", "-o", build, "--batch-sizes", "1,4")
+    assert done.returncode == 0, done.stderr
+    assert "batch sizes: 1 (this folder), 4 (batch-4/)" in done.stdout
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert manifest["batch_builds"] == {"4": "batch-4"}
+    batch4 = json.loads((build / "batch-4" / "manifest.json").read_text())
+    assert batch4["stages"][0]["artifact"]["inputs"][0]["shape"] == [4, 8, 16, 16]
+    # Asking for more than the build holds is one clear error, before anything starts.
+    assert_user_error(
+        nndeploy("serve", build, "--max-batch", "8"), "--max-batch 8", "largest batch size is 4"
+    )
+
+    xs = np.random.default_rng(3).standard_normal((8, 8, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "xs.npy", xs)
+    port, metrics_port, http_port = free_ports(3)
+    running = Server(build, port, metrics_port, http_port, "--max-batch", "4", "--batch-delay-ms", "100")
+    try:
+        assert any("dynamic batching: up to 4 samples within 100 ms" in line for line in running.output)
+        script = tmp_path / "client.py"
+        script.write_text(BATCH_CLIENT)
+        client = subprocess.run(
+            [sys.executable, str(script), running.http, str(tmp_path / "xs.npy"), str(tmp_path / "ys.npy")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert client.returncode == 0 and "batched ok" in client.stdout, client.stderr[-3000:]
+        ys = np.load(tmp_path / "ys.npy")
+        for x, y in zip(xs, ys, strict=True):  # each request got its own sample's result
+            expected = run_model(str(model), {"x": x[None]})["y"][0]
+            assert np.abs(y - expected).max() < 1e-4
+        import urllib.request
+
+        text = urllib.request.urlopen(running.metrics, timeout=30).read().decode()
+        count = float(re.search(r'nndeploy_batch_size_count\{model="stack"\} (\S+)', text).group(1))
+        total = float(re.search(r'nndeploy_batch_size_sum\{model="stack"\} (\S+)', text).group(1))
+        assert total == 10  # 8 single requests and one of 2 samples
+        assert count < 8  # fewer runs of the chain than requests: they were batched
+    finally:
+        assert running.stop() == 0
