@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nndeploy.errors import NNDeployError
 from nndeploy.runtime.endpoint import ModelSpec
 from nndeploy.runtime.tls import TlsFiles
 from nndeploy.runtime.worker import Execute, StageSpec, serve_stage
@@ -31,6 +32,10 @@ from nndeploy.targets.artifacts.manifest import (
     read_manifest,
 )
 from nndeploy.types import Plan
+
+
+class BatchingError(NNDeployError):
+    """A build cannot be served with the dynamic batching asked for."""
 
 
 def stage_specs(plan: Plan, addresses: list[str], queue_size: int = 16) -> list[StageSpec]:
@@ -80,30 +85,28 @@ def built_batch_sizes(build_dir: Path, plan: Plan, manifest: Manifest, max_batch
     """The batch sizes a build can run (the plan's and `compile --batch-sizes`'), checked for dynamic
     batching up to `max_batch`: every model input and output must carry the batch as its first dimension
     in every build, one of them must hold `max_batch`, and no stage may run under the emulator (its
-    worker loads one build). A one-line ServeError otherwise."""
-    from nndeploy.runtime.ray_cluster import ServeError
-
+    worker loads one build). A one-line BatchingError otherwise."""
     builds = {plan.batch: manifest} | {b: sub for b, (_, sub) in batch_builds(build_dir, manifest).items()}
     sizes = tuple(sorted(builds))
     if max_batch > sizes[-1]:
-        raise ServeError(
+        raise BatchingError(
             f"--max-batch {max_batch}: the build's largest batch size is {sizes[-1]} (it has {list(sizes)}); "
             f"compile with --batch-sizes ...,{max_batch} or lower --max-batch"
         )
     for batch, built in builds.items():
         first, last = built.stages[0].artifact, built.stages[-1].artifact
         if first is None or last is None:
-            raise ServeError(f"the batch {batch} build has a stage without an artifact; compile again")
+            raise BatchingError(f"the batch {batch} build has a stage without an artifact; compile again")
         for tensor in (*first.inputs, *last.outputs):
             if not tensor.shape or tensor.shape[0] != batch:
-                raise ServeError(
+                raise BatchingError(
                     f"--max-batch: tensor '{tensor.name}' has shape {list(tensor.shape)} in the batch "
                     f"{batch} build, not the batch first; this model cannot be batched (serve without "
                     "--max-batch)"
                 )
     emulated = [e.stage for e in manifest.stages if emulated_library(build_dir, e) is not None]
     if emulated:
-        raise ServeError(
+        raise BatchingError(
             f"--max-batch: stage {emulated[0]} runs under the aarch64 emulator here, which serves one batch "
             "size; serve without --max-batch (on a real aarch64 host the stage runs natively and batches)"
         )

@@ -157,6 +157,7 @@ TRITON_CLIENT = textwrap.dedent(
     http_stats = http.get_inference_statistics(model)["model_stats"][0]
     report["http_successes"] = http_stats["inference_stats"]["success"]["count"]
     report["http_config"] = http.get_model_config(model)["parameters"]["stages"]["string_value"]
+    report["http_index"] = http.get_model_repository_index()
     bad = grpcclient.InferInput("x", [1, 3, 64, 64], "FP32")
     bad.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
     try:
@@ -199,6 +200,7 @@ def test_triton_client_gets_onnxruntime_results(
     assert report["config"] == ["nndeploy", ["1", "3", "640", "640"], {"string_value": stages}]
     assert report["grpc_successes"] == 1 and report["http_successes"] == 2  # the HTTP request counted too
     assert report["http_same"] and report["http_config"] == stages
+    assert [(m["name"], m["state"]) for m in report["http_index"]] == [(model.stem, "READY")]
     expected = run_model(str(model), {"x": x})["y"]
     got = np.load(tmp_path / "y.npy")
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4

@@ -61,6 +61,9 @@ class ServerThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.stop_event: asyncio.Event | None = None
         self.running: Running | None = None
+        self.http: Any = None
+        self.server: Any = None
+        self.worker: Any = None
 
     def start(self) -> Running:
         self.thread.start()
@@ -68,14 +71,17 @@ class ServerThread:
         return self.running
 
     async def _start(self) -> Running:
-        stage_port, grpc_port = free_ports(2)
+        stage_port, grpc_port, sink_port = free_ports(3)
         model = ModelSpec(
             MODEL.name, MODEL.version, MODEL.inputs, MODEL.outputs, (("cpu", f"127.0.0.1:{stage_port}"),)
         )
         self.stop_event = asyncio.Event()
         spec = StageSpec(0, "cpu", ("x", "k"), ("y", "j"), None)
         self.worker = asyncio.create_task(serve_stage(spec, stage, stage_port, stop=self.stop_event))
-        self.server, endpoint, _ = await start_endpoint(model, grpc_port, access=self.access)
+        # With TLS the result sink needs a port of its own (by default the next one, maybe the stage's).
+        self.server, endpoint, _ = await start_endpoint(
+            model, grpc_port, access=self.access, sink_port=sink_port
+        )
         self.http = await start_http(endpoint, 0, access=self.access, limits=LIMITS)
         for _ in range(100):
             if all(endpoint.stage_up) and all(endpoint.stats):
@@ -84,11 +90,14 @@ class ServerThread:
         return Running(self.http.port, grpc_port, endpoint)
 
     async def _stop(self) -> None:
-        assert self.stop_event is not None
-        self.stop_event.set()
-        await self.http.stop()
-        await self.server.stop(grace=1.0)
-        await self.worker
+        if self.stop_event is not None:
+            self.stop_event.set()
+        if self.http is not None:
+            await self.http.stop()
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        if self.worker is not None:
+            await self.worker
 
     def stop(self) -> None:
         try:
