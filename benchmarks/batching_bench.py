@@ -34,6 +34,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "examples" / "models"
+# Input shapes (batch 1) of the example models whose inputs are dynamic.
+SHAPES = {"tiny_bert": ["input_ids=1x128", "attention_mask=1x128"]}
 
 
 def nndeploy(*args: object, timeout: float = 1800, env: dict[str, str] | None = None) -> str:
@@ -59,7 +61,14 @@ def build(model: str, work: Path, profile: str, sizes: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cluster = {"name": "one-host", "devices": [{"name": "host", "profile": profile}]}
     (folder / "cluster.yaml").write_text(yaml.safe_dump(cluster))
-    nndeploy("plan", path, "--cluster", folder / "cluster.yaml", "-o", folder / "plan.json")
+    shapes = [arg for shape in SHAPES.get(model, []) for arg in ("--input-shape", shape)]
+    nndeploy("plan", path, "--cluster", folder / "cluster.yaml", "-o", folder / "plan.json", *shapes)
+    manifest = folder / "build" / "manifest.json"
+    if manifest.is_file():  # a build of this plan at these sizes from an earlier run (--work-dir): reuse it
+        built = {1, *map(int, json.loads(manifest.read_text()).get("batch_builds", {}))}
+        if built == {int(b) for b in sizes.split(",")} | {1}:
+            print(f"[{model}] reusing {folder / 'build'}", file=sys.stderr, flush=True)
+            return folder / "build"
     print(f"[{model}] compiling at batch sizes {sizes} ...", file=sys.stderr, flush=True)
     nndeploy("compile", folder / "plan.json", "-o", folder / "build", "--batch-sizes", sizes)
     return folder / "build"
@@ -122,7 +131,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--batch-sizes", default="1,4,8")
     parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--delay-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=20.0,
+        help="serve's --batch-delay-ms: long enough for the clients' requests to arrive together here",
+    )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per measurement")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--profile", default="x86-avx2-server")

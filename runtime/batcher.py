@@ -1,7 +1,9 @@
 """Dynamic batching at the endpoint (Triton's dynamic batcher): requests that arrive within `delay_s` of
 the first one waiting are run through the chain as one batch of at most `max_batch` samples (their first
 dimensions summed), padded with zeros to the smallest batch size the build has, and the outputs are split
-back per request.
+back per request. At most `max_running` batches are in the chain at once (one per stage keeps every stage
+busy): while they run, new requests gather into the next batch, which starts as soon as one finishes, so
+under load batches fill up instead of leaving at every delay half empty.
 
 Each request keeps its own deadline and its own cancellation: a request whose deadline passes, or whose
 client goes away, is answered (or dropped) alone while its batch-mates go on; a batch is cancelled down the
@@ -46,7 +48,13 @@ class Batcher:
     """Queues requests and runs them in batches; see the module docstring."""
 
     def __init__(
-        self, run: Run, max_batch: int, delay_s: float, sizes: Sequence[int], on_batch: OnBatch
+        self,
+        run: Run,
+        max_batch: int,
+        delay_s: float,
+        sizes: Sequence[int],
+        on_batch: OnBatch,
+        max_running: int = 1,
     ) -> None:
         if max_batch < 1 or not sizes or max_batch > max(sizes):
             raise ValueError(
@@ -57,6 +65,8 @@ class Batcher:
         self.delay_s = delay_s
         self.sizes = sorted(sizes)
         self.on_batch = on_batch
+        self.max_running = max(1, max_running)
+        self.running = 0
         self.waiting: list[_Member] = []
         self.batches: dict[_Member, _Batch] = {}
         self.timer: asyncio.TimerHandle | None = None
@@ -79,10 +89,7 @@ class Batcher:
         size = int(next(iter(arrays.values())).shape[0])
         member = _Member(arrays, size, now + timeout_s, now, loop.create_future())
         self.waiting.append(member)
-        if sum(m.size for m in self.waiting) >= self.max_batch:
-            self._flush()
-        elif self.timer is None:
-            self.timer = loop.call_later(self.delay_s, self._flush)
+        self._schedule()
         try:
             return await asyncio.wait_for(asyncio.shield(member.future), timeout_s)
         except (TimeoutError, asyncio.CancelledError):
@@ -106,13 +113,25 @@ class Batcher:
         if batch is not None and batch.task is not None and all(m.gone for m in batch.members):
             batch.task.cancel()
 
+    def _schedule(self) -> None:
+        """Start a batch now if one is full or the oldest request has waited its delay, and the chain has
+        room; else wake up when the delay is over (a batch that finishes also calls this)."""
+        if not self.waiting or self.running >= self.max_running:
+            return  # a finishing batch calls this again
+        loop = asyncio.get_running_loop()
+        due = self.waiting[0].enqueued + self.delay_s
+        if sum(m.size for m in self.waiting) >= self.max_batch or loop.time() >= due:
+            self._flush()
+        elif self.timer is None:
+            self.timer = loop.call_at(due, self._flush)
+
     def _flush(self) -> None:
-        """Start batches from the waiting requests, in arrival order: full batches, then what is left once
-        the delay has passed."""
+        """Start batches from the waiting requests, in arrival order, while the chain has room: full
+        batches, then what is left (its delay has passed, or the timer would not have fired)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        while self.waiting:
+        while self.waiting and self.running < self.max_running:
             taken: list[_Member] = []
             total = 0
             for member in self.waiting:
@@ -124,11 +143,11 @@ class Batcher:
             batch = _Batch(taken)
             for member in taken:
                 self.batches[member] = batch
+            self.running += 1
             batch.task = asyncio.ensure_future(self._run(batch))
             if sum(m.size for m in self.waiting) < self.max_batch:
                 break
-        if self.waiting:
-            self.timer = asyncio.get_running_loop().call_later(self.delay_s, self._flush)
+        self._schedule()
 
     async def _run(self, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
@@ -165,3 +184,5 @@ class Batcher:
         finally:
             for member in members:
                 self.batches.pop(member, None)
+            self.running -= 1
+            self._schedule()

@@ -127,7 +127,14 @@ class Endpoint(
         self.observed = Observed(model.name, [device for device, _ in model.stages])
         self.statistics = Statistics()
         self.batcher = (
-            Batcher(self._chain, model.max_batch, model.batch_delay_ms / 1e3, model.batch_sizes, self._ran)
+            Batcher(
+                self._chain,
+                model.max_batch,
+                model.batch_delay_ms / 1e3,
+                model.batch_sizes,
+                self._ran,
+                max_running=len(model.stages),  # one batch per stage keeps the pipeline full
+            )
             if model.max_batch > 0
             else None
         )

@@ -172,3 +172,19 @@ def test_max_batch_needs_a_built_size_that_holds_it() -> None:
 
     with pytest.raises(ValueError, match="max batch 8"):
         Batcher(run, 8, 0.01, (1, 4), lambda *_: None)
+
+
+def test_requests_arriving_while_a_batch_runs_form_the_next_full_batch() -> None:
+    """With one stage, one batch at a time is in the chain: requests arriving (slower than the delay)
+    while it runs wait for it and leave together, instead of one half-empty batch per delay."""
+
+    async def body(endpoint: Any, seen: list[int]) -> Any:
+        first = [asyncio.create_task(infer(endpoint, x)) for x in rows(4)]
+        later = []
+        for x in rows(4, 10):  # one every 50 ms, while the first batch runs for 0.5 s
+            await asyncio.sleep(0.05)
+            later.append(asyncio.create_task(infer(endpoint, x)))
+        await asyncio.gather(*first, *later)
+        return list(seen)
+
+    assert chain_run(body, delay_ms=10.0, stage_s=0.5) == [4, 4]
