@@ -98,7 +98,7 @@ def measured_device(profile: str, measurement: profiling.HostMeasurement) -> Dev
     data = measured_profile_data(
         original,
         measurement.peak_gflops,
-        measurement.mem_bw_gbps,
+        measurement.mem_bw_gbytes_s,
         measurement.threads,
         measurement.host,
         measurement.measured_at,
@@ -145,7 +145,7 @@ def main() -> None:
         args.threads, train_paths, progress=lambda s: print(f"# measuring {s}")
     )
     sweep = [s for s in measurement.samples if s.source == "sweep"]
-    peak, bandwidth = measurement.peak_gflops, measurement.mem_bw_gbps
+    peak, bandwidth = measurement.peak_gflops, measurement.mem_bw_gbytes_s
     spec_device = device_from_profile(load_profiles()[profile], "d")
     measured = measured_device(profile, measurement)
     models: dict[str, tuple[CostModel, Device]] = {
@@ -169,7 +169,7 @@ def main() -> None:
     )
     print(
         f"# profile {profile}: spec {spec_device.peak_gflops_for('float32'):,.0f} GFLOP/s, "
-        f"{spec_device.mem_bw_gbps:,.1f} GB/s; measured {peak:,.1f} GFLOP/s, {bandwidth:,.1f} GB/s"
+        f"{spec_device.mem_bw_gbytes_s:,.1f} GB/s; measured {peak:,.1f} GFLOP/s, {bandwidth:,.1f} GB/s"
     )
     print(
         f"# training samples: {len(sweep)} sweep + {len(measurement.samples) - len(sweep)} nodes of "

@@ -65,6 +65,7 @@ def read_plan(path: str | Path) -> Plan:
         data = json.loads(source.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PlanError(f"{path}: not valid JSON ({exc}); create one with nndeploy plan") from None
+    _upgrade(data)
     validate_plan_dict(data, str(path))
     try:
         return Plan.from_dict(data)
@@ -74,6 +75,15 @@ def read_plan(path: str | Path) -> Plan:
             f"{path}: not a valid plan ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
             "create one with nndeploy plan"
         ) from None
+
+
+def _upgrade(data: object) -> None:
+    """Plans written before the memory bandwidth key said its unit: `mem_bw_gbps` (gigabytes per second,
+    despite the name) is now `mem_bw_gbytes_s`."""
+    devices = data.get("cluster", {}).get("devices", []) if isinstance(data, dict) else []
+    for device in devices if isinstance(devices, list) else []:
+        if isinstance(device, dict) and "mem_bw_gbps" in device and "mem_bw_gbytes_s" not in device:
+            device["mem_bw_gbytes_s"] = device.pop("mem_bw_gbps")
 
 
 def resolve_model_path(plan: Plan, plan_path: str | Path) -> Path:

@@ -139,7 +139,7 @@ class Device:
     arch: str
     tvm_target: dict[str, Any]
     peak_gflops: dict[str, float]
-    mem_bw_gbps: float
+    mem_bw_gbytes_s: float
     mem_bytes: int
     launch_overhead_us: float
     ops: frozenset[str] | None = None
@@ -239,6 +239,9 @@ class Cluster:
     # What the data plane spends on a hop between stages, as cluster.yaml states it (None: the cost
     # model's own, measured by `nndeploy profile` or its default).
     hop: HopCost | None = None
+    # Whether cluster.yaml gave `default_link` itself; when not, a pair it covers is a guess the planner
+    # warns about (`guessed`). Not part of the JSON form: a plan's cluster is what was planned with.
+    default_link_given: bool = True
 
     def device(self, name: str) -> Device:
         """The device called `name` (KeyError if absent)."""
@@ -255,6 +258,13 @@ class Cluster:
             if {link.a, link.b} == {a, b}:
                 return link
         return Link(a=a, b=b, gbps=self.default_link.gbps, latency_ms=self.default_link.latency_ms)
+
+    def guessed(self, a: str, b: str) -> bool:
+        """Whether the link between `a` and `b` is the built-in default nobody stated (no `links` entry,
+        no shared host, no `default_link` in the file)."""
+        if a == b or self.default_link_given:
+            return False
+        return not any({link.a, link.b} == {a, b} for link in self.links)
 
     def transfer_ms(self, a: str, b: str, nbytes: int) -> float:
         """Time to move `nbytes` from device `a` to device `b` (zero on the same device)."""

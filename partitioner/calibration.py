@@ -107,7 +107,7 @@ class DeviceCalibration:
 
     profile: str
     peak_gflops: float
-    mem_bw_gbps: float
+    mem_bw_gbytes_s: float
     ops: dict[str, OpFit]
     fallback: FallbackFit
     samples: int
@@ -119,7 +119,7 @@ class DeviceCalibration:
 
     def roofline_ms(self, flops: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
         """max(FLOPs / measured peak, bytes / measured bandwidth) in ms."""
-        return np.maximum(flops / (self.peak_gflops * 1e9), nbytes / (self.mem_bw_gbps * 1e9)) * 1e3
+        return np.maximum(flops / (self.peak_gflops * 1e9), nbytes / (self.mem_bw_gbytes_s * 1e9)) * 1e3
 
     def predict(self, key: str, x: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """Milliseconds for feature rows `x` of nodes of cost class `key` (see `cost_class`): its own
@@ -139,7 +139,7 @@ class DeviceCalibration:
             "threads": self.threads,
             "measured_at": self.measured_at,
             "peak_gflops": {"float32": self.peak_gflops},
-            "mem_bw_gbps": self.mem_bw_gbps,
+            "mem_bw_gbytes_s": self.mem_bw_gbytes_s,
             "spec": dict(self.spec),
             "samples": self.samples,
             "fit_error": self.fit_error,
@@ -153,7 +153,7 @@ class DeviceCalibration:
         return cls(
             profile=profile,
             peak_gflops=float(data["peak_gflops"]["float32"]),
-            mem_bw_gbps=float(data["mem_bw_gbps"]),
+            mem_bw_gbytes_s=float(data["mem_bw_gbytes_s"]),
             ops={op: OpFit.from_dict(fit) for op, fit in data["ops"].items()},
             fallback=FallbackFit.from_dict(data["fallback"]),
             samples=int(data["samples"]),
@@ -279,7 +279,7 @@ _BASIC_COLUMNS = (0, 1, 4)
 def fit_device(
     samples: Iterable[OpSample],
     peak_gflops: float,
-    mem_bw_gbps: float,
+    mem_bw_gbytes_s: float,
     profile: str,
     min_op_samples: int = MIN_OP_SAMPLES,
     **info: Any,
@@ -294,7 +294,9 @@ def fit_device(
     ms = np.array([s.ms for s in rows], dtype=float)
     ops = np.array([s.op_type for s in rows])
     keys = np.array([cost_class(s.op_type, s.flops, s.out_bytes, s.dtype) for s in rows])
-    draft = DeviceCalibration(profile, peak_gflops, mem_bw_gbps, {}, FallbackFit(1.0, 0.0, 0, 0.0), 0, 0.0)
+    draft = DeviceCalibration(
+        profile, peak_gflops, mem_bw_gbytes_s, {}, FallbackFit(1.0, 0.0, 0, 0.0), 0, 0.0
+    )
     roof = draft.roofline_ms(x[:, 0] * 1e9, x[:, 1] * 1e9)
     w = _weights(ms)
     scale, fixed = nnls(np.stack([roof, np.ones_like(roof)], axis=1) * w[:, None], ms * w)
@@ -305,7 +307,7 @@ def fit_device(
             chosen = names == key
             if key not in fits and int(chosen.sum()) >= min_op_samples:
                 fits[str(key)] = fit_op(x[chosen], ms[chosen], fit_columns(str(key)))
-    fitted = DeviceCalibration(profile, peak_gflops, mem_bw_gbps, fits, fallback, len(ms), 0.0, **info)
+    fitted = DeviceCalibration(profile, peak_gflops, mem_bw_gbytes_s, fits, fallback, len(ms), 0.0, **info)
     predicted = np.array([fitted.predict(k, row)[0] for k, row in zip(keys, x, strict=True)])
     return dataclasses.replace(fitted, fit_error=_median_rel_error(predicted, ms))
 

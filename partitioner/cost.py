@@ -45,7 +45,7 @@ class RooflineCostModel:
     def node_ms(self, graph: Graph, device: Device) -> np.ndarray:
         """Predicted milliseconds of every node of `graph` on `device` (inf where it cannot run)."""
         times = np.empty(len(graph.nodes))
-        bandwidth = device.mem_bw_gbps * 1e9
+        bandwidth = device.mem_bw_gbytes_s * 1e9
         overhead_ms = device.launch_overhead_us / 1e3
         for index, node in enumerate(graph.nodes):
             if not supports(device, node.op_type, node.dtype):

@@ -100,6 +100,8 @@ def servers(
         "name": f"{count}-servers",
         "devices": [{"name": f"server-{i}", "profile": profile} for i in range(count)],
         "default_link": {"gbps": gbps, "latency_ms": latency_ms},
+        "input_at": "server-0",
+        "output_to": f"server-{count - 1}",
     }
     if hop is not None:
         cluster["hop"] = dict(hop)

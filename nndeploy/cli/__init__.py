@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from nndeploy.cli import build, certs, deploy, plan, profile, serve
+from nndeploy.cli import build, certs, check, deploy, plan, profile, serve
 from nndeploy.cli.common import err
 from nndeploy.errors import NNDeployError
 
@@ -43,15 +43,19 @@ def _print_version(wanted: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Never fold tables to fit the terminal.")] = False,
     show_version: Annotated[
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """Plan, compile, verify, serve and deploy one ONNX model over a heterogeneous cluster."""
+    from nndeploy.cli.common import set_wide
+
+    set_wide(wide)
 
 
-for group in (plan, build, serve, deploy, profile, certs):
+for group in (plan, check, build, serve, deploy, profile, certs):
     group.register(app)
 
 

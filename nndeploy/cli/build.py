@@ -267,8 +267,9 @@ def verify_command(
         float | None, typer.Option("--rtol", help="Relative tolerance for float outputs.")
     ] = None,
     as_json: JsonOption = False,
-) -> None:
-    """Compare every stage, and the whole chain, with onnxruntime; exit 1 on a mismatch."""
+) -> Any:
+    """Compare every stage, and the whole chain, with onnxruntime; exit 1 on a mismatch. Returns the
+    report (targets.verify's VerifyReport)."""
     from nndeploy.model_prep import file_sha256
     from nndeploy.oracle import float_tolerances
     from nndeploy.targets.verify import verify_build
@@ -294,7 +295,7 @@ def verify_command(
         print_json(_verify_json(build_dir, report))
         if report.failed:
             raise typer.Exit(EXIT_MISMATCH)
-        return
+        return report
     table = Table(title=f"verify {build_dir}: {report.samples} input set(s) against onnxruntime")
     for column in ("check", "device", "executor", "output", "max abs", "max rel", "atol / rtol", "result"):
         table.add_column(column, justify="right" if column.startswith("max") else "left")
@@ -328,6 +329,7 @@ def verify_command(
             "[red]error:[/] outputs differ from onnxruntime beyond tolerance (see FAIL rows)", highlight=False
         )
         raise typer.Exit(EXIT_MISMATCH)
+    return report
 
 
 def _verify_json(build_dir: Path, report: Any) -> dict[str, Any]:

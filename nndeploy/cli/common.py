@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,10 +23,27 @@ if TYPE_CHECKING:
 
     from nndeploy.targets.artifacts.manifest import Manifest
 
-# Piped output keeps full-width tables instead of rich's 80-column default.
-_WIDTH = None if sys.stdout.isatty() else 200
+# Piped output keeps full-width tables instead of rich's 80-column default (or COLUMNS, when set).
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "") or 200)
 out = Console(width=_WIDTH)
 err = Console(stderr=True, width=_WIDTH)
+WIDE_COLUMNS = 100_000
+WideOption = Annotated[bool, typer.Option("--wide", help="Never fold tables to fit the terminal.")]
+
+
+def set_wide(wide: bool = True) -> None:
+    """Print tables at full width whatever the terminal (`--wide`)."""
+    if wide:
+        out.width = err.width = WIDE_COLUMNS
+
+
+def fits(table: Any) -> bool:
+    """Whether `table` fits the terminal without folding any cell (always, with --wide)."""
+    from rich.measure import Measurement
+
+    return Measurement.get(out, out.options, table).maximum <= out.width
+
+
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout (the rest goes to stderr).")
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,12 +16,15 @@ from nndeploy.cli.common import (
     JsonOption,
     Objective,
     ProfilesOption,
+    WideOption,
     compiler_fallback,
     err,
+    fits,
     json_output,
     out,
     parse_input_shapes,
     print_json,
+    set_wide,
     write_stage_models,
 )
 from nndeploy.types import Graph, Plan
@@ -33,9 +37,11 @@ def register(app: typer.Typer) -> None:
     app.command("split")(split)
 
 
-def devices(profiles: ProfilesOption = None, as_json: JsonOption = False) -> None:
+def devices(profiles: ProfilesOption = None, as_json: JsonOption = False, wide: WideOption = False) -> None:
     """List the device-capability registry: built-in profiles plus your own."""
     from nndeploy.targets.devices.registry import device_from_profile, load_profiles
+
+    set_wide(wide)
 
     if as_json:
         found = []
@@ -47,7 +53,7 @@ def devices(profiles: ProfilesOption = None, as_json: JsonOption = False) -> Non
                     "kind": device.kind,
                     "arch": device.arch,
                     "peak_gflops": dict(device.peak_gflops),
-                    "mem_bw_gbps": device.mem_bw_gbps,
+                    "mem_bw_gbytes_s": device.mem_bw_gbytes_s,
                     "mem_bytes": device.mem_bytes,
                     "tvm_target": device.tvm_target,
                     "source": str(profile.path),
@@ -56,12 +62,15 @@ def devices(profiles: ProfilesOption = None, as_json: JsonOption = False) -> Non
         print_json(found)
         return
 
+    found_profiles = sorted(load_profiles(profiles or ()).items())
     table = Table(title="device profiles")
-    for column in ("profile", "kind", "arch", "fp32 GFLOP/s", "fp16 GFLOP/s", "mem GB/s", "memory GiB"):
+    # Profile names are what users type into cluster.yaml: never cut; the other columns fold instead.
+    table.add_column("profile", no_wrap=True, min_width=max(len(name) for name, _ in found_profiles))
+    for column in ("kind", "arch", "fp32 GFLOP/s", "fp16 GFLOP/s", "mem GB/s", "memory GiB"):
         table.add_column(column, justify="right" if "/" in column or "GiB" in column else "left")
-    table.add_column("TVM target")
-    table.add_column("source")
-    for name, profile in sorted(load_profiles(profiles or ()).items()):
+    table.add_column("TVM target", overflow="fold")
+    table.add_column("source", overflow="fold")
+    for name, profile in found_profiles:
         device = device_from_profile(profile, name)
         target = ", ".join(
             f"{k}={v}" for k, v in device.tvm_target.items() if k in ("kind", "mcpu", "arch", "mtriple")
@@ -72,7 +81,7 @@ def devices(profiles: ProfilesOption = None, as_json: JsonOption = False) -> Non
             device.arch,
             f"{device.peak_gflops.get('float32', 0):,.0f}",
             f"{device.peak_gflops.get('float16', 0):,.0f}",
-            f"{device.mem_bw_gbps:,.0f}",
+            f"{device.mem_bw_gbytes_s:,.0f}",
             f"{device.mem_bytes / 1024**3:,.1f}",
             target,
             profile.path,
@@ -114,9 +123,11 @@ def plan(
         ),
     ] = None,
     as_json: JsonOption = False,
+    wide: WideOption = False,
 ) -> Plan:
     """Split MODEL into pipeline stages over the devices of a cluster; write plan.json (with --json, also
     print it)."""
+    set_wide(wide)
     with json_output(as_json):
         the_plan = _plan(
             model,
@@ -134,6 +145,14 @@ def plan(
     if as_json:
         print_json(the_plan.to_dict())
     return the_plan
+
+
+def guessed_pairs(cluster: Any, plan: Plan) -> list[tuple[str, str]]:
+    """The device pairs the plan moves data between (input -> stages -> output) whose link is the
+    unstated default."""
+    hops = [cluster.source, *(stage.device for stage in plan.stages), cluster.sink]
+    pairs = {tuple(sorted((a, b))) for a, b in pairwise(hops) if cluster.guessed(a, b)}
+    return sorted(pairs)  # type: ignore[arg-type]
 
 
 def _plan(
@@ -173,6 +192,17 @@ def _plan(
         )
     write_plan(the_plan, output)
     print_plan(the_graph, the_plan)
+    guessed = guessed_pairs(the_cluster, the_plan)
+    if guessed:
+        link = the_cluster.default_link
+        pairs = ", ".join(f"{a} and {b}" for a, b in guessed)
+        which = "each pair" if len(guessed) > 1 else "the pair"
+        err.print(
+            f"[yellow]warning:[/] the plan sends data between {pairs} over the built-in default link "
+            f"({link.gbps:g} Gb/s, {link.latency_ms:g} ms), a guess: give {which} a links entry in {cluster} "
+            "(or a default_link you mean); see docs/cluster-yaml.md",
+            highlight=False,
+        )
     out.print(f"plan written to {output}")
     if graph is not None:
         from nndeploy.partitioner.draw import write_drawing
@@ -247,24 +277,35 @@ def print_plan(the_graph: Graph, the_plan: Plan) -> None:
         table.add_column(
             header, justify="right" if header.endswith(("MB", "ms")) or header == "ops" else "left"
         )
+    rows = []
     for stage in the_plan.stages:
         capacity = the_plan.cluster.device(stage.device).mem_bytes
         first, last = stage.nodes[0], stage.nodes[-1]
-        table.add_row(
-            str(stage.index),
-            f"{stage.device} ({the_plan.cluster.device(stage.device).profile})",
-            str(len(stage.nodes)),
-            f"{first} ({ops.get(first, '?')})",
-            f"{last} ({ops.get(last, '?')})",
-            f"{stage.param_bytes / 1e6:.2f}",
-            f"{sum(t.nbytes for t in stage.outputs) / 1e6:.3f}",
-            f"{stage.compute_ms:.3f}",
-            f"{stage.transfer_ms:.3f}",
-            f"{stage.mem_bytes / MIB:,.1f} / {capacity / MIB:,.0f} MiB "
-            f"({100 * stage.mem_bytes / capacity:.1f}%)",
-            str(len(stage.fallback)) if stage.fallback else "-",
+        rows.append(
+            (
+                str(stage.index),
+                f"{stage.device} ({the_plan.cluster.device(stage.device).profile})",
+                str(len(stage.nodes)),
+                f"{first} ({ops.get(first, '?')})",
+                f"{last} ({ops.get(last, '?')})",
+                f"{stage.param_bytes / 1e6:.2f}",
+                f"{sum(t.nbytes for t in stage.outputs) / 1e6:.3f}",
+                f"{stage.compute_ms:.3f}",
+                f"{stage.transfer_ms:.3f}",
+                f"{stage.mem_bytes / MIB:,.1f} / {capacity / MIB:,.0f} MiB "
+                f"({100 * stage.mem_bytes / capacity:.1f}%)",
+                str(len(stage.fallback)) if stage.fallback else "-",
+            )
         )
-    out.print(table)
+        table.add_row(*rows[-1])
+    if fits(table):
+        out.print(table)
+    else:  # a narrow terminal: one block per stage instead of rows folded over several lines
+        out.print(f"[bold]{table.title}[/]", highlight=False)
+        for cells in rows:
+            out.print(f"[bold]stage {cells[0]}[/] on {cells[1]}", highlight=False)
+            for header, cell in zip(headers[2:], cells[2:], strict=True):
+                out.print(f"    {header:<24} {cell}", highlight=False, soft_wrap=True)
     for stage in the_plan.stages:
         for node in stage.fallback:
             out.print(

@@ -77,11 +77,11 @@ def profile(
     fits, files = {}, []
     for name in runnable:
         original = find_profile(name, cluster, profiles)
-        spec = {"peak_gflops": original.peak_gflops["float32"], "mem_bw_gbps": original.mem_bw_gbps}
+        spec = {"peak_gflops": original.peak_gflops["float32"], "mem_bw_gbytes_s": original.mem_bw_gbytes_s}
         fits[name] = fit_device(
             measured.samples,
             measured.peak_gflops,
-            measured.mem_bw_gbps,
+            measured.mem_bw_gbytes_s,
             name,
             threads=measured.threads,
             host=measured.host,
@@ -93,7 +93,7 @@ def profile(
                 original,
                 output,
                 measured.peak_gflops,
-                measured.mem_bw_gbps,
+                measured.mem_bw_gbytes_s,
                 measured.threads,
                 measured.host,
                 measured.measured_at,
@@ -152,7 +152,7 @@ def profile_command(
             ", ".join(result.devices[name]),
             name,
             f"{fit.peak_gflops:,.1f} ({fit.spec['peak_gflops']:,.0f})",
-            f"{fit.mem_bw_gbps:,.1f} ({fit.spec['mem_bw_gbps']:,.1f})",
+            f"{fit.mem_bw_gbytes_s:,.1f} ({fit.spec['mem_bw_gbytes_s']:,.1f})",
             str(fit.samples),
             f"{100 * fit.fit_error:.1f}%",
         )

@@ -19,8 +19,12 @@ Format (every key but ``devices`` is optional)::
     hop: {fixed_ms: 0.3, ms_per_mib: 0.7}       # what the data plane spends per hop between stages,
                                      # beyond the link (default: `nndeploy profile`'s measurement in
                                      # --profiles, else these figures); 0 and 0 make hops free
-    input_at: camera                 # where requests arrive (default: the first device)
-    output_to: server                # where results are consumed (default: input_at)
+    input_at: camera                 # where requests arrive (required with 2+ devices)
+    output_to: server                # where results are consumed (required with 2+ devices)
+
+Devices with the same ``host`` are one machine: unless ``links`` names the pair, their link is the slower
+of the two profiles' ``host_link_gbytes_s`` (in gigabits) with SAME_HOST_LATENCY_MS. docs/cluster-yaml.md
+is the user's reference.
 
 Every problem is collected and raised as one `ClusterError` whose message lists them all, separated by
 "; ", each as "<file as given>: <path>: <problem>", e.g.
@@ -45,6 +49,7 @@ from .registry import Profile, closest_names, device_from_profile, did_you_mean,
 MAX_DEVICES = 12
 DEFAULT_LINK_GBPS = 10.0
 DEFAULT_LINK_LATENCY_MS = 0.1
+SAME_HOST_LATENCY_MS = 0.01
 TOP_KEYS = ("name", "profiles", "devices", "links", "default_link", "hop", "input_at", "output_to")
 HOP_KEYS = ("fixed_ms", "ms_per_mib")
 DEVICE_KEYS = ("name", "profile", "host", "labels")
@@ -364,12 +369,19 @@ def parse_cluster(
     default_link = _parse_default_link(data.get("default_link"), problems)
     hop = _parse_hop(data["hop"], problems) if "hop" in data else None
     source = sink = names[0] if names else ""
+    for key in ("input_at", "output_to"):
+        if key not in data and len(names) > 1:
+            what = "requests arrive at" if key == "input_at" else "consumes the results"
+            problems.add(
+                key, f"required with more than one device: the device that {what}, one of {', '.join(names)}"
+            )
     if "input_at" in data:
         source = _device_ref(data["input_at"], "input_at", names, problems) or source
     sink = source
     if "output_to" in data:
         sink = _device_ref(data["output_to"], "output_to", names, problems) or sink
     problems.raise_if_any()
+    links += _same_host_links(devices, links, profiles or {})
     return Cluster(
         devices=tuple(devices),
         links=tuple(links),
@@ -378,7 +390,23 @@ def parse_cluster(
         sink=sink,
         name=name,
         hop=hop,
+        default_link_given="default_link" in data,
     )
+
+
+def _same_host_links(
+    devices: Sequence[Device], links: Sequence[Link], profiles: Mapping[str, Profile]
+) -> list[Link]:
+    """The machine-internal link of every pair of devices sharing a `host` that `links` does not name."""
+    given = {frozenset((link.a, link.b)) for link in links}
+    found = []
+    for i, a in enumerate(devices):
+        for b in devices[i + 1 :]:
+            if a.host is None or a.host != b.host or frozenset((a.name, b.name)) in given:
+                continue
+            gbytes = min(profiles[a.profile].host_link_gbytes_s, profiles[b.profile].host_link_gbytes_s)
+            found.append(Link(a=a.name, b=b.name, gbps=gbytes * 8, latency_ms=SAME_HOST_LATENCY_MS))
+    return found
 
 
 def load_cluster(path: str | Path, extra_profile_paths: Sequence[str | Path] = ()) -> Cluster:

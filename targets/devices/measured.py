@@ -30,7 +30,7 @@ def find_profile(name: str, cluster_path: Path, extra_paths: Sequence[str | Path
 def measured_profile_data(
     profile: Profile,
     peak_gflops: float,
-    mem_bw_gbps: float,
+    mem_bw_gbytes_s: float,
     threads: int,
     host: Mapping[str, str],
     measured_at: str,
@@ -48,7 +48,7 @@ def measured_profile_data(
         "arch": profile.arch,
         "tvm_target": target,
         "peak_gflops": {dtype: round(value * ratio, 2) for dtype, value in profile.peak_gflops.items()},
-        "mem_bw_gbps": round(float(mem_bw_gbps), 2),
+        "mem_bw_gbytes_s": round(float(mem_bw_gbytes_s), 2),
         "mem_bytes": int(profile.mem_bytes),
         "launch_overhead_us": float(profile.launch_overhead_us),
         "ops": sorted(profile.ops) if profile.ops is not None else None,
@@ -62,19 +62,19 @@ def write_measured_profile(
     profile: Profile,
     folder: Path,
     peak_gflops: float,
-    mem_bw_gbps: float,
+    mem_bw_gbytes_s: float,
     threads: int,
     host: Mapping[str, str],
     measured_at: str,
 ) -> Path:
     """Write `folder`/<name>.yaml with the measured figures (checked by loading it back); its path."""
-    data = measured_profile_data(profile, peak_gflops, mem_bw_gbps, threads, host, measured_at)
-    spec_peak, spec_bw = profile.peak_gflops["float32"], profile.mem_bw_gbps
+    data = measured_profile_data(profile, peak_gflops, mem_bw_gbytes_s, threads, host, measured_at)
+    spec_peak, spec_bw = profile.peak_gflops["float32"], profile.mem_bw_gbytes_s
     header = [
         f"# Measured by `nndeploy profile` on {host.get('hostname', '?')} ({host.get('cpu', '?')}, "
         f"{host.get('machine', '?')}) at {measured_at},",
         f"# with onnxruntime on {threads} thread(s). Measured: peak_gflops.float32 {peak_gflops:,.1f} "
-        f"(spec {spec_peak:,.1f}), mem_bw_gbps {mem_bw_gbps:,.1f} (spec {spec_bw:,.1f});",
+        f"(spec {spec_peak:,.1f}), mem_bw_gbytes_s {mem_bw_gbytes_s:,.1f} (spec {spec_bw:,.1f});",
         "# the other dtypes' peaks are scaled by the same ratio and tvm_target num-cores is the thread",
         f"# count. Everything else is copied from {profile.path}. Per-op costs: calibration.json.",
     ]

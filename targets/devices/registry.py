@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,7 +41,8 @@ class Profile:
     arch: str
     tvm_target: dict[str, Any]
     peak_gflops: dict[str, float]
-    mem_bw_gbps: float
+    mem_bw_gbytes_s: float
+    host_link_gbytes_s: float
     mem_bytes: int
     launch_overhead_us: float
     ops: frozenset[str] | None
@@ -80,7 +81,9 @@ class _ProfileSchema(BaseModel):
     arch: str = Field(pattern=r"^[a-z0-9_]+$")
     tvm_target: dict[str, Any]
     peak_gflops: dict[str, _PositiveFloat] = Field(min_length=1)
-    mem_bw_gbps: float = Field(gt=0)
+    mem_bw_gbytes_s: float = Field(gt=0)
+    # Bandwidth to the host machine's CPU (a GPU's PCIe link); default: mem_bw_gbytes_s.
+    host_link_gbytes_s: float | None = Field(default=None, gt=0)
     mem_gib: float | None = Field(default=None, gt=0)
     mem_bytes: int | None = Field(default=None, gt=0)
     launch_overhead_us: float = Field(ge=0)
@@ -106,6 +109,12 @@ _TYPE_NAMES = {
     "bool_type": "true or false",
     "model_type": "a mapping",
 }
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def closest_names(name: str, candidates: Iterable[str]) -> list[str]:
@@ -223,10 +232,17 @@ def _tvm_target_problems(kind: str, target: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def parse_profile(data: Any, path: str) -> Profile:
-    """Validate one parsed profile document; `path` names the file in error messages."""
+def parse_profile(data: Any, path: str, warn: Callable[[str], None] | None = None) -> Profile:
+    """Validate one parsed profile document; `path` names the file in error messages. A profile with the
+    old key `mem_bw_gbps` (gigabytes per second) is read as `mem_bw_gbytes_s`, and `warn` told so."""
     if not isinstance(data, dict):
         raise ClusterError(f"{path}: a profile must be a mapping of fields, got {_describe(data)}")
+    if "mem_bw_gbps" in data and "mem_bw_gbytes_s" not in data:
+        data = {("mem_bw_gbytes_s" if k == "mem_bw_gbps" else k): v for k, v in data.items()}
+        (warn or _warn)(
+            f"{path}: mem_bw_gbps is now mem_bw_gbytes_s (gigabytes per second; gbps means gigabits "
+            "everywhere else); rename the key"
+        )
     try:
         schema = _ProfileSchema.model_validate(data)
     except ValidationError as exc:
@@ -243,7 +259,8 @@ def parse_profile(data: Any, path: str) -> Profile:
         arch=schema.arch,
         tvm_target=copy.deepcopy(schema.tvm_target),
         peak_gflops={k: float(v) for k, v in schema.peak_gflops.items()},
-        mem_bw_gbps=float(schema.mem_bw_gbps),
+        mem_bw_gbytes_s=float(schema.mem_bw_gbytes_s),
+        host_link_gbytes_s=float(schema.host_link_gbytes_s or schema.mem_bw_gbytes_s),
         mem_bytes=int(mem_bytes),
         launch_overhead_us=float(schema.launch_overhead_us),
         ops=frozenset(schema.ops) if schema.ops is not None else None,
@@ -335,7 +352,7 @@ def device_from_profile(
         arch=profile.arch,
         tvm_target=copy.deepcopy(profile.tvm_target),
         peak_gflops=dict(profile.peak_gflops),
-        mem_bw_gbps=profile.mem_bw_gbps,
+        mem_bw_gbytes_s=profile.mem_bw_gbytes_s,
         mem_bytes=profile.mem_bytes,
         launch_overhead_us=profile.launch_overhead_us,
         ops=profile.ops,

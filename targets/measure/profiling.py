@@ -45,7 +45,7 @@ class HostMeasurement:
     threads: int
     measured_at: str
     peak_gflops: float
-    mem_bw_gbps: float
+    mem_bw_gbytes_s: float
     call_overhead_ms: float
     samples: tuple[OpSample, ...]
     seconds: float
@@ -331,7 +331,7 @@ def profile_host(
         threads=count,
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
         peak_gflops=peak,
-        mem_bw_gbps=bandwidth,
+        mem_bw_gbytes_s=bandwidth,
         call_overhead_ms=overhead,
         samples=tuple(samples),
         seconds=time.perf_counter() - started,

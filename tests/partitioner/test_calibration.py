@@ -52,7 +52,7 @@ def test_nnls_is_exact_and_never_negative() -> None:
 
 def test_fit_recovers_known_coefficients() -> None:
     samples = synthetic("Conv", 30, 1, 9.0, 40.0, 0.02) + synthetic("Relu", 12, 2, 0.0, 15.0, 0.003)
-    fitted = fit_device(samples, peak_gflops=100.0, mem_bw_gbps=20.0, profile="cpu")
+    fitted = fit_device(samples, peak_gflops=100.0, mem_bw_gbytes_s=20.0, profile="cpu")
     conv = dict(zip(FEATURES, fitted.ops["Conv"].coefficients, strict=True))
     relu = dict(zip(FEATURES, fitted.ops["Relu"].coefficients, strict=True))
     assert conv["ms_per_gflop"] == pytest.approx(9.0, rel=1e-6)
@@ -88,7 +88,7 @@ def test_calibration_json_round_trip(tmp_path: Path) -> None:
         threads=2,
         host={"hostname": "h", "cpu": "c"},
         measured_at="2026-01-01T00:00:00+00:00",
-        spec={"peak_gflops": 5888.0, "mem_bw_gbps": 204.8},
+        spec={"peak_gflops": 5888.0, "mem_bw_gbytes_s": 204.8},
     )
     calibration = Calibration({"x86-avx512-server": fitted})
     path = calibration.write(tmp_path)

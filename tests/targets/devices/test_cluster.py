@@ -99,7 +99,7 @@ def test_two_servers_are_identical() -> None:
     c = load_cluster(EXAMPLES / "two-servers.yaml")
     a, b = c.devices
     assert a.profile == b.profile == "x86-avx512-server"
-    assert a.peak_gflops == b.peak_gflops and a.mem_bw_gbps == b.mem_bw_gbps
+    assert a.peak_gflops == b.peak_gflops and a.mem_bw_gbytes_s == b.mem_bw_gbytes_s
     assert c.link("server-a", "server-b").gbps == 25
     assert (c.source, c.sink) == ("server-a", "server-b")
 

@@ -129,7 +129,7 @@ def test_gpus_outrun_cpus(builtins: dict[str, Profile]) -> None:
     for name in DATACENTER_GPUS:
         gpu = builtins[name]
         assert all(gpu.peak_gflops["float32"] > c.peak_gflops["float32"] for c in cpus), name
-        assert all(gpu.mem_bw_gbps > c.mem_bw_gbps for c in cpus), name
+        assert all(gpu.mem_bw_gbytes_s > c.mem_bw_gbytes_s for c in cpus), name
         assert gpu.peak_gflops["float16"] > 3 * gpu.peak_gflops["float32"], "tensor cores"
         assert gpu.peak_gflops["int8"] >= gpu.peak_gflops["float16"]
     jetson = builtins["jetson-orin-nano-gpu"]
@@ -147,7 +147,7 @@ def test_memory_sizes_and_bandwidths(builtins: dict[str, Profile]) -> None:
     assert gib["nvidia-t4"] == 16 and gib["nvidia-l4"] == 24
     assert gib["nvidia-a100"] == gib["nvidia-h100"] == 80
     assert 32 <= gib["x86-avx2-server"] <= 4096 and 32 <= gib["x86-avx512-server"] <= 4096
-    bw = {n: p.mem_bw_gbps for n, p in builtins.items()}
+    bw = {n: p.mem_bw_gbytes_s for n, p in builtins.items()}
     assert 15 < bw["raspberry-pi-5"] < 20
     assert bw["jetson-orin-nano-cpu"] == bw["jetson-orin-nano-gpu"] == 68
     assert bw["nvidia-h100"] > bw["nvidia-a100"] > bw["nvidia-t4"] > bw["jetson-orin-nano-gpu"]
@@ -252,8 +252,8 @@ def test_bad_profile_names_file_and_field(tmp_path: Path, monkeypatch: pytest.Mo
     [
         ({"kind": "tpu"}, "kind: must be one of 'cpu', 'gpu' or 'edge', got 'tpu'"),
         ({"kindd": "cpu"}, "kindd: unknown key; did you mean 'kind'?"),
-        ({"mem_bw_gbps": -3}, "mem_bw_gbps: must be > 0, got -3"),
-        ({"mem_bw_gbps": "fast"}, "mem_bw_gbps: must be a number, got 'fast'"),
+        ({"mem_bw_gbytes_s": -3}, "mem_bw_gbytes_s: must be > 0, got -3"),
+        ({"mem_bw_gbytes_s": "fast"}, "mem_bw_gbytes_s: must be a number, got 'fast'"),
         ({"launch_overhead_us": -1}, "launch_overhead_us: must be >= 0"),
         ({"name": "My Board"}, "name: must be a lowercase slug"),
         ({"peak_gflops": {"flaot32": 10}}, "peak_gflops.flaot32: unknown dtype; did you mean 'float32'?"),
@@ -281,10 +281,12 @@ def test_gpu_profile_needs_cuda_arch(tmp_path: Path) -> None:
 
 
 def test_several_problems_in_one_message(tmp_path: Path) -> None:
-    path = _write(tmp_path, "b.yaml", _raw("raspberry-pi-5") | {"name": "b", "kind": "x", "mem_bw_gbps": 0})
+    path = _write(
+        tmp_path, "b.yaml", _raw("raspberry-pi-5") | {"name": "b", "kind": "x", "mem_bw_gbytes_s": 0}
+    )
     with pytest.raises(ClusterError) as info:
         load_profiles([path])
-    assert "kind: must be one of" in str(info.value) and "mem_bw_gbps: must be > 0" in str(info.value)
+    assert "kind: must be one of" in str(info.value) and "mem_bw_gbytes_s: must be > 0" in str(info.value)
 
 
 def test_unreadable_profiles(tmp_path: Path) -> None:

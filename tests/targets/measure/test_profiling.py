@@ -124,9 +124,9 @@ def stage_errors(model_path: Path, cluster, models: dict[str, object]) -> dict[s
 def test_calibration_improves_held_out_stage_predictions(example_models, make_cluster) -> None:  # type: ignore[no-untyped-def]
     name = runnable_profile()
     measured = profiling.profile_host(threads=1, models=[example_models["camera_cnn"]], quick=True)
-    assert measured.peak_gflops > 0 and measured.mem_bw_gbps > 0
+    assert measured.peak_gflops > 0 and measured.mem_bw_gbytes_s > 0
     assert {s.source for s in measured.samples} == {"sweep", "camera_cnn.onnx"}
-    fitted = fit_device(measured.samples, measured.peak_gflops, measured.mem_bw_gbps, name)
+    fitted = fit_device(measured.samples, measured.peak_gflops, measured.mem_bw_gbytes_s, name)
     models = {
         "spec roofline": RooflineCostModel(),
         "calibrated": CalibratedCostModel(Calibration({name: fitted})),
