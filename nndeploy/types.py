@@ -241,7 +241,7 @@ class Cluster:
     hop: HopCost | None = None
     # Whether cluster.yaml gave `default_link` itself; when not, a pair it covers is a guess the planner
     # warns about (`guessed`). Not part of the JSON form: a plan's cluster is what was planned with.
-    default_link_given: bool = True
+    default_link_given: bool = field(default=True, compare=False)
 
     def device(self, name: str) -> Device:
         """The device called `name` (KeyError if absent)."""

@@ -78,6 +78,10 @@ def make_cluster(tmp_path: Path) -> Callable[..., Any]:
     from nndeploy.targets.devices.cluster import parse_cluster
 
     def build(data: dict[str, Any], extra_profile_paths: tuple[Path, ...] = ()) -> Any:
+        devices = data.get("devices")
+        if isinstance(devices, list) and devices and isinstance(devices[0], dict) and "name" in devices[0]:
+            # Where requests arrive and results go: the first device, unless the test says otherwise.
+            data = {"input_at": devices[0]["name"], "output_to": devices[0]["name"], **data}
         return parse_cluster(data, "cluster.yaml", tmp_path, extra_profile_paths)
 
     return build

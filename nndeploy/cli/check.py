@@ -109,4 +109,5 @@ def _check_cluster(path: Path, profiles: list[Path], raw: dict[str, Any]) -> Non
             f"{', '.join(guessed)}; "
             "give them links entries (or a default_link you mean) if the plan may send data between them",
             highlight=False,
+            soft_wrap=True,
         )

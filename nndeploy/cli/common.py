@@ -41,7 +41,8 @@ def fits(table: Any) -> bool:
     """Whether `table` fits the terminal without folding any cell (always, with --wide)."""
     from rich.measure import Measurement
 
-    return Measurement.get(out, out.options, table).maximum <= out.width
+    natural = Measurement.get(out, out.options.update_width(WIDE_COLUMNS), table).maximum
+    return natural <= out.width
 
 
 JsonOption = Annotated[

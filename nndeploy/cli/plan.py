@@ -202,6 +202,7 @@ def _plan(
             f"({link.gbps:g} Gb/s, {link.latency_ms:g} ms), a guess: give {which} a links entry in {cluster} "
             "(or a default_link you mean); see docs/cluster-yaml.md",
             highlight=False,
+            soft_wrap=True,
         )
     out.print(f"plan written to {output}")
     if graph is not None:

@@ -34,6 +34,8 @@ def _base() -> dict:
             {"name": "server", "profile": "x86-avx512-server"},
         ],
         "links": [{"between": ["cam", "server"], "gbps": 0.1, "latency_ms": 2.0}],
+        "input_at": "cam",
+        "output_to": "cam",
     }
 
 
@@ -121,7 +123,7 @@ def test_link_lookup_and_defaults(in_tmp: Path) -> None:
     Path("c.yaml").write_text(yaml.safe_dump(data))
     c = load_cluster("c.yaml")
     assert c.name == "c"
-    assert c.source == c.sink == "cam", "first device by default; output_to defaults to input_at"
+    assert c.source == c.sink == "cam"
     assert c.link("cam", "cam") is None and c.transfer_ms("cam", "cam", 10**9) == 0.0
     assert c.link("server", "cam") == c.link("cam", "server")
     default = c.link("cam", "gpu")
@@ -312,6 +314,7 @@ def test_too_many_devices(in_tmp: Path) -> None:
     message = _errors(data)
     assert f"cluster.yaml: devices: {MAX_DEVICES + 1} devices given; at most {MAX_DEVICES}" in message
     data["devices"].pop()
+    data |= {"input_at": "d0", "output_to": "d0"}
     Path("ok.yaml").write_text(yaml.safe_dump(data))
     assert len(load_cluster("ok.yaml").devices) == MAX_DEVICES
 
@@ -332,6 +335,7 @@ def test_all_problems_in_one_message(in_tmp: Path) -> None:
             {"between": ["gpu", "gpu"], "gbps": 1, "latency_ms": 0},
         ],
         "input_at": "nowhere",
+        "output_to": "cam",
     }
     message = _errors(data)
     expected = [
@@ -362,12 +366,13 @@ def test_message_uses_the_name_as_given(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_hop_cost_is_read_checked_and_kept_in_the_plan_form(tmp_path: Path) -> None:
     devices = [{"name": "a", "profile": "x86-avx512-server"}, {"name": "b", "profile": "x86-avx512-server"}]
+    ends = {"input_at": "a", "output_to": "b"}
     cluster = parse_cluster(
-        {"devices": devices, "hop": {"fixed_ms": 0.5, "ms_per_mib": 1}}, "c.yaml", tmp_path
+        {"devices": devices, "hop": {"fixed_ms": 0.5, "ms_per_mib": 1}, **ends}, "c.yaml", tmp_path
     )
     assert cluster.hop is not None and (cluster.hop.fixed_ms, cluster.hop.ms_per_mib) == (0.5, 1.0)
     assert Cluster.from_dict(cluster.to_dict()) == cluster
-    assert parse_cluster({"devices": devices}, "c.yaml", tmp_path).hop is None
+    assert parse_cluster({"devices": devices, **ends}, "c.yaml", tmp_path).hop is None
     with pytest.raises(ClusterError) as caught:
         parse_cluster({"devices": devices, "hop": {"fixed_ms": -1, "ms_per_mb": 2}}, "c.yaml", tmp_path)
     message = str(caught.value)
