@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
     from nndeploy.targets.artifacts.manifest import Manifest
 
-# Piped output keeps full-width tables instead of rich's 80-column default (or COLUMNS, when set).
-_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "") or 200)
+# Piped output keeps full-width tables instead of rich's 80-column default: 200 columns, or
+# NNDEPLOY_COLUMNS. (Not COLUMNS: readline, loaded by some parents, exports it as 80 to every child.)
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("NNDEPLOY_COLUMNS", "") or 200)
 out = Console(width=_WIDTH)
 err = Console(stderr=True, width=_WIDTH)
 WIDE_COLUMNS = 100_000

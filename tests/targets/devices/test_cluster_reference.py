@@ -170,7 +170,7 @@ def test_plan_warns_about_guessed_pairs_it_uses(tmp_path: Path) -> None:
 def test_narrow_terminals_keep_identifiers_whole(tmp_path: Path) -> None:
     from nndeploy.targets.devices.registry import load_profiles
 
-    done = nndeploy("devices", env={"COLUMNS": "100"})
+    done = nndeploy("devices", env={"NNDEPLOY_COLUMNS": "100"})
     assert done.returncode == 0, done.stderr
     for name in load_profiles(()):
         assert name in done.stdout, name  # never cut to "raspberry-pi…"
@@ -181,13 +181,13 @@ def test_narrow_terminals_keep_identifiers_whole(tmp_path: Path) -> None:
     onnx.save(conv_residual_model(64), tmp_path / "m.onnx")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CAMERA_T4))
     args = ("plan", tmp_path / "m.onnx", "--cluster", tmp_path / "c.yaml", "-o", tmp_path / "p.json")
-    fitting = nndeploy(*args, env={"COLUMNS": "120"})
+    fitting = nndeploy(*args, env={"NNDEPLOY_COLUMNS": "120"})
     assert fitting.returncode == 0, fitting.stderr
     assert max(len(line) for line in fitting.stdout.splitlines()) <= 120
-    narrow = nndeploy(*args, env={"COLUMNS": "80"})
+    narrow = nndeploy(*args, env={"NNDEPLOY_COLUMNS": "80"})
     assert narrow.returncode == 0, narrow.stderr
     assert "stage 0 on " in narrow.stdout and "memory used / capacity" in narrow.stdout  # one block a stage
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
-    wide = nndeploy(*args, "--wide", env={"COLUMNS": "80"})
+    wide = nndeploy(*args, "--wide", env={"NNDEPLOY_COLUMNS": "80"})
     assert wide.returncode == 0 and "stage 0 on " not in wide.stdout  # the table, however wide
     assert max(len(line) for line in wide.stdout.splitlines()) > 80
