@@ -30,6 +30,8 @@ devices:
   - {name: c, profile: raspberry-pi-5}
 default_link: {gbps: 400, latency_ms: 0.0001}
 hop: {fixed_ms: 0, ms_per_mib: 0}
+input_at: a
+output_to: a
 """
 
 

@@ -230,7 +230,7 @@ def test_check_top_cli_keeps_a_measured_candidate(make_cluster: Callable[..., An
 def test_check_top_cli_refuses_an_aarch64_stage(tmp_path: Path) -> None:
     model, cluster = tmp_path / "conv.onnx", tmp_path / "cluster.yaml"
     onnx.save(conv_model(), model)
-    cluster.write_text(yaml.safe_dump({**MIXED, "input_at": "camera"}))
+    cluster.write_text(yaml.safe_dump({**MIXED, "input_at": "camera", "output_to": "camera"}))
     done = nndeploy("plan", model, "--cluster", cluster, "--check-top", "3", "-o", tmp_path / "p.json")
     assert done.returncode == 2, done.stdout
     lines = done.stderr.strip().splitlines()

@@ -154,6 +154,8 @@ def test_profile_cli_writes_profiles_that_plan_reads(tmp_path: Path, example_mod
             {
                 "name": "here-and-there",
                 "devices": [{"name": "here", "profile": name}, {"name": "there", "profile": foreign}],
+                "input_at": "here",
+                "output_to": "here",
             }
         )
     )
