@@ -77,7 +77,7 @@ def servers(count: int, profile: str, extra: list[Path]) -> Cluster:
         "devices": [{"name": f"s{i}", "profile": profile} for i in range(count)],
         "default_link": {"gbps": 25, "latency_ms": 0.05},
         "input_at": "s0",
-        "output_to": f"s{count - 1}",
+        "output_to": "s0",
     }
     return parse_cluster(data, "bench.yaml", ROOT, extra)
 

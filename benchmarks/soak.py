@@ -61,7 +61,7 @@ def build(folder: Path) -> Path:
         "devices": [{"name": f"server-{i}", "profile": "x86-avx2-server"} for i in range(3)],
         "default_link": {"gbps": 4000.0, "latency_ms": 1e-4},
         "input_at": "server-0",
-        "output_to": "server-2",
+        "output_to": "server-0",
     }
     (folder / "cluster.yaml").write_text(yaml.safe_dump(cluster))
     for args in (
