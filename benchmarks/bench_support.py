@@ -21,8 +21,9 @@ import grpc
 
 from nndeploy.runtime import shm
 from nndeploy.runtime.chain import serve_built_stage
-from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.endpoint import start_endpoint
 from nndeploy.runtime.links import open_channel
+from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.tls import TlsFiles
 from nndeploy.runtime.wire import Frame, process_stream
 from nndeploy.runtime.worker import Execute, StageSpec, serve_stage

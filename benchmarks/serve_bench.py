@@ -52,7 +52,7 @@ import numpy as np
 from nndeploy.proto import stage_pb2
 from nndeploy.runtime.chain import free_ports
 from nndeploy.runtime.client import Client, Metadata, random_tensor, run_bench
-from nndeploy.runtime.endpoint import ModelSpec
+from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.wire import frame
 from nndeploy.runtime.worker import Execute, StageSpec
 from nndeploy.types import TensorSpec

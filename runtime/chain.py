@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nndeploy.errors import NNDeployError
-from nndeploy.runtime.endpoint import ModelSpec
+from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.tls import TlsFiles
 from nndeploy.runtime.worker import Execute, StageSpec, serve_stage
 from nndeploy.targets.artifacts.loader import emulated_library, run_artifact, start_emulated_worker

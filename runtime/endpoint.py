@@ -13,7 +13,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -33,6 +32,7 @@ from nndeploy.runtime.batcher import Batcher
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port, open_channel
 from nndeploy.runtime.malloc import keep_large_buffers
 from nndeploy.runtime.observed import Observed
+from nndeploy.runtime.served import ModelSpec, Refused, Request, input_problem, timeout_parameter
 from nndeploy.runtime.tensors import (
     dtype_to_kserve,
     numpy_to_infer_response_outputs,
@@ -46,16 +46,6 @@ from nndeploy.types import TensorSpec
 STATUS = {code.name: code for code in grpc.StatusCode}
 
 
-class Refused(Exception):
-    """A request the endpoint answers with an error: a gRPC status code name and a one-line message
-    (runtime.http maps the code to an HTTP status)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _ns(seconds: float) -> int:
     return max(int(seconds * 1e9), 0)
 
@@ -63,50 +53,6 @@ def _ns(seconds: float) -> int:
 def _shorter(a: float | None, b: float | None) -> float | None:
     """The smaller of two optional timeouts (None: no limit)."""
     return b if a is None else a if b is None else min(a, b)
-
-
-def timeout_parameter(parameters: Any) -> float | None:
-    """Triton's per-request `timeout` parameter (microseconds; an InferParameter map or JSON parameters)
-    in seconds, if the request sets a positive one."""
-    if not parameters or "timeout" not in parameters:
-        return None
-    value = parameters["timeout"]
-    if hasattr(value, "int64_param"):
-        value = value.int64_param or value.uint64_param
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        return None
-    return value / 1e6
-
-
-@dataclass(frozen=True)
-class Request:
-    """One inference request, decoded from either protocol."""
-
-    inputs: dict[str, np.ndarray]
-    outputs: tuple[str, ...] = ()  # the outputs wanted; () = all
-    timeout_s: float | None = None  # the client's own limit (its deadline, Triton's `timeout` parameter)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The served model as clients see it, and where its chain starts."""
-
-    name: str
-    version: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    stages: tuple[tuple[str, str], ...]  # (device, worker address) per stage, in order
-    timeout_s: float = 60.0
-    # Requests waiting for the chain at once; more are refused with RESOURCE_EXHAUSTED straight away
-    # instead of queueing without bound.
-    max_in_flight: int = 256
-    # Free-form metadata properties: which executor runs each stage, which nodes run on onnxruntime.
-    properties: tuple[tuple[str, str], ...] = ()
-    # Dynamic batching (0: off): requests of 1..max_batch samples (first dimension) arriving within
-    # batch_delay_ms run as one batch, padded to the smallest of the build's batch_sizes that holds it.
-    max_batch: int = 0
-    batch_delay_ms: float = 0.0
-    batch_sizes: tuple[int, ...] = ()
 
 
 class Endpoint(
@@ -310,7 +256,7 @@ class Endpoint(
         """The `wanted` outputs for one request, the chain's report (stage timings, seconds spent reading
         the result) and the seconds it waited for a batch; Refused for anything the client or the chain
         got wrong."""
-        problem = self._input_problem(arrays)
+        problem = input_problem(self.model, arrays)
         if problem:
             raise Refused("INVALID_ARGUMENT", problem)
         wanted = list(wanted) or [t.name for t in self.model.outputs]
@@ -517,33 +463,6 @@ class Endpoint(
                 "NOT_FOUND",
                 f"model '{name}' has no version '{version}'; this server serves version {self.model.version}",
             )
-
-    def _input_problem(self, arrays: dict[str, np.ndarray]) -> str:
-        """A precise description of what is wrong with the inputs, or ''."""
-        expected = {t.name: t for t in self.model.inputs}
-        unknown = sorted(set(arrays) - set(expected))
-        missing = sorted(set(expected) - set(arrays))
-        if unknown or missing:
-            return f"inputs must be {sorted(expected)}; got unknown {unknown} and missing {missing}"
-        for name, array in arrays.items():
-            spec = expected[name]
-            if array.dtype.name != spec.dtype:
-                got, needed = dtype_to_kserve(array.dtype), dtype_to_kserve(spec.dtype)
-                return f"input '{name}': datatype {got}, the model needs {needed}"
-            if self.model.max_batch > 0:
-                if (
-                    array.ndim == 0
-                    or array.shape[1:] != spec.shape[1:]
-                    or not 1 <= array.shape[0] <= self.model.max_batch
-                ):
-                    needed = ", ".join([f"1..{self.model.max_batch}", *map(str, spec.shape[1:])])
-                    return f"input '{name}': shape {list(array.shape)}, the model needs [{needed}]"
-            elif tuple(array.shape) != spec.shape:
-                return f"input '{name}': shape {list(array.shape)}, the model needs {list(spec.shape)}"
-        if self.model.max_batch > 0 and len({array.shape[0] for array in arrays.values()}) > 1:
-            sizes = {name: int(array.shape[0]) for name, array in arrays.items()}
-            return f"every input needs the same batch (first dimension); got {sizes}"
-        return ""
 
 
 async def start_endpoint(

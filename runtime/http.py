@@ -22,9 +22,10 @@ from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import LineTooLong
 
 from nndeploy.runtime.access import ServerAccess
-from nndeploy.runtime.endpoint import Endpoint, Refused, Request, timeout_parameter
+from nndeploy.runtime.endpoint import Endpoint
 from nndeploy.runtime.links import PortInUse
 from nndeploy.runtime.rest import HEADER_LENGTH, encode_response, parse_request
+from nndeploy.runtime.served import Refused, Request, timeout_parameter
 from nndeploy.runtime.triton_model import message_json, model_config_json, statistics_json
 
 # The HTTP status of each gRPC status code the endpoint answers with.

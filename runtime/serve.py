@@ -12,10 +12,11 @@ from pathlib import Path
 
 from nndeploy.runtime.access import ServerAccess
 from nndeploy.runtime.chain import built_batch_sizes, free_ports, model_spec, stage_specs
-from nndeploy.runtime.endpoint import Endpoint, ModelSpec, start_endpoint
+from nndeploy.runtime.endpoint import Endpoint, start_endpoint
 from nndeploy.runtime.http import HttpLimits, HttpServer, start_http
 from nndeploy.runtime.metrics import start_metrics_server
 from nndeploy.runtime.ray_cluster import RayStages, ServeError
+from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.tls import TlsFiles
 from nndeploy.targets.artifacts.loader import why_not_runnable
 from nndeploy.targets.artifacts.manifest import Manifest

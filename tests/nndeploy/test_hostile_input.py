@@ -28,8 +28,9 @@ from nndeploy.graph import load_graph
 from nndeploy.planfile import read_plan, validate_plan_dict
 from nndeploy.proto import inference_pb2, inference_pb2_grpc
 from nndeploy.runtime.chain import free_ports
-from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.endpoint import start_endpoint
 from nndeploy.runtime.links import CHANNEL_OPTIONS
+from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.worker import StageSpec, serve_stage
 from nndeploy.targets.artifacts.manifest import read_manifest
 from nndeploy.targets.devices.cluster import parse_cluster

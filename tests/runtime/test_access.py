@@ -15,8 +15,9 @@ from nndeploy.proto import health_pb2, health_pb2_grpc
 from nndeploy.runtime.access import AccessError, client_access, read_token, server_access
 from nndeploy.runtime.chain import free_ports
 from nndeploy.runtime.client import Client, ClientError, Metadata, run_bench
-from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.endpoint import start_endpoint
 from nndeploy.runtime.links import CHANNEL_OPTIONS
+from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.worker import StageSpec, serve_stage
 from nndeploy.types import TensorSpec
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from nndeploy.runtime.chain import free_ports
-from nndeploy.runtime.endpoint import ModelSpec, Refused, Request, start_endpoint
+from nndeploy.runtime.endpoint import start_endpoint
+from nndeploy.runtime.served import ModelSpec, Refused, Request
 from nndeploy.runtime.worker import StageSpec, serve_stage
 from nndeploy.types import TensorSpec
 

@@ -23,8 +23,9 @@ import pytest
 
 from nndeploy.runtime.access import ServerAccess, read_token
 from nndeploy.runtime.chain import free_ports
-from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.endpoint import start_endpoint
 from nndeploy.runtime.http import HttpLimits, start_http
+from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.worker import StageSpec, serve_stage
 from nndeploy.types import TensorSpec
 

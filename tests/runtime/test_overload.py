@@ -12,7 +12,8 @@ import numpy as np
 
 from nndeploy.runtime.chain import free_ports
 from nndeploy.runtime.client import Metadata, run_bench
-from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.endpoint import start_endpoint
+from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.worker import StageSpec, serve_stage
 from nndeploy.types import TensorSpec
 

@@ -15,8 +15,9 @@ from nndeploy.errors import NNDeployError
 from nndeploy.proto import stage_pb2, stage_pb2_grpc
 from nndeploy.runtime.chain import free_ports
 from nndeploy.runtime.client import Client
-from nndeploy.runtime.endpoint import ModelSpec, start_endpoint
+from nndeploy.runtime.endpoint import start_endpoint
 from nndeploy.runtime.links import CHANNEL_OPTIONS
+from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.tls import load_tls
 from nndeploy.runtime.worker import StageSpec, serve_stage
 from nndeploy.types import TensorSpec
