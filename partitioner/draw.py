@@ -1,5 +1,7 @@
-"""Drawings of a plan: the model graph with every node coloured by its stage and every cut edge marked,
-as Graphviz DOT, SVG (rendered by Graphviz) or a self-contained HTML page."""
+"""Drawings of a plan, as Graphviz DOT, SVG (rendered by Graphviz) or a self-contained HTML page: first the
+deployment (devices as boxes with their stages inside, the hops between them labelled with bandwidth, bytes
+and milliseconds, where requests arrive and results go, the bottleneck in red, a legend), then the model
+graph with every node coloured by its stage and every cut edge marked."""
 
 from __future__ import annotations
 
@@ -51,6 +53,115 @@ def plan_dot(graph: Graph, plan: Plan) -> str:
     return dot.source
 
 
+BOTTLENECK = "#d62728"
+
+
+def deployment_dot(plan: Plan) -> str:
+    """DOT source of the deployment: one box per device the plan uses (name, profile, memory used of its
+    capacity) holding its stages (ops, compute ms), an arrow per hop (input -> stage 0 -> ... -> output)
+    labelled with the link's bandwidth, the bytes sent and the transfer ms; the bottleneck in red."""
+    cluster = plan.cluster
+    dot = graphviz.Digraph(
+        "deployment", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "labelloc": "t"}
+    )
+    dot.attr(
+        label=f"{Path(plan.model_path).name} on {cluster.name} ({plan.objective}): "
+        f"{plan.latency_ms:.2f} ms per request, {plan.throughput_per_s:,.1f}/s\\nbottleneck: "
+        f"{plan.bottleneck or 'none'}"
+    )
+    dot.attr("node", shape="box", style="filled,rounded", fontname="Helvetica", fontsize="10")
+    dot.attr("edge", fontname="Helvetica", fontsize="9", color="#555555")
+    used = {stage.device for stage in plan.stages}
+    for device in cluster.devices:
+        if device.name not in used and device.name not in (cluster.source, cluster.sink):
+            continue
+        stages = [s for s in plan.stages if s.device == device.name]
+        memory = sum(s.mem_bytes for s in stages)
+        with dot.subgraph(name=f"cluster_{device.name}") as box:
+            box.attr(
+                label=f"{device.name} ({device.profile})\\nmemory {memory / 2**20:,.1f} MiB of "
+                f"{device.mem_bytes / 2**30:,.1f} GiB",
+                style="rounded",
+                color="#333333",
+                fontsize="11",
+            )
+            if device.name == cluster.source:
+                box.node("input", label="requests arrive", shape="ellipse", style="solid")
+            if device.name == cluster.sink:
+                box.node("output", label="results go", shape="ellipse", style="solid")
+            for stage in stages:
+                hot = plan.bottleneck == f"stage {stage.index} compute on {stage.device}"
+                box.node(
+                    f"stage{stage.index}",
+                    label=f"stage {stage.index}\\n{len(stage.nodes)} ops\\n{stage.compute_ms:.2f} ms",
+                    fillcolor=STAGE_COLOURS[stage.index % len(STAGE_COLOURS)],
+                    color=BOTTLENECK if hot else "#333333",
+                    penwidth="3" if hot else "1",
+                )
+    first = plan.stages[0]
+    hops = [
+        (
+            "input",
+            f"stage{first.index}",
+            cluster.source,
+            first.device,
+            first.inputs,
+            plan.input_transfer_ms,
+            "inputs",
+        )
+    ]
+    for i, stage in enumerate(plan.stages):
+        last = i + 1 == len(plan.stages)
+        target, device = (
+            ("output", cluster.sink)
+            if last
+            else (f"stage{plan.stages[i + 1].index}", plan.stages[i + 1].device)
+        )
+        hops.append(
+            (
+                f"stage{stage.index}",
+                target,
+                stage.device,
+                device,
+                stage.outputs,
+                stage.transfer_ms,
+                str(stage.index),
+            )
+        )
+    for source, target, a, b, tensors, ms, which in hops:
+        nbytes = sum(t.nbytes for t in tensors)
+        link = cluster.link(a, b)
+        where = f"{link.gbps:g} Gb/s" if link is not None else "same device"
+        if which == "inputs":
+            hot = plan.bottleneck.endswith("(inputs)")
+        else:
+            hot = plan.bottleneck in (f"link {a} -> {b}", f"hop out of stage {which}")
+        dot.edge(
+            source,
+            target,
+            label=f"{where}\\n{_bytes(nbytes)}, {ms:.2f} ms",
+            color=BOTTLENECK if hot else "#555555",
+            fontcolor=BOTTLENECK if hot else "#333333",
+            penwidth="3" if hot else "1.2",
+        )
+    legend = (
+        "<<table border='0' cellspacing='2'><tr><td align='left'><b>legend</b></td></tr>"
+        "<tr><td align='left'>box: a device (profile, memory used of capacity)</td></tr>"
+        "<tr><td align='left'>inside: its stages (ops, compute ms)</td></tr>"
+        "<tr><td align='left'>arrow: a hop (link Gb/s, bytes, transfer ms)</td></tr>"
+        f"<tr><td align='left'><font color='{BOTTLENECK}'>red: the bottleneck</font></td></tr></table>>"
+    )
+    dot.node("legend", label=legend, shape="note", style="solid", fontsize="9")
+    return dot.source
+
+
+def _bytes(nbytes: int) -> str:
+    """A size a person reads: 4.1 KB, 2.63 MB (never 0.00 MB for a small cut)."""
+    if nbytes < 1e6:
+        return f"{nbytes / 1e3:.1f} KB"
+    return f"{nbytes / 1e6:.2f} MB"
+
+
 def write_drawing(graph: Graph, plan: Plan, path: str | Path) -> Path:
     """Write the drawing to `path`; the format follows its suffix (.dot/.gv, .svg, .html)."""
     target = Path(path)
@@ -58,13 +169,35 @@ def write_drawing(graph: Graph, plan: Plan, path: str | Path) -> Path:
     if suffix not in FORMATS:
         raise PlanError(f"{path}: cannot draw to '{suffix or 'no suffix'}'; use one of {', '.join(FORMATS)}")
     source = plan_dot(graph, plan)
+    deployment = deployment_dot(plan)
     if suffix in (".dot", ".gv"):
-        target.write_text(source, encoding="utf-8")
+        target.write_text(deployment + "\n" + source, encoding="utf-8")
     elif suffix == ".svg":
-        target.write_text(render_svg(source), encoding="utf-8")
+        target.write_text(_stack_svgs([render_svg(deployment), render_svg(source)]), encoding="utf-8")
     else:
-        target.write_text(_html_page(plan, render_svg(source)), encoding="utf-8")
+        target.write_text(_html_page(plan, render_svg(deployment) + render_svg(source)), encoding="utf-8")
     return target
+
+
+def _stack_svgs(svgs: list[str]) -> str:
+    """One SVG document holding `svgs` one below the other (the deployment first)."""
+    import re
+
+    px_per_pt = 4 / 3  # Graphviz sizes its SVGs in points; the stack is laid out in CSS pixels
+    parts, width, height = [], 0.0, 0.0
+    for svg in svgs:
+        body = svg[svg.index("<svg") :]
+        size = re.search(r'width="([\d.]+)pt"\s+height="([\d.]+)pt"', body)
+        w, h = (float(size.group(1)), float(size.group(2))) if size else (600.0, 450.0)
+        parts.append(f'<g transform="translate(0,{height:.1f})">{body}</g>')
+        width, height = max(width, w * px_per_pt), height + h * px_per_pt + 24
+    return (
+        '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
+        f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+        f'width="{width:.0f}px" height="{height:.0f}px" viewBox="0 0 {width:.0f} {height:.0f}">'
+        + "".join(parts)
+        + "</svg>\n"
+    )
 
 
 def render_svg(source: str) -> str:
@@ -87,7 +220,7 @@ def _op(graph: Graph, name: str) -> str:
 
 
 def _mb(graph: Graph, tensor: str) -> str:
-    return f"{graph.tensors[tensor].nbytes / 1e6:.2f} MB" if tensor in graph.tensors else ""
+    return _bytes(graph.tensors[tensor].nbytes) if tensor in graph.tensors else ""
 
 
 def _html_page(plan: Plan, svg: str) -> str:

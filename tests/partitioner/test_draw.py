@@ -10,7 +10,7 @@ import pytest
 
 from nndeploy.errors import PlanError
 from nndeploy.graph import load_graph
-from nndeploy.partitioner.draw import STAGE_COLOURS, plan_dot, write_drawing
+from nndeploy.partitioner.draw import STAGE_COLOURS, deployment_dot, plan_dot, write_drawing
 from nndeploy.partitioner.planner import plan
 
 from conftest import servers
@@ -43,7 +43,11 @@ def cut_pairs(graph, result) -> int:
 
 def test_svg_draws_each_node_once_and_marks_the_cuts(planned, tmp_path: Path) -> None:
     graph, result = planned
-    svg = write_drawing(graph, result, tmp_path / "plan.svg").read_text()
+    stacked = write_drawing(graph, result, tmp_path / "plan.svg").read_text()
+    deployment, svg = stacked.split("<svg", 3)[2:]  # the page's own <svg>, then the two drawings
+    assert "Gb/s" in deployment and "legend" in deployment and "bottleneck" in deployment
+    for stage in result.stages:
+        assert f"stage {stage.index}" in deployment and stage.device.replace("-", "&#45;") in deployment
     drawn_nodes = len(re.findall(r'<g id="node\d+" class="node">', svg))
     assert drawn_nodes == len(graph.nodes) + len(graph.inputs) + len(graph.outputs)
     red_edges = len(
@@ -61,7 +65,8 @@ def test_svg_draws_each_node_once_and_marks_the_cuts(planned, tmp_path: Path) ->
 def test_dot_and_html_forms(planned, tmp_path: Path) -> None:
     graph, result = planned
     dot = write_drawing(graph, result, tmp_path / "plan.dot").read_text()
-    assert dot == plan_dot(graph, result) and dot.startswith("digraph plan")
+    assert dot == deployment_dot(result) + "\n" + plan_dot(graph, result)
+    assert dot.startswith("digraph deployment")
     page = write_drawing(graph, result, tmp_path / "plan.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page
     assert page.count("<tr>") == len(result.stages) + 1  # header + one row per stage
@@ -72,3 +77,42 @@ def test_unknown_format_is_refused(planned, tmp_path: Path) -> None:
     with pytest.raises(PlanError, match=r"plan\.png: cannot draw to '\.png'"):
         write_drawing(graph, result, tmp_path / "plan.png")
     assert not (tmp_path / "plan.png").exists()
+
+
+def test_the_deployment_shows_devices_links_and_the_bottleneck(make_cluster) -> None:
+    """A camera on a slow link to a server: the hop over the link is the bottleneck, drawn in red and
+    labelled with the link's bandwidth and the bytes it carries (a small cut in KB, not 0.00 MB)."""
+    from nndeploy.partitioner.draw import BOTTLENECK
+    from nndeploy.partitioner.planner import plan as make_plan
+
+    from models import conv_residual_model
+
+    cluster = make_cluster(
+        {
+            "devices": [
+                {"name": "cam", "profile": "raspberry-pi-5"},
+                {"name": "srv", "profile": "x86-avx512-server"},
+            ],
+            "links": [{"between": ["cam", "srv"], "gbps": 0.01, "latency_ms": 3.0}],
+            "input_at": "cam",
+            "output_to": "srv",
+        }
+    )
+    import tempfile
+
+    import onnx
+
+    from nndeploy.graph import load_graph
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.onnx"
+        onnx.save(conv_residual_model(16), path)
+        result = make_plan(load_graph(path), cluster, "throughput")
+    dot = deployment_dot(result)
+    assert result.bottleneck.startswith("link cam -> srv") or "(inputs)" in result.bottleneck
+    assert 'label="cam (raspberry-pi-5)' in dot and 'label="srv (x86-avx512-server)' in dot
+    assert "0.01 Gb/s" in dot and " KB, " in dot and "0.00 MB" not in dot
+    assert f'color="{BOTTLENECK}"' in dot  # the bottleneck hop
+    # Requests arrive inside the camera's box, results leave inside the server's.
+    camera = dot[dot.index("subgraph cluster_cam") : dot.index("subgraph cluster_srv")]
+    assert "requests arrive" in camera and "results go" in dot[dot.index("subgraph cluster_srv") :]
