@@ -19,37 +19,61 @@ STAGE_COLOURS = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462
 FORMATS = (".dot", ".gv", ".svg", ".html")
 
 
-def plan_dot(graph: Graph, plan: Plan) -> str:
-    """DOT source: one box per node, filled with its stage's colour; edges that cross stages in red."""
+def plan_dot(graph: Graph, plan: Plan, only: int | None = None) -> str:
+    """DOT source: one box per node, filled with its stage's colour; edges that cross stages in red. With
+    `only`, just that stage's nodes, and what reaches them from elsewhere as dashed ellipses."""
     stage_of = {name: stage.index for stage in plan.stages for name in stage.nodes}
     # Graphviz reads "a:b" as node a, port b: use plain generated ids and put the names in labels.
     node_id = {node.name: f"node{i}" for i, node in enumerate(graph.nodes)}
     producer = {out: node.name for node in graph.nodes for out in node.outputs}
+    drawn = {name for name in stage_of if only is None or stage_of[name] == only}
     dot = graphviz.Digraph("plan", graph_attr={"rankdir": "TB", "fontname": "Helvetica", "labelloc": "t"})
     dot.attr(label=f"{Path(plan.model_path).name} on {plan.cluster.name}: {len(plan.stages)} stage(s)")
     dot.attr("node", shape="box", style="filled,rounded", fontname="Helvetica", fontsize="10")
     dot.attr("edge", color="#777777", arrowsize="0.6", fontname="Helvetica", fontsize="9")
     for stage in plan.stages:
+        if only is not None and stage.index != only:
+            continue
         with dot.subgraph(name=f"cluster_stage{stage.index}") as box:
             box.attr(label=f"stage {stage.index}: {stage.device} ({stage.compute_ms:.2f} ms)", style="dashed")
             colour = STAGE_COLOURS[stage.index % len(STAGE_COLOURS)]
             for name in stage.nodes:
-                box.node(node_id[name], label=f"{name}\\n{_op(graph, name)}", fillcolor=colour)
+                box.node(
+                    node_id[name],
+                    label=f"{name}\\n{_op(graph, name)}",
+                    fillcolor=colour,
+                    tooltip=_tooltip(graph, name),
+                )
     inputs = {tensor: f"input{i}" for i, tensor in enumerate(graph.inputs)}
+    used_inputs = {t for node in graph.nodes if node.name in drawn for t in node.inputs}
     for tensor, ident in inputs.items():
-        dot.node(ident, label=tensor, shape="ellipse", style="solid")
+        if tensor in used_inputs:
+            dot.node(ident, label=tensor, shape="ellipse", style="solid")
+    outside: dict[str, str] = {}
     for node in graph.nodes:
+        if node.name not in drawn:
+            continue
         for tensor in node.inputs:
             source = node_id[producer[tensor]] if tensor in producer else inputs.get(tensor)
             if source is None:
                 continue
+            if tensor in producer and producer[tensor] not in drawn:  # from another stage (only=...)
+                source = outside.setdefault(tensor, f"from{len(outside)}")
+                dot.node(
+                    source,
+                    label=f"{tensor}\\n(stage {stage_of[producer[tensor]]})",
+                    shape="ellipse",
+                    style="dashed",
+                )
             cut = tensor in producer and stage_of[producer[tensor]] != stage_of[node.name]
             attrs = {"color": "#d62728", "penwidth": "2.0", "label": _mb(graph, tensor)} if cut else {}
             dot.edge(source, node_id[node.name], **attrs)
     for i, tensor in enumerate(graph.outputs):
-        dot.node(f"output{i}", label=tensor, shape="ellipse", style="solid")
-        if tensor in producer:
+        if tensor in producer and producer[tensor] in drawn:
+            dot.node(f"output{i}", label=tensor, shape="ellipse", style="solid")
             dot.edge(node_id[producer[tensor]], f"output{i}")
+        elif only is None:
+            dot.node(f"output{i}", label=tensor, shape="ellipse", style="solid")
     return dot.source
 
 
@@ -162,6 +186,97 @@ def _bytes(nbytes: int) -> str:
     return f"{nbytes / 1e6:.2f} MB"
 
 
+def collapsed_dot(graph: Graph, plan: Plan) -> str:
+    """DOT source of the model collapsed to its cut points: per stage, only the nodes that receive a tensor
+    from outside the stage or send one out of it, with the rest of the stage as one box ("N ops"); cut
+    edges in red with their size. Resnet50 on one device becomes a handful of boxes."""
+    stage_of = {name: stage.index for stage in plan.stages for name in stage.nodes}
+    producer = {out: node.name for node in graph.nodes for out in node.outputs}
+    by_name = {node.name: node for node in graph.nodes}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            consumers.setdefault(tensor, []).append(node.name)
+    entry = {
+        n.name
+        for n in graph.nodes
+        if any(
+            t in graph.inputs or (t in producer and stage_of[producer[t]] != stage_of[n.name])
+            for t in n.inputs
+        )
+    }
+    exit_ = {
+        n.name
+        for n in graph.nodes
+        if any(
+            t in graph.outputs or any(stage_of[c] != stage_of[n.name] for c in consumers.get(t, []))
+            for t in n.outputs
+        )
+    }
+    shown = entry | exit_
+    dot = graphviz.Digraph("model", graph_attr={"rankdir": "TB", "fontname": "Helvetica", "labelloc": "t"})
+    dot.attr(label=f"{Path(plan.model_path).name}\\n{len(graph.nodes)} nodes, collapsed to the cut points")
+    dot.attr("node", shape="box", style="filled,rounded", fontname="Helvetica", fontsize="10")
+    dot.attr("edge", color="#777777", arrowsize="0.6", fontname="Helvetica", fontsize="9")
+    node_id = {node.name: f"n{i}" for i, node in enumerate(graph.nodes)}
+    for stage in plan.stages:
+        colour = STAGE_COLOURS[stage.index % len(STAGE_COLOURS)]
+        hidden = [name for name in stage.nodes if name not in shown]
+        with dot.subgraph(name=f"cluster_stage{stage.index}") as box:
+            box.attr(label=f"stage {stage.index}: {stage.device} ({stage.compute_ms:.2f} ms)", style="dashed")
+            for name in stage.nodes:
+                if name in shown:
+                    box.node(
+                        node_id[name],
+                        label=f"{name}\\n{by_name[name].op_type}",
+                        fillcolor=colour,
+                        tooltip=_tooltip(graph, name),
+                    )
+            if hidden:
+                kinds = sorted({by_name[n].op_type for n in hidden})
+                summary = ", ".join(kinds[:6]) + (", ..." if len(kinds) > 6 else "")
+                box.node(
+                    f"rest{stage.index}",
+                    label=f"{len(hidden)} ops\\n{summary}",
+                    fillcolor=colour,
+                    style="filled,rounded,dashed",
+                    tooltip=f"stage {stage.index}: {len(hidden)} more ops",
+                )
+
+    def shown_as(name: str) -> str:
+        return node_id[name] if name in shown else f"rest{stage_of[name]}"
+
+    edges: set[tuple[str, str]] = set()
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            if tensor not in producer:
+                continue
+            source, target = shown_as(producer[tensor]), shown_as(node.name)
+            if source == target:
+                continue
+            if stage_of[producer[tensor]] != stage_of[node.name]:
+                dot.edge(source, target, color=BOTTLENECK, penwidth="2.0", label=_mb(graph, tensor))
+            elif (source, target) not in edges:
+                edges.add((source, target))
+                dot.edge(source, target)
+    for i, tensor in enumerate(graph.inputs):
+        dot.node(f"input{i}", label=tensor, shape="ellipse", style="solid")
+        for name in consumers.get(tensor, []):
+            dot.edge(f"input{i}", shown_as(name))
+    for i, tensor in enumerate(graph.outputs):
+        dot.node(f"output{i}", label=tensor, shape="ellipse", style="solid")
+        if tensor in producer:
+            dot.edge(shown_as(producer[tensor]), f"output{i}")
+    return dot.source
+
+
+def _tooltip(graph: Graph, name: str) -> str:
+    """What hovering a node shows: its op, output shapes and FLOPs."""
+    node = next(n for n in graph.nodes if n.name == name)
+    shapes = ", ".join(f"{t} {list(graph.tensors[t].shape)}" for t in node.outputs if t in graph.tensors)
+    return f"{node.name}: {node.op_type} -> {shapes}; {node.flops / 1e6:,.1f} MFLOP"
+
+
 def write_drawing(graph: Graph, plan: Plan, path: str | Path) -> Path:
     """Write the drawing to `path`; the format follows its suffix (.dot/.gv, .svg, .html)."""
     target = Path(path)
@@ -173,9 +288,12 @@ def write_drawing(graph: Graph, plan: Plan, path: str | Path) -> Path:
     if suffix in (".dot", ".gv"):
         target.write_text(deployment + "\n" + source, encoding="utf-8")
     elif suffix == ".svg":
-        target.write_text(_stack_svgs([render_svg(deployment), render_svg(source)]), encoding="utf-8")
+        collapsed = render_svg(collapsed_dot(graph, plan))
+        target.write_text(_stack_svgs([render_svg(deployment), collapsed]), encoding="utf-8")
     else:
-        target.write_text(_html_page(plan, render_svg(deployment) + render_svg(source)), encoding="utf-8")
+        stages = [render_svg(plan_dot(graph, plan, only=stage.index)) for stage in plan.stages]
+        page = _html_page(plan, render_svg(deployment), render_svg(collapsed_dot(graph, plan)), stages)
+        target.write_text(page, encoding="utf-8")
     return target
 
 
@@ -223,22 +341,49 @@ def _mb(graph: Graph, tensor: str) -> str:
     return _bytes(graph.tensors[tensor].nbytes) if tensor in graph.tensors else ""
 
 
-def _html_page(plan: Plan, svg: str) -> str:
-    """A self-contained page: the stage table, then the drawing."""
+def _html_page(plan: Plan, deployment: str, collapsed: str, stages: list[str]) -> str:
+    """A self-contained page (no network): the deployment, the stage table, the model collapsed to its cut
+    points, and each stage's full graph behind a fold (one open at a time); every drawing zooms with the
+    mouse wheel (or the +/- buttons) and shows a node's op, shapes and FLOPs on hover."""
     rows = "".join(
         f"<tr><td style='background:{STAGE_COLOURS[s.index % len(STAGE_COLOURS)]}'>{s.index}</td>"
         f"<td>{html.escape(s.device)}</td><td>{len(s.nodes)}</td><td>{s.compute_ms:.3f}</td>"
         f"<td>{s.transfer_ms:.3f}</td><td>{s.mem_bytes / 2**20:.1f}</td></tr>"
         for s in plan.stages
     )
+    folds = "".join(
+        f"<details class='stage'><summary>stage {s.index} on {html.escape(s.device)}: all {len(s.nodes)} "
+        f"nodes</summary>{_zoomable(svg)}</details>"
+        for s, svg in zip(plan.stages, stages, strict=True)
+    )
     title = html.escape(f"{Path(plan.model_path).name} on {plan.cluster.name}")
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>nndeploy plan: {title}</title>"
         "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        ".zoom{overflow:auto;border:1px solid #ddd;max-height:80vh}.zoom svg{transform-origin:0 0}"
+        "details{margin:6px 0}summary{cursor:pointer;font-weight:bold}</style></head><body>"
         f"<h1>{title}</h1><p>objective: {plan.objective}; predicted latency {plan.latency_ms:.3f} ms; "
         f"throughput {plan.throughput_per_s:.1f}/s; bottleneck: {html.escape(plan.bottleneck)}</p>"
+        f"<h2>deployment</h2>{_zoomable(deployment)}"
         "<table><tr><th>stage</th><th>device</th><th>ops</th><th>compute ms</th><th>transfer ms</th>"
-        f"<th>memory MiB</th></tr>{rows}</table><div>{svg}</div></body></html>"
+        f"<th>memory MiB</th></tr>{rows}</table>"
+        f"<h2>model, collapsed to the cut points</h2>{_zoomable(collapsed)}"
+        f"<h2>stages</h2>{folds}"
+        "<script>"
+        "document.querySelectorAll('details.stage').forEach(d=>d.addEventListener('toggle',()=>{"
+        "if(d.open)document.querySelectorAll('details.stage').forEach(o=>{if(o!==d)o.open=false})}));"
+        "document.querySelectorAll('.zoom').forEach(z=>{let k=1;const s=z.querySelector('svg');"
+        "const set=f=>{k=Math.min(8,Math.max(0.1,k*f));s.style.transform='scale('+k+')'};"
+        "z.querySelector('.in').onclick=()=>set(1.25);z.querySelector('.out').onclick=()=>set(0.8);"
+        "z.addEventListener('wheel',e=>{if(e.ctrlKey||e.altKey){e.preventDefault();"
+        "set(e.deltaY<0?1.1:0.9)}},{passive:false})});"
+        "</script></body></html>"
     )
+
+
+def _zoomable(svg: str) -> str:
+    """An SVG in a scrolling box with zoom buttons (Ctrl/Alt + wheel zooms too)."""
+    body = svg[svg.index("<svg") :] if "<svg" in svg else svg
+    return "<div class='zoom'><button class='in'>+</button><button class='out'>-</button>" + body + "</div>"

@@ -41,7 +41,7 @@ def cut_pairs(graph, result) -> int:
     )
 
 
-def test_svg_draws_each_node_once_and_marks_the_cuts(planned, tmp_path: Path) -> None:
+def test_svg_draws_the_deployment_and_the_model_collapsed_to_its_cuts(planned, tmp_path: Path) -> None:
     graph, result = planned
     stacked = write_drawing(graph, result, tmp_path / "plan.svg").read_text()
     deployment, svg = stacked.split("<svg", 3)[2:]  # the page's own <svg>, then the two drawings
@@ -49,17 +49,54 @@ def test_svg_draws_each_node_once_and_marks_the_cuts(planned, tmp_path: Path) ->
     for stage in result.stages:
         assert f"stage {stage.index}" in deployment and stage.device.replace("-", "&#45;") in deployment
     drawn_nodes = len(re.findall(r'<g id="node\d+" class="node">', svg))
-    assert drawn_nodes == len(graph.nodes) + len(graph.inputs) + len(graph.outputs)
+    assert drawn_nodes <= len(graph.nodes) + len(graph.inputs) + len(graph.outputs)
     red_edges = len(
         re.findall(
             r'<g id="edge\d+" class="edge">\s*<title>[^<]*</title>\s*<path fill="none" stroke="' + CUT_COLOUR,
             svg,
         )
     )
-    assert red_edges == cut_pairs(graph, result) > 0
+    assert red_edges == cut_pairs(graph, result) > 0  # every cut is still drawn
     for stage in result.stages:
         assert f"stage {stage.index}: {stage.device}".replace("-", "&#45;") in svg
         assert STAGE_COLOURS[stage.index].lower() in svg.lower()
+
+
+def test_resnet50_collapses_to_a_screen(make_cluster) -> None:
+    """Collapsed to its cut points, resnet50 on one device is a handful of boxes (the full graph: 16,800 px
+    tall), and one stage alone draws only that stage's nodes."""
+    from nndeploy.graph import load_graph
+    from nndeploy.partitioner.draw import collapsed_dot
+    from nndeploy.partitioner.planner import plan as make_plan
+
+    from models import light_model_path
+
+    graph = load_graph(light_model_path("resnet50"))
+    result = make_plan(
+        graph, make_cluster({"devices": [{"name": "cpu", "profile": "x86-avx2-server"}]}), "latency"
+    )
+    dot = collapsed_dot(graph, result)
+    boxes = re.findall(r"^\t+(?:n\d+|rest\d+) \[", dot, re.MULTILINE)
+    assert 2 <= len(boxes) <= 6, dot
+    assert f"{len(graph.nodes) - len(boxes) + 1} ops" in dot
+    height = float(re.search(r'height="([\d.]+)pt"', render_svg_for(dot)).group(1))
+    assert height * 4 / 3 < 1080
+
+
+def render_svg_for(dot: str) -> str:
+    from nndeploy.partitioner.draw import render_svg
+
+    return render_svg(dot)
+
+
+def test_one_stage_alone(planned) -> None:
+    graph, result = planned
+    assert len(result.stages) >= 2
+    first = result.stages[0]
+    dot = plan_dot(graph, result, only=first.index)
+    for stage in result.stages:
+        for name in stage.nodes:
+            assert (f'label="{name}\\n' in dot) == (stage is first), name
 
 
 def test_dot_and_html_forms(planned, tmp_path: Path) -> None:
@@ -69,6 +106,9 @@ def test_dot_and_html_forms(planned, tmp_path: Path) -> None:
     assert dot.startswith("digraph deployment")
     page = write_drawing(graph, result, tmp_path / "plan.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page
+    assert "http://" not in page.replace("http://www.w3.org", "")  # self-contained: nothing fetched
+    assert page.count("<details class='stage'>") == len(result.stages) and "<script>" in page
+    assert "MFLOP" in page  # hover tooltips
     assert page.count("<tr>") == len(result.stages) + 1  # header + one row per stage
 
 
