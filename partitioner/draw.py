@@ -13,7 +13,7 @@ from pathlib import Path
 import graphviz
 
 from nndeploy.errors import PlanError
-from nndeploy.types import Graph, Plan
+from nndeploy.types import Graph, Node, Plan
 
 STAGE_COLOURS = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5")
 FORMATS = (".dot", ".gv", ".svg", ".html")
@@ -25,6 +25,7 @@ def plan_dot(graph: Graph, plan: Plan, only: int | None = None) -> str:
     stage_of = {name: stage.index for stage in plan.stages for name in stage.nodes}
     # Graphviz reads "a:b" as node a, port b: use plain generated ids and put the names in labels.
     node_id = {node.name: f"node{i}" for i, node in enumerate(graph.nodes)}
+    by_name = {node.name: node for node in graph.nodes}
     producer = {out: node.name for node in graph.nodes for out in node.outputs}
     drawn = {name for name in stage_of if only is None or stage_of[name] == only}
     dot = graphviz.Digraph("plan", graph_attr={"rankdir": "TB", "fontname": "Helvetica", "labelloc": "t"})
@@ -40,9 +41,9 @@ def plan_dot(graph: Graph, plan: Plan, only: int | None = None) -> str:
             for name in stage.nodes:
                 box.node(
                     node_id[name],
-                    label=f"{name}\\n{_op(graph, name)}",
+                    label=f"{name}\\n{by_name[name].op_type}",
                     fillcolor=colour,
-                    tooltip=_tooltip(graph, name),
+                    tooltip=_tooltip(graph, by_name[name]),
                 )
     inputs = {tensor: f"input{i}" for i, tensor in enumerate(graph.inputs)}
     used_inputs = {t for node in graph.nodes if node.name in drawn for t in node.inputs}
@@ -230,7 +231,7 @@ def collapsed_dot(graph: Graph, plan: Plan) -> str:
                         node_id[name],
                         label=f"{name}\\n{by_name[name].op_type}",
                         fillcolor=colour,
-                        tooltip=_tooltip(graph, name),
+                        tooltip=_tooltip(graph, by_name[name]),
                     )
             if hidden:
                 kinds = sorted({by_name[n].op_type for n in hidden})
@@ -270,9 +271,8 @@ def collapsed_dot(graph: Graph, plan: Plan) -> str:
     return dot.source
 
 
-def _tooltip(graph: Graph, name: str) -> str:
+def _tooltip(graph: Graph, node: Node) -> str:
     """What hovering a node shows: its op, output shapes and FLOPs."""
-    node = next(n for n in graph.nodes if n.name == name)
     shapes = ", ".join(f"{t} {list(graph.tensors[t].shape)}" for t in node.outputs if t in graph.tensors)
     return f"{node.name}: {node.op_type} -> {shapes}; {node.flops / 1e6:,.1f} MFLOP"
 
@@ -331,10 +331,6 @@ def render_svg(source: str) -> str:
         message = done.stderr.decode(errors="replace").strip().splitlines()
         raise PlanError(f"Graphviz could not lay out the plan: {message[-1] if message else 'no message'}")
     return done.stdout.decode()
-
-
-def _op(graph: Graph, name: str) -> str:
-    return next(node.op_type for node in graph.nodes if node.name == name)
 
 
 def _mb(graph: Graph, tensor: str) -> str:

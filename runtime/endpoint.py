@@ -50,6 +50,11 @@ def _ns(seconds: float) -> int:
     return max(int(seconds * 1e9), 0)
 
 
+def _compute_ns(timings: Sequence[Any]) -> int:
+    """The stages' compute time of one run, from the StageTimings it carries back."""
+    return sum(_ns(t.compute_ms / 1e3) for t in timings)
+
+
 def _shorter(a: float | None, b: float | None) -> float | None:
     """The smaller of two optional timeouts (None: no limit)."""
     return b if a is None else a if b is None else min(a, b)
@@ -234,20 +239,19 @@ class Endpoint(
         self.observed.answered("OK", total_s)
         timings, extracted_s = ran
         queue_ns = _ns(waited_s) + sum(_ns(t.queue_ms / 1e3) for t in timings)
-        compute_ns = sum(_ns(t.compute_ms / 1e3) for t in timings)
-        input_ns, output_ns = _ns(decoded - started), _ns(extracted_s)
         samples = int(next(iter(request.inputs.values())).shape[0]) if self.batcher is not None else 1
-        self.statistics.succeeded(_ns(total_s), queue_ns, input_ns, compute_ns, output_ns, samples)
-        if self.batcher is None:  # batches are counted as they run (`_ran`)
-            self.statistics.executed(1, input_ns, compute_ns, output_ns)
-            self.observed.batch(1)
+        self.statistics.succeeded(
+            _ns(total_s), queue_ns, _ns(decoded - started), _compute_ns(timings), _ns(extracted_s), samples
+        )
+        if self.batcher is None:  # the batcher tells `_ran` of each batch it runs
+            self._ran(1, ran, decoded - started)
         return outputs
 
-    def _ran(self, samples: int, ran: tuple[Sequence[Any], float], assembled_s: float) -> None:
-        """One batch went through the chain: Triton's execution statistics and the batch-size histogram."""
+    def _ran(self, samples: int, ran: tuple[Sequence[Any], float], input_s: float) -> None:
+        """One run of the chain (a batch, or a request alone) holding `samples` samples, `input_s` spent
+        preparing its inputs: Triton's execution statistics and the batch-size histogram."""
         timings, extracted_s = ran
-        compute_ns = sum(_ns(t.compute_ms / 1e3) for t in timings)
-        self.statistics.executed(samples, _ns(assembled_s), compute_ns, _ns(extracted_s))
+        self.statistics.executed(samples, _ns(input_s), _compute_ns(timings), _ns(extracted_s))
         self.observed.batch(samples)
 
     async def _run(
