@@ -19,7 +19,8 @@ from typing import Any
 
 import grpc
 
-from nndeploy.runtime import shm
+from nndeploy.proto import stage_pb2
+from nndeploy.runtime import bulk, shm
 from nndeploy.runtime.chain import serve_built_stage
 from nndeploy.runtime.endpoint import start_endpoint
 from nndeploy.runtime.links import open_channel
@@ -209,30 +210,50 @@ class EchoServer:
 
 
 async def grpc_round_trips(
-    address: str, request: Frame, nbytes: int, count: int, tls: TlsFiles | None = None, shared: bool = False
+    address: str,
+    request: Frame,
+    nbytes: int,
+    count: int,
+    tls: TlsFiles | None = None,
+    shared: bool = False,
+    side: bool = False,
 ) -> list[float]:
     """`count` timed round trips (after WARMUP) of `request` over one Process stream, sent and read with
     the data plane's own codec (runtime.wire), as a worker's links do: over mutual TLS with `tls`; with
     `shared`, the stream announces this host's shared memory, so both directions hand the tensor over in
-    a segment (runtime.shm; refused if the worker does not share it). ms each."""
+    a segment (runtime.shm; refused if the worker does not share it); with `side`, both directions send
+    the message on the stream's side connection (runtime.bulk; refused if the worker offers none; the
+    request must be large enough to go there). Otherwise the tensor travels inline in the gRPC messages.
+    ms each."""
     channel = open_channel(address, tls)
     try:
         await asyncio.wait_for(channel.channel_ready(), IO_TIMEOUT_S)
-        call = process_stream(channel)(metadata=shm.metadata() if shared else ())
-        pool = None
+        token = bulk.new_token()
+        metadata = shm.metadata() if shared else ((bulk.TOKEN_KEY, token),) if side else ()
+        call = process_stream(channel)(metadata=metadata)
+        pool = connection = None
         if shared:
             if not shm.shares_with(await asyncio.wait_for(call.initial_metadata(), IO_TIMEOUT_S)):
                 raise RuntimeError("the worker does not share this process's shared memory")
             pool = shm.Pool()
+        if side:
+            offered = await asyncio.wait_for(call.initial_metadata(), IO_TIMEOUT_S)
+            connection = await bulk.connect(address, offered, token, stage_pb2.StageReply)
+            if connection is None or not connection.takes(request):
+                raise RuntimeError("the worker offers no side connection, or the request is too small for it")
         times: list[float] = []
         try:
             for i in range(WARMUP + count):
                 started = time.perf_counter()
-                sent = request if pool is None else Frame(request.message, pool.place(request.tensors))
-                await asyncio.wait_for(call.write(sent), IO_TIMEOUT_S)
-                reply = await asyncio.wait_for(call.read(), IO_TIMEOUT_S)
+                if connection is not None:
+                    connection.send(request)
+                    reply = await asyncio.wait_for(connection.receive(), IO_TIMEOUT_S)
+                else:
+                    sent = request if pool is None else Frame(request.message, pool.place(request.tensors))
+                    await asyncio.wait_for(call.write(sent), IO_TIMEOUT_S)
+                    reply = await asyncio.wait_for(call.read(), IO_TIMEOUT_S)
                 elapsed = (time.perf_counter() - started) * 1e3
-                if reply is grpc.aio.EOF or not reply.message.ok:
+                if reply is None or reply is grpc.aio.EOF or not reply.message.ok:
                     raise RuntimeError(f"worker replied {reply}")
                 if reply.nbytes != nbytes:
                     raise RuntimeError("worker replied with a different number of bytes")
@@ -243,6 +264,8 @@ async def grpc_round_trips(
             call.cancel()
             if pool is not None:
                 pool.close()
+            if connection is not None:
+                connection.close()
         return times
     finally:
         await channel.close()

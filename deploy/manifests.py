@@ -22,10 +22,12 @@ from nndeploy.deploy.options import (
     HTTP_PORT,
     MAX_NAME,
     METRICS_PORT,
+    SIDE_PORT,
     SINK_PORT,
     TLS_MOUNT,
     TOKEN_MOUNT,
     WORKER_PORT,
+    WORKER_SIDE_PORT,
     DeployError,
     DeployOptions,
     check_options,
@@ -251,6 +253,9 @@ def stage_objects(
         command += ["--downstream", service_dns(stage_name(options, index + 1), options, WORKER_PORT)]
     if options.tls_secret:
         command += ["--tls-dir", TLS_MOUNT]
+    else:
+        command += ["--side-port", str(WORKER_SIDE_PORT)]
+    ports = [("grpc", WORKER_PORT)] + ([] if options.tls_secret else [("side", WORKER_SIDE_PORT)])
     resources: dict[str, Any] = {
         "requests": {"cpu": "1", "memory": mebibytes(int(stage["mem_bytes"]) + RUNTIME_OVERHEAD_BYTES)}
     }
@@ -264,7 +269,7 @@ def stage_objects(
         "name": "worker",
         "image": image,
         "command": command,
-        "ports": [{"name": "grpc", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports],
         "resources": resources,
         "volumeMounts": shared_mounts() + tls_mounts(options),
         "readinessProbe": {**probe, "initialDelaySeconds": 2},
@@ -289,14 +294,14 @@ def stage_objects(
             "ingress": [
                 {
                     "from": [{"podSelector": {"matchLabels": selector(options, peer)}} for peer in peers],
-                    "ports": [{"protocol": "TCP", "port": WORKER_PORT}],
+                    "ports": [{"protocol": "TCP", "port": p} for _, p in ports],
                 }
             ],
         },
     }
     return [
         _deployment(options, name, component, stage["device"], pod),
-        _service(options, name, component, stage["device"], [("grpc", WORKER_PORT)]),
+        _service(options, name, component, stage["device"], ports),
         policy,
     ]
 
@@ -313,6 +318,9 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
         command += ["--tls-dir", TLS_MOUNT]
     if separate_sink:
         command += ["--sink-port", str(SINK_PORT)]
+    side = [] if options.tls_secret else [("side", SIDE_PORT)]
+    if side:
+        command += ["--side-port", str(SIDE_PORT)]
     if options.endpoint_tls_secret:
         command += [
             "--tls-cert",
@@ -338,6 +346,7 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
             *([{"name": "sink", "containerPort": SINK_PORT, "protocol": "TCP"}] if separate_sink else []),
+            *[{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in side],
         ],
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
         "volumeMounts": shared_mounts() + tls_mounts(options) + endpoint_secret_mounts(options),
@@ -377,7 +386,7 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
                 },
                 {
                     "from": [{"podSelector": {"matchLabels": selector(options, last)}}],
-                    "ports": [{"protocol": "TCP", "port": sink_port}],
+                    "ports": [{"protocol": "TCP", "port": p} for p in (sink_port, *(p for _, p in side))],
                 },
                 {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
             ],
@@ -395,6 +404,7 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
                 ("http", HTTP_PORT),
                 ("metrics", METRICS_PORT),
                 *([("sink", SINK_PORT)] if separate_sink else []),
+                *side,
             ],
         ),
         policy,

@@ -13,6 +13,10 @@ ENDPOINT_PORT = 8001
 HTTP_PORT = 8000  # the endpoint's KServe v2 HTTP/REST port
 METRICS_PORT = 9001
 SINK_PORT = 8002  # with TLS: where stages deliver results to the endpoint, over mutual TLS
+# Without TLS between stages: the plain TCP side connections that carry large tensors beside the gRPC
+# streams (runtime/bulk.py), into a worker and into the endpoint's result sink.
+WORKER_SIDE_PORT = 50052
+SIDE_PORT = 8003
 TLS_MOUNT = "/etc/nndeploy-tls"
 ENDPOINT_TLS_MOUNT = "/etc/nndeploy-endpoint-tls"  # the endpoint's client-facing certificate
 TOKEN_MOUNT = "/etc/nndeploy-token"  # the bearer token clients must send

@@ -190,8 +190,10 @@ async def serve_built_stage(
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     tls: TlsFiles | None = None,
+    side_port: int = 0,
 ) -> None:
-    """Serve one built stage on host:port until `stop` is set (`ready` gets the bound port). A stage this
+    """Serve one built stage on host:port (side connections on `side_port`, runtime.bulk) until `stop` is
+    set (`ready` gets the bound port). A stage this
     machine runs under the aarch64 emulator runs its whole worker, gRPC server included, in the emulated
     python for as long as this call lasts, so a request pays only its own emulated compute (before, each
     request started qemu afresh: ~11 s for the example's camera stage); any other stage runs in this
@@ -199,7 +201,9 @@ async def serve_built_stage(
     library = emulated_library(build_dir, entry)
     if library is None:
         execute = batched_executor(build_dir, entry)
-        await serve_stage(spec, execute, port, host=host, ready=ready, stop=stop, tls=tls)
+        await serve_stage(
+            spec, execute, port, host=host, ready=ready, stop=stop, tls=tls, side_port=side_port
+        )
         return
     from nndeploy.errors import EmulatorError
 
@@ -212,6 +216,7 @@ async def serve_built_stage(
             "outputs": outputs,
             "spec": dataclasses.asdict(spec),
             "port": port,
+            "side_port": side_port,
             "host": host,
             "tls": _write_tls(tls, Path(secrets)) if tls is not None else None,
         }

@@ -26,7 +26,7 @@ from nndeploy.proto import (
     stage_pb2,
     stage_pb2_grpc,
 )
-from nndeploy.runtime import shm
+from nndeploy.runtime import bulk, shm
 from nndeploy.runtime.access import ServerAccess
 from nndeploy.runtime.batcher import Batcher
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port, open_channel
@@ -71,6 +71,7 @@ class Endpoint(
         self.model = model
         self.address = address
         self.tls = tls
+        self.side: bulk.Listener | None = None  # side connections for delivered results (runtime.bulk)
         self.pending: dict[str, asyncio.Future[Frame]] = {}
         self.links = Links(tls)
         self.stage_up = [True] * len(model.stages)
@@ -361,22 +362,42 @@ class Endpoint(
         refused = self.tls.peer_refused(context, last) if self.tls is not None else None
         if refused:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
-        await context.send_initial_metadata(shm.metadata())
-        async for reply in request_iterator:
-            request_id = reply.message.request_id
-            future = self.pending.get(request_id)
-            accepted = future is not None and not future.done()
-            if accepted and reply.problem:  # the result's elements could not be read
-                failed = stage_pb2.StageReply(
-                    request_id=request_id,
-                    ok=False,
-                    error_code="UNAVAILABLE",
-                    error=f"the result of stage {reply.message.stage}: {reply.problem}",
-                )
-                future.set_result(Frame(failed))  # type: ignore[union-attr]
-            elif accepted:
-                future.set_result(reply)  # type: ignore[union-attr]
-            yield stage_pb2.Ack(request_id=request_id, accepted=accepted)
+        side, offer = (
+            self.side.expect(context.invocation_metadata(), stage_pb2.StageReply) if self.side else (None, ())
+        )
+        await context.send_initial_metadata(shm.metadata() + offer)
+        reader = asyncio.create_task(self._deliver_side(side)) if side is not None else None
+        try:
+            async for reply in request_iterator:
+                yield self._delivered(reply)
+        finally:
+            if reader is not None:
+                reader.cancel()
+            if self.side is not None:
+                self.side.forget(side)
+
+    async def _deliver_side(self, side: asyncio.Future[bulk.Channel]) -> None:
+        """Large results arrive on the Deliver stream's side connection (runtime.bulk)."""
+        channel = await side
+        while (reply := await channel.receive()) is not None:
+            self._delivered(reply)
+
+    def _delivered(self, reply: Frame) -> stage_pb2.Ack:
+        """Hand a delivered result to the request waiting for it."""
+        request_id = reply.message.request_id
+        future = self.pending.get(request_id)
+        accepted = future is not None and not future.done()
+        if accepted and reply.problem:  # the result's elements could not be read
+            failed = stage_pb2.StageReply(
+                request_id=request_id,
+                ok=False,
+                error_code="UNAVAILABLE",
+                error=f"the result of stage {reply.message.stage}: {reply.problem}",
+            )
+            future.set_result(Frame(failed))  # type: ignore[union-attr]
+        elif accepted:
+            future.set_result(reply)  # type: ignore[union-attr]
+        return stage_pb2.Ack(request_id=request_id, accepted=accepted)
 
     # --- health ---------------------------------------------------------------------------------------
     async def Check(self, request: Any, context: Any) -> health_pb2.HealthCheckResponse:
@@ -425,6 +446,9 @@ class Endpoint(
         `timeout_s`) until every handler has answered: call before stopping the server, so no client
         sees its call cut off (CANCELLED)."""
         self.closing = reason
+        if self.side is not None:
+            self.side.close()
+            self.side = None
         deadline = time.monotonic() + timeout_s
         while (self.pending or (self.batcher is not None and self.batcher.in_flight)) and (
             time.monotonic() < deadline
@@ -478,13 +502,15 @@ async def start_endpoint(
     sink_port: int | None = None,
     access: ServerAccess | None = None,
     max_request_bytes: int | None = None,
+    side_port: int = 0,
 ) -> tuple[grpc.aio.Server, Endpoint, int]:
     """Start the endpoint server; returns (server, servicer, bound client port). `advertise` is the address
     the last stage delivers results to (default: this host and port). `access` secures the client port
     (TLS, client certificates, bearer token). With `tls` (mutual TLS between stages), or with TLS on the
     client port, stages deliver results to a port of their own, `sink_port` (default: port + 1), over
     mutual TLS when `tls` is given. Messages over `max_request_bytes` (requests, and results delivered
-    to this server) are refused by gRPC with RESOURCE_EXHAUSTED."""
+    to this server) are refused by gRPC with RESOURCE_EXHAUSTED. Without `tls`, large results arrive on
+    side connections (runtime.bulk) on `side_port` (0: any free port)."""
     keep_large_buffers()
     shm.sweep()
     access = access or ServerAccess()
@@ -502,6 +528,8 @@ async def start_endpoint(
         )
         local = f"{local_host}:{sink}"
     endpoint = Endpoint(model, advertise or local, tls)
+    if tls is None:
+        endpoint.side = bulk.listen(host, max_request_bytes or bulk.MAX_BYTES, side_port)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(endpoint, server)
     server.add_generic_rpc_handlers((sink_handler(endpoint.Deliver),))
     health_pb2_grpc.add_HealthServicer_to_server(endpoint, server)

@@ -1,7 +1,9 @@
 """Long-lived outgoing gRPC streams: to the next stage's worker (StageWorker.Process) and to the endpoint's
 result sink (ResultSink.Deliver), carrying Frames (runtime.wire). Messages are queued into one open
 stream per peer; a broken stream is reported to the caller and reopened on the next send, so a
-restarted peer on the same address is picked up again (the chain is rewired without any coordinator)."""
+restarted peer on the same address is picked up again (the chain is rewired without any coordinator).
+Large tensors leave through shared memory when the peer shares this host's (runtime.shm), else large
+messages through the stream's side connection when the peer offers one (runtime.bulk), else inline."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Any
 import grpc
 
 from nndeploy.errors import NNDeployError
-from nndeploy.runtime import shm
+from nndeploy.proto import stage_pb2
+from nndeploy.runtime import bulk, shm
 from nndeploy.runtime.tls import TlsFiles
 from nndeploy.runtime.wire import Frame, deliver_stream, process_stream
 
@@ -46,6 +49,9 @@ class StreamLink:
         # Segments for large tensors, once the peer has said it shares this host's shared memory.
         self._pool: shm.Pool | None = None
         self._shared: asyncio.Task[None] | None = None
+        # Else the stream's side connection for large messages, once the peer offered one and it connected.
+        self._side: bulk.Channel | None = None
+        self._side_drain: asyncio.Task[None] | None = None
 
     async def send(self, message: Any, timeout: float = 10.0) -> None:
         """Queue `message` on the stream (waiting while the peer applies backpressure)."""
@@ -55,6 +61,13 @@ class StreamLink:
         assert self._outbox is not None
         if self._pool is not None and isinstance(message, Frame) and message.tensors:
             message = Frame(message.message, self._pool.place(message.tensors))
+        elif self._side is not None and self._side.takes(message):
+            try:
+                await asyncio.wait_for(self._side.room(), timeout)
+            except TimeoutError:
+                raise PeerUnavailable(f"{self.address}: side connection full for {timeout:.0f} s") from None
+            if self._side.send(message):
+                return
         try:
             await asyncio.wait_for(self._outbox.put(message), timeout)
         except TimeoutError:
@@ -73,9 +86,11 @@ class StreamLink:
             raise PeerUnavailable(f"{self.address}: not reachable within {timeout:.0f} s") from None
         self._outbox = asyncio.Queue(self.queue_size)
         method = process_stream if self.kind == "process" else deliver_stream
-        self._call = method(self._channel)(self._messages(self._outbox), metadata=shm.metadata())
-        self._shared = asyncio.create_task(self._share_memory(self._call))
-        self._drain = asyncio.create_task(self._read_replies())
+        token = bulk.new_token() if self.tls is None and bulk.enabled() else ""
+        metadata = shm.metadata() + (((bulk.TOKEN_KEY, token),) if token else ())
+        self._call = method(self._channel)(self._messages(self._outbox), metadata=metadata)
+        self._shared = asyncio.create_task(self._share_memory(self._call, token))
+        self._drain = asyncio.create_task(self._read_replies(self._call))
 
     @staticmethod
     async def _messages(outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:
@@ -85,21 +100,36 @@ class StreamLink:
                 return
             yield message
 
-    async def _share_memory(self, call: Any) -> None:
-        """Use shared memory on this stream once the peer's metadata says it sees this host's."""
+    async def _share_memory(self, call: Any, token: str) -> None:
+        """Use shared memory on this stream once the peer's metadata says it sees this host's, else the
+        side connection the peer offers."""
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            if shm.shares_with(await call.initial_metadata()):
+            metadata = await call.initial_metadata()
+            if shm.shares_with(metadata):
                 self._pool = shm.Pool()
+            elif token:
+                receives = stage_pb2.StageReply if self.kind == "process" else None  # a sink sends acks
+                self._side = await bulk.connect(self.address, metadata, token, receives)
+                if self._side is not None:
+                    self._side_drain = asyncio.create_task(self._read_side(self._side))
 
-    async def _read_replies(self) -> None:
+    async def _read_replies(self, call: Any) -> None:
         """Read (and drop) what the peer streams back, to notice when the stream ends or breaks."""
         try:
-            async for _ in self._call:
+            async for _ in call:
                 pass
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:
             self.broken.set()
+
+    async def _read_side(self, side: bulk.Channel) -> None:
+        """Read (and drop) what the peer sends back on the side connection; when the connection breaks,
+        the stream is reopened with the next message (what was in the connection is lost, as in a broken
+        stream: the endpoint fails those requests by their deadline or when a stage is seen down)."""
+        while await side.receive() is not None:
+            pass
+        self.broken.set()
 
     async def close(self) -> None:
         """End the stream and the channel."""
@@ -111,9 +141,14 @@ class StreamLink:
             self._shared.cancel()
         if self._pool is not None:
             self._pool.close()
+        if self._side is not None:
+            self._side.close()
+        if self._side_drain is not None:
+            self._side_drain.cancel()
         if self._channel is not None:
             await self._channel.close(grace=None)
         self._channel = self._call = self._drain = self._outbox = self._pool = self._shared = None
+        self._side = self._side_drain = None
 
 
 class Links:

@@ -172,8 +172,10 @@ async def serve_one_stage(
     downstream: str | None,
     stop: asyncio.Event | None = None,
     tls: TlsFiles | None = None,
+    side_port: int = 0,
 ) -> None:
-    """One stage worker in this process, without Ray (a Kubernetes pod), until SIGINT/SIGTERM."""
+    """One stage worker in this process, without Ray (a Kubernetes pod), until SIGINT/SIGTERM; side
+    connections (runtime.bulk) on `side_port` (0: any free port)."""
     from nndeploy.runtime.chain import serve_built_stage
     from nndeploy.runtime.worker import StageSpec
 
@@ -193,7 +195,9 @@ async def serve_one_stage(
     )
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    await serve_built_stage(build_dir, entries[stage], spec, port, host=host, stop=stop, tls=tls)
+    await serve_built_stage(
+        build_dir, entries[stage], spec, port, host=host, stop=stop, tls=tls, side_port=side_port
+    )
 
 
 async def serve_endpoint(
@@ -213,9 +217,11 @@ async def serve_endpoint(
     build: tuple[Path, Manifest] | None = None,
     max_batch: int = 0,
     batch_delay_ms: float = 5.0,
+    side_port: int = 0,
 ) -> None:
     """The endpoint alone, in front of workers started elsewhere, until SIGINT/SIGTERM; `http_port`
-    (None: no HTTP) also serves the KServe v2 REST API."""
+    (None: no HTTP) also serves the KServe v2 REST API; results arrive on side connections on
+    `side_port` (runtime.bulk; 0: any free port)."""
     if len(stage_addresses) != len(plan.stages):
         raise ServeError(
             f"the plan has {len(plan.stages)} stages; got {len(stage_addresses)} --stage addresses"
@@ -243,6 +249,7 @@ async def serve_endpoint(
         sink_port=sink_port,
         access=access,
         max_request_bytes=max_request_bytes,
+        side_port=side_port,
     )
     http = None
     metrics = None

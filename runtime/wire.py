@@ -67,15 +67,24 @@ def frame(message: Any, arrays: Mapping[str, Any] | None = None) -> Frame:
 
 def encode(item: Frame) -> bytes:
     """The protobuf bytes of the frame's message with its tensors in its `tensors` field."""
+    return b"".join(encode_parts(item))
+
+
+def encode_parts(item: Frame) -> list[Any]:
+    """`encode`'s bytes as pieces, not joined: small bytes objects, and each tensor's elements as the
+    frame's own buffer (for a scatter-gather send without a copy)."""
     key = _varint(_tensors_field(item.message) << 3 | LENGTH_DELIMITED)
     data_key = _varint(DATA_FIELD << 3 | LENGTH_DELIMITED)
-    parts: list[Any] = [item.message.SerializeToString()]
+    small: list[bytes] = [item.message.SerializeToString()]
+    parts: list[Any] = []
     for header, data in item.tensors:
         head = header.SerializeToString()
         size = _varint(data.nbytes)
         length = _varint(len(head) + len(data_key) + len(size) + data.nbytes)
-        parts += [key, length, head, data_key, size, data]
-    return b"".join(parts)
+        small += [key, length, head, data_key, size]
+        parts += [b"".join(small), data]
+        small = []
+    return [*parts, b"".join(small)] if small else parts
 
 
 def decoder(message_type: type) -> Callable[[bytes], Frame]:

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from nndeploy.proto import health_pb2, health_pb2_grpc, stage_pb2
-from nndeploy.runtime import shm
+from nndeploy.runtime import bulk, shm
 from nndeploy.runtime.links import CHANNEL_OPTIONS, Links, PeerUnavailable, bind_port
 from nndeploy.runtime.malloc import keep_large_buffers
 from nndeploy.runtime.tls import ENDPOINT_IDENTITY, TlsFiles, stage_identity
@@ -62,8 +62,15 @@ class StageWorker(health_pb2_grpc.HealthServicer):
     """The servicer: a bounded queue, one executor thread, and the outgoing links. Process streams Frames
     (runtime.wire): tensors stay views over the received bytes."""
 
-    def __init__(self, spec: StageSpec, execute: Execute, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        spec: StageSpec,
+        execute: Execute,
+        tls: TlsFiles | None = None,
+        side: bulk.Listener | None = None,
+    ) -> None:
         self.spec = spec
+        self.side = side  # side connections for the tensors of incoming streams (runtime.bulk)
         self.execute = execute
         self.counters = Counters()
         self.queue: asyncio.Queue[tuple[Frame, asyncio.Queue | None, float]] = asyncio.Queue(spec.queue_size)
@@ -93,39 +100,61 @@ class StageWorker(health_pb2_grpc.HealthServicer):
         if refused:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         local: asyncio.Queue[Frame | None] = asyncio.Queue()
-        await context.send_initial_metadata(shm.metadata())
+        side, offer = (
+            self.side.expect(context.invocation_metadata(), stage_pb2.StageRequest)
+            if self.side
+            else (None, ())
+        )
+        await context.send_initial_metadata(shm.metadata() + offer)
         # Replies on this stream go through shared memory when the caller shares this host's.
         pool = shm.Pool() if shm.shares_with(context.invocation_metadata()) else None
+
+        async def take(request: Frame) -> None:
+            if request.message.cancel:
+                await self._cancel(request)
+                return
+            back = None if request.message.reply_to else local
+            if request.problem:  # its elements could not be read: it fails, the stream goes on
+                self.counters.requests += 1
+                await self._fail(
+                    request.message, back, "UNAVAILABLE", f"stage {self.spec.index}: {request.problem}"
+                )
+                return
+            self.counters.bytes_received += request.nbytes
+            await self.queue.put((request, back, time.perf_counter()))
 
         async def pump() -> None:
             try:
                 async for request in request_iterator:
-                    if request.message.cancel:
-                        await self._cancel(request)
-                        continue
-                    back = None if request.message.reply_to else local
-                    if request.problem:  # its elements could not be read: it fails, the stream goes on
-                        self.counters.requests += 1
-                        await self._fail(
-                            request.message,
-                            back,
-                            "UNAVAILABLE",
-                            f"stage {self.spec.index}: {request.problem}",
-                        )
-                        continue
-                    self.counters.bytes_received += request.nbytes
-                    await self.queue.put((request, back, time.perf_counter()))
+                    await take(request)
             finally:
                 await local.put(None)
 
-        reader = asyncio.create_task(pump())
+        async def pump_side() -> None:  # large requests arrive on the stream's side connection
+            assert side is not None
+            channel = await side
+            while (request := await channel.receive()) is not None:
+                await take(request)
+
+        readers = [asyncio.create_task(pump())]
+        if side is not None:
+            readers.append(asyncio.create_task(pump_side()))
         try:
             while (reply := await local.get()) is not None:
-                yield reply if pool is None else Frame(reply.message, pool.place(reply.tensors))
+                if pool is not None:
+                    reply = Frame(reply.message, pool.place(reply.tensors))
+                elif side is not None and side.done() and side.result().takes(reply):
+                    await side.result().room()
+                    if side.result().send(reply):
+                        continue
+                yield reply
         finally:
-            reader.cancel()
+            for reader in readers:
+                reader.cancel()
             if pool is not None:
                 pool.close()
+            if self.side is not None:
+                self.side.forget(side)
             # The upstream may have died holding segments: remove those of dead processes, and let go of
             # every mapping (a live sender's is mapped again on its next message).
             shm.sweep()
@@ -271,13 +300,16 @@ async def serve_stage(
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     tls: TlsFiles | None = None,
+    side_port: int = 0,
 ) -> None:
     """Run a StageWorker on host:port until `stop` is set (port 0 picks a free port, passed to `ready`);
-    with `tls`, it accepts and makes only mutually authenticated TLS connections."""
+    with `tls`, it accepts and makes only mutually authenticated TLS connections; without, it offers side
+    connections (runtime.bulk) on `side_port` (0: any free port)."""
     keep_large_buffers()
     shm.sweep()
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    worker = StageWorker(spec, execute, tls)
+    side = bulk.listen(host, port=side_port) if tls is None else None
+    worker = StageWorker(spec, execute, tls, side)
     server.add_generic_rpc_handlers((worker_handler(worker.Process, worker.Stats),))
     health_pb2_grpc.add_HealthServicer_to_server(worker, server)
     bound = bind_port(server, host, port, tls)
@@ -290,3 +322,5 @@ async def serve_stage(
     finally:
         await worker.stop()
         await server.stop(grace=1.0)
+        if side is not None:
+            side.close()

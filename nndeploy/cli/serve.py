@@ -37,6 +37,12 @@ HttpPort = Annotated[
     int, typer.Option("--http-port", min=0, help="KServe v2 HTTP/REST port (0: any free port).")
 ]
 NoHttp = Annotated[bool, typer.Option("--no-http", help="Serve gRPC only (no HTTP/REST port).")]
+SidePort = typer.Option(
+    "--side-port",
+    min=0,
+    help="Without TLS between stages: the port of the plain TCP connections that carry large tensors "
+    "beside the gRPC stream (0: any free port; a firewall that closes it just means slower hops).",
+)
 MaxBatch = Annotated[
     int,
     typer.Option(
@@ -305,6 +311,7 @@ def worker_command(
         Path | None,
         typer.Option("--tls-dir", help="Folder with tls.crt, tls.key, ca.crt: mutual TLS between stages."),
     ] = None,
+    side_port: Annotated[int, SidePort] = 0,
 ) -> None:
     """Run one stage worker without Ray (what each Kubernetes stage pod runs); SIGTERM stops it."""
     from nndeploy.runtime.serve import serve_one_stage
@@ -314,7 +321,11 @@ def worker_command(
     from nndeploy.runtime.tls import load_tls
 
     tls = load_tls(tls_dir)
-    asyncio.run(serve_one_stage(build_dir, plan, manifest, stage, port, host, downstream, tls=tls))
+    asyncio.run(
+        serve_one_stage(
+            build_dir, plan, manifest, stage, port, host, downstream, tls=tls, side_port=side_port
+        )
+    )
 
 
 def endpoint_command(
@@ -345,6 +356,7 @@ def endpoint_command(
     no_http: NoHttp = False,
     max_batch: MaxBatch = 0,
     batch_delay_ms: BatchDelayMs = 5.0,
+    side_port: Annotated[int, SidePort] = 0,
 ) -> None:
     """Run the KServe v2 endpoint (gRPC and HTTP/REST) in front of stage workers started elsewhere
     (Kubernetes)."""
@@ -375,6 +387,7 @@ def endpoint_command(
             build=(build_dir, manifest),
             max_batch=max_batch,
             batch_delay_ms=batch_delay_ms,
+            side_port=side_port,
         )
     )
 

@@ -3,11 +3,11 @@ the host) for the life of the stage, computing on the TVM VM in this process.
 
 Usage: emulated_worker.py CONFIG.json
 CONFIG: {"library": path, "inputs": [main's parameters, by tensor name], "outputs": [main's results, by
-tensor name], "spec": StageSpec's fields, "port": int, "host": str, "tls": {"cert", "key", "ca"} paths or
-null}. Prints "listening on PORT" once it serves; SIGTERM or SIGINT stops it, and so does the end of the
-process that started it. On failure it prints one line to stderr and exits 1. Only the standard library,
-numpy, tvm, grpc, protobuf (cryptography for TLS) and nndeploy's runtime package (put on PYTHONPATH by
-the host) may be used here.
+tensor name], "spec": StageSpec's fields, "port": int, "side_port": int, "host": str, "tls": {"cert",
+"key", "ca"} paths or null}. Prints "listening on PORT" once it serves; SIGTERM or SIGINT stops it, and so
+does the end of the process that started it. On failure it prints one line to stderr and exits 1. Only the
+standard library, numpy, tvm, grpc, protobuf (cryptography for TLS) and nndeploy's runtime package (put on
+PYTHONPATH by the host) may be used here.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def serve(config: dict) -> None:
             ready=lambda port: print(f"listening on {port}", flush=True),
             stop=stop,
             tls=tls,
+            side_port=config.get("side_port", 0),
         )
         watcher.cancel()
 

@@ -119,14 +119,24 @@ def test_stages_are_wired_in_plan_order(deployed) -> None:
             assert "--downstream" not in command
         service = docs[("Service", f"camera-cnn-stage-{index}")]
         assert service["spec"]["ports"] == [
-            {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP"}
+            {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP"},
+            # without TLS between stages: the side connections for large tensors (runtime/bulk.py)
+            {"name": "side", "port": 50052, "targetPort": "side", "protocol": "TCP"},
         ]
+        worker = docs[("Deployment", f"camera-cnn-stage-{index}")]["spec"]["template"]["spec"]["containers"][
+            0
+        ]
+        assert command[command.index("--side-port") + 1] == "50052"
+        assert {"name": "side", "containerPort": 50052, "protocol": "TCP"} in worker["ports"]
     endpoint = docs[("Deployment", "camera-cnn-endpoint")]["spec"]["template"]["spec"]["containers"][0][
         "command"
     ]
     stages = [endpoint[i + 1] for i, arg in enumerate(endpoint) if arg == "--stage"]
     assert stages == [f"camera-cnn-stage-{i}.ml.svc.cluster.local:50051" for i in range(count)]
     assert endpoint[endpoint.index("--advertise") + 1] == "camera-cnn-endpoint.ml.svc.cluster.local:8001"
+    assert endpoint[endpoint.index("--side-port") + 1] == "8003"
+    endpoint_service = docs[("Service", "camera-cnn-endpoint")]
+    assert {p["name"]: p["port"] for p in endpoint_service["spec"]["ports"]}["side"] == 8003
 
 
 def test_placement_resources_and_images_follow_the_devices(deployed) -> None:
@@ -178,9 +188,11 @@ def test_network_policies_allow_only_upstream(deployed) -> None:
         (rule,) = policy["ingress"]
         peers = [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]]
         assert peers == (["endpoint"] if index == 0 else [f"stage-{index - 1}", "endpoint"])
-        assert rule["ports"] == [{"protocol": "TCP", "port": 50051}]
+        assert rule["ports"] == [{"protocol": "TCP", "port": 50051}, {"protocol": "TCP", "port": 50052}]
     endpoint = docs[("NetworkPolicy", "camera-cnn-endpoint")]["spec"]
     last = f"stage-{len(plan['stages']) - 1}"
+    from_last = [r for r in endpoint["ingress"] if r.get("from")]
+    assert from_last[0]["ports"] == [{"protocol": "TCP", "port": 8001}, {"protocol": "TCP", "port": 8003}]
     froms = [r.get("from") for r in endpoint["ingress"]]
     assert None in froms  # clients from anywhere on 8001
     assert [
@@ -316,7 +328,12 @@ def test_tls_secret_wires_mutual_tls_between_stages(deployed, tmp_path: Path) ->
     last = f"stage-{len(plan['stages']) - 1}"
     from_last = [r for r in policy["spec"]["ingress"] if r.get("from")]
     assert from_last[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == last
-    assert from_last[0]["ports"] == [{"protocol": "TCP", "port": 8002}]
+    assert from_last[0]["ports"] == [{"protocol": "TCP", "port": 8002}]  # with TLS: no side connections
+    assert all(
+        "--side-port" not in doc["spec"]["template"]["spec"]["containers"][0]["command"]
+        for (kind, _), doc in docs.items()
+        if kind == "Deployment"
+    )
 
 
 def test_pods_run_as_non_root_with_a_read_only_root_filesystem(deployed) -> None:
