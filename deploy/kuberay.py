@@ -16,16 +16,25 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from nndeploy.deploy.operations import endpoint_readiness, network_policy
 from nndeploy.deploy.options import (
     BUILD_MOUNT,
     ENDPOINT_PORT,
+    ENDPOINT_TLS_MOUNT,
     HTTP_PORT,
     METRICS_PORT,
+    TOKEN_MOUNT,
     DeployOptions,
     image_for,
     image_variant,
 )
 from nndeploy.deploy.security import container_security, pod_security
+from nndeploy.deploy.volumes import (
+    endpoint_secret_mounts,
+    endpoint_secret_volumes,
+    pod_volumes,
+    verify_container,
+)
 from nndeploy.errors import NNDeployError
 from nndeploy.types import device_resource
 
@@ -64,46 +73,45 @@ def _labels(options: DeployOptions, component: str) -> dict[str, str]:
     }
 
 
-def _build_volume(options: DeployOptions) -> dict[str, Any]:
-    return {
-        "name": BUILD_VOLUME,
-        "persistentVolumeClaim": {"claimName": options.artifacts_pvc, "readOnly": True},
-    }
-
-
 def _build_mount() -> dict[str, Any]:
     return {"name": BUILD_VOLUME, "mountPath": BUILD_MOUNT, "readOnly": True}
 
 
+def _serve_args(options: DeployOptions) -> list[str]:
+    """`nndeploy serve` in the head pod, with the endpoint's TLS and token Secrets when asked for."""
+    args = ["serve", BUILD_MOUNT, "--address", "auto", "--host", "0.0.0.0", "--port", str(ENDPOINT_PORT)]
+    args += ["--http-port", str(HTTP_PORT), "--metrics-port", str(METRICS_PORT)]
+    if options.endpoint_tls_secret:
+        args += ["--tls-cert", f"{ENDPOINT_TLS_MOUNT}/tls.crt", "--tls-key", f"{ENDPOINT_TLS_MOUNT}/tls.key"]
+        if options.client_certs:
+            args += ["--client-ca", f"{ENDPOINT_TLS_MOUNT}/ca.crt"]
+    if options.token_secret:
+        args += ["--auth-token-file", f"{TOKEN_MOUNT}/token"]
+    return args
+
+
 def _head_group(options: DeployOptions) -> dict[str, Any]:
     image = image_for(options, "amd64")
+    ready = endpoint_readiness(options)
     serve = {
         "name": "serve",
         "image": image,
-        "args": [
-            "serve",
-            BUILD_MOUNT,
-            "--address",
-            "auto",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(ENDPOINT_PORT),
-            "--http-port",
-            str(HTTP_PORT),
-            "--metrics-port",
-            str(METRICS_PORT),
-        ],
+        "args": _serve_args(options),
         "ports": [
             {"name": "grpc", "containerPort": ENDPOINT_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        # The endpoint serves grpc.health.v1; it starts once every device's worker has joined the cluster.
-        "readinessProbe": {"grpc": {"port": ENDPOINT_PORT}, "periodSeconds": 5},
-        "startupProbe": {"grpc": {"port": ENDPOINT_PORT}, "periodSeconds": 10, "failureThreshold": 60},
+        # The endpoint's health (as the plain manifests probe it: gRPC, or HTTPS / the port with TLS); it
+        # answers once every device's worker has joined the cluster.
+        "readinessProbe": {**ready, "periodSeconds": 5},
+        "startupProbe": {**ready, "periodSeconds": 10, "failureThreshold": 60},
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
-        "volumeMounts": [_build_mount(), {"name": RAY_TMP_VOLUME, "mountPath": "/tmp/ray"}],
+        "volumeMounts": [
+            _build_mount(),
+            {"name": RAY_TMP_VOLUME, "mountPath": "/tmp/ray"},
+            *endpoint_secret_mounts(options),
+        ],
         "securityContext": container_security(read_only_root=False),
     }
     head = {
@@ -120,8 +128,14 @@ def _head_group(options: DeployOptions) -> dict[str, Any]:
     }
     spec: dict[str, Any] = {
         "securityContext": pod_security(),
+        # The build on the volume is the one these manifests were made from (sha256), before Ray starts.
+        "initContainers": [verify_container(image, "SHA256SUMS")],
         "containers": [head, serve],
-        "volumes": [_build_volume(options), {"name": RAY_TMP_VOLUME, "emptyDir": {}}],
+        "volumes": [
+            *pod_volumes(options),
+            {"name": RAY_TMP_VOLUME, "emptyDir": {}},
+            *endpoint_secret_volumes(options),
+        ],
     }
     if not options.multiarch:
         spec["nodeSelector"] = {"kubernetes.io/arch": "amd64"}
@@ -151,8 +165,9 @@ def _worker_group(options: DeployOptions, device: dict[str, Any]) -> dict[str, A
         container["env"] = [{"name": "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "value": "1"}]
     spec: dict[str, Any] = {
         "securityContext": pod_security(),
+        "initContainers": [verify_container(container["image"], "SHA256SUMS")],
         "containers": [container],
-        "volumes": [_build_volume(options)],
+        "volumes": pod_volumes(options),
     }
     if selector:
         spec["nodeSelector"] = selector
@@ -223,7 +238,21 @@ def render_kuberay(plan: dict[str, Any], manifest: dict[str, Any], options: Depl
             ],
         },
     }
-    return [cluster, service]
+    cluster_pods = {"ray.io/cluster": name}
+    head_pod = {**cluster_pods, "ray.io/node-type": "head"}
+    policies = [
+        # Ray's own traffic (GCS, raylets, object transfers, stage to stage) only between this cluster's pods.
+        network_policy(
+            options, f"{name}-ray", _labels(options, "ray-cluster"), cluster_pods,
+            [{"from": [{"podSelector": {"matchLabels": cluster_pods}}]}],
+        ),
+        # Clients reach the endpoint (gRPC, HTTP/REST) and Prometheus its metrics, on the head pod only.
+        network_policy(
+            options, f"{name}-serve", _labels(options, "endpoint"), head_pod,
+            [{"ports": [{"protocol": "TCP", "port": p} for p in (ENDPOINT_PORT, HTTP_PORT, METRICS_PORT)]}],
+        ),
+    ]  # fmt: skip
+    return [cluster, service, *policies]
 
 
 @cache

@@ -1,22 +1,31 @@
 """Plan + build manifest -> Kubernetes objects (plain dicts) and the k8s/ folder `kubectl apply -k` takes.
 
 Reads the build folder's plan.json and manifest.json as plain JSON (deploy imports no other package).
-Per stage: a Deployment + a ClusterIP Service + a NetworkPolicy; the endpoint likewise; one ConfigMap with
-plan.json, manifest.json and SHA256SUMS; one PersistentVolumeClaim holding the build folder.
+Per stage: a Deployment + a ClusterIP Service + a NetworkPolicy + a PodDisruptionBudget; the endpoint: a
+Deployment, Service and NetworkPolicy (and a ServiceMonitor on request); one ConfigMap with plan.json,
+manifest.json and SHA256SUMS; one PersistentVolumeClaim holding the build folder. Limits, budgets and
+monitoring: deploy/operations.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
 
+from nndeploy.deploy.operations import (
+    disruption_budget,
+    endpoint_readiness,
+    endpoint_resources,
+    network_policy,
+    scrape_annotations,
+    service_monitor,
+    stage_resources,
+)
 from nndeploy.deploy.options import (
     BUILD_MOUNT,
-    CONFIG_MOUNT,
     ENDPOINT_PORT,
     ENDPOINT_TLS_MOUNT,
     HTTP_PORT,
@@ -41,6 +50,7 @@ from nndeploy.deploy.volumes import (
     pod_volumes,
     shared_mounts,
     tls_mounts,
+    verify_container,
 )
 from nndeploy.paths import inside
 
@@ -87,11 +97,6 @@ def selector(options: DeployOptions, component: str) -> dict[str, str]:
         "app.kubernetes.io/instance": options.name,
         "app.kubernetes.io/component": component,
     }
-
-
-def mebibytes(nbytes: int) -> str:
-    """A memory quantity in whole Mi, rounded up."""
-    return f"{max(1, math.ceil(nbytes / MIB))}Mi"
 
 
 def read_build(build_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
@@ -164,18 +169,6 @@ def stage_sums_key(index: int) -> str:
     return f"stage-{index}.sha256"
 
 
-def _verify_container(image: str, sums_key: str) -> dict[str, Any]:
-    return {
-        "name": "verify-artifacts",
-        "image": image,
-        "command": ["sha256sum", "--check", "--strict", f"{CONFIG_MOUNT}/{sums_key}"],
-        "workingDir": BUILD_MOUNT,
-        "volumeMounts": shared_mounts(),
-        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-        "securityContext": container_security(),
-    }
-
-
 def _pod_spec(
     options: DeployOptions,
     image: str,
@@ -185,7 +178,7 @@ def _pod_spec(
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": GRACE_SECONDS,
-        "initContainers": [_verify_container(image, sums_key)],
+        "initContainers": [verify_container(image, sums_key)],
         "containers": [container],
         "volumes": pod_volumes(options),
         "securityContext": pod_security(),
@@ -198,9 +191,17 @@ def _pod_spec(
 
 
 def _deployment(
-    options: DeployOptions, name: str, component: str, device_name: str | None, pod: dict[str, Any]
+    options: DeployOptions,
+    name: str,
+    component: str,
+    device_name: str | None,
+    pod: dict[str, Any],
+    annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     meta_labels = labels(options, component, device_name)
+    template: dict[str, Any] = {"labels": meta_labels}
+    if annotations:
+        template["annotations"] = annotations
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -208,7 +209,7 @@ def _deployment(
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": selector(options, component)},
-            "template": {"metadata": {"labels": meta_labels}, "spec": pod},
+            "template": {"metadata": template, "spec": pod},
         },
     }
 
@@ -256,11 +257,7 @@ def stage_objects(
     else:
         command += ["--side-port", str(WORKER_SIDE_PORT)]
     ports = [("grpc", WORKER_PORT)] + ([] if options.tls_secret else [("side", WORKER_SIDE_PORT)])
-    resources: dict[str, Any] = {
-        "requests": {"cpu": "1", "memory": mebibytes(int(stage["mem_bytes"]) + RUNTIME_OVERHEAD_BYTES)}
-    }
-    if device["kind"] == "gpu":
-        resources["limits"] = {"nvidia.com/gpu": "1"}
+    resources = stage_resources(int(stage["mem_bytes"]) + RUNTIME_OVERHEAD_BYTES, device)
     # The kubelet's gRPC probes cannot present a client certificate: with mutual TLS, probe the port.
     check = {"tcpSocket": {"port": WORKER_PORT}} if options.tls_secret else {"grpc": {"port": WORKER_PORT}}
     probe = {**check, "periodSeconds": 10, "timeoutSeconds": 5}
@@ -280,29 +277,16 @@ def stage_objects(
     pod = _pod_spec(options, image, container, stage_sums_key(index), device)
     upstream = "endpoint" if index == 0 else f"stage-{index - 1}"
     peers = [upstream] if upstream == "endpoint" else [upstream, "endpoint"]
-    policy = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {
-            "name": name,
-            "namespace": options.namespace,
-            "labels": labels(options, component, stage["device"]),
-        },
-        "spec": {
-            "podSelector": {"matchLabels": selector(options, component)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": selector(options, peer)}} for peer in peers],
-                    "ports": [{"protocol": "TCP", "port": p} for _, p in ports],
-                }
-            ],
-        },
+    meta_labels, match = labels(options, component, stage["device"]), selector(options, component)
+    admitted = {
+        "from": [{"podSelector": {"matchLabels": selector(options, peer)}} for peer in peers],
+        "ports": [{"protocol": "TCP", "port": p} for _, p in ports],
     }
     return [
         _deployment(options, name, component, stage["device"], pod),
         _service(options, name, component, stage["device"], ports),
-        policy,
+        network_policy(options, name, meta_labels, match, [admitted]),
+        disruption_budget(options, name, meta_labels, match),
     ]
 
 
@@ -334,9 +318,10 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
         command += ["--auth-token-file", f"{TOKEN_MOUNT}/token"]
     for index in range(len(plan["stages"])):
         command += ["--stage", service_dns(stage_name(options, index), options, WORKER_PORT)]
-    source = next(d for d in plan["cluster"]["devices"] if d["name"] == plan["cluster"]["source"])
-    image = endpoint_image(options, source)
-    ready = _endpoint_readiness(options)
+    # Where results go (cluster.yaml's output_to): the result is what crosses back to the user.
+    sink = next(d for d in plan["cluster"]["devices"] if d["name"] == plan["cluster"]["sink"])
+    image = endpoint_image(options, sink)
+    ready = endpoint_readiness(options)
     container = {
         "name": "endpoint",
         "image": image,
@@ -348,7 +333,7 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
             *([{"name": "sink", "containerPort": SINK_PORT, "protocol": "TCP"}] if separate_sink else []),
             *[{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in side],
         ],
-        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+        "resources": endpoint_resources(),
         "volumeMounts": shared_mounts() + tls_mounts(options) + endpoint_secret_mounts(options),
         # Health is SERVING only while every stage is up: right for readiness; liveness only checks the
         # process answers (a stage restarting must not restart the endpoint too). The kubelet's gRPC probe
@@ -366,34 +351,28 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
     }
     pod = _pod_spec(options, image, container, "SHA256SUMS", None)
     pod["volumes"] += endpoint_secret_volumes(options)
-    if source.get("node_labels"):
-        # Next to where requests arrive (the cluster's source device), on its node's CPU.
-        pod["nodeSelector"] = {str(k): str(v) for k, v in source["node_labels"].items()}
+    if sink.get("node_labels"):
+        # On the node of the device results go to (the cluster's sink, output_to), on its CPU.
+        pod["nodeSelector"] = {str(k): str(v) for k, v in sink["node_labels"].items()}
     last = f"stage-{len(plan['stages']) - 1}"
-    policy = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": options.namespace, "labels": labels(options, component)},
-        "spec": {
-            "podSelector": {"matchLabels": selector(options, component)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "ports": [
-                        {"protocol": "TCP", "port": ENDPOINT_PORT},
-                        {"protocol": "TCP", "port": HTTP_PORT},
-                    ]
-                },
-                {
-                    "from": [{"podSelector": {"matchLabels": selector(options, last)}}],
-                    "ports": [{"protocol": "TCP", "port": p} for p in (sink_port, *(p for _, p in side))],
-                },
-                {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
-            ],
-        },
-    }
+    meta_labels, match = labels(options, component), selector(options, component)
+    policy = network_policy(
+        options,
+        name,
+        meta_labels,
+        match,
+        [
+            {"ports": [{"protocol": "TCP", "port": p} for p in (ENDPOINT_PORT, HTTP_PORT)]},
+            {
+                "from": [{"podSelector": {"matchLabels": selector(options, last)}}],
+                "ports": [{"protocol": "TCP", "port": p} for p in (sink_port, *(p for _, p in side))],
+            },
+            {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+        ],
+    )
+    monitors = [service_monitor(options, name, meta_labels, match)] if options.service_monitor else []
     return [
-        _deployment(options, name, component, None, pod),
+        _deployment(options, name, component, None, pod, scrape_annotations()),
         _service(
             options,
             name,
@@ -408,17 +387,8 @@ def endpoint_objects(options: DeployOptions, plan: dict[str, Any]) -> list[dict[
             ],
         ),
         policy,
+        *monitors,
     ]
-
-
-def _endpoint_readiness(options: DeployOptions) -> dict[str, Any]:
-    """The endpoint's readiness check: gRPC health in plaintext, HTTPS /v2/health/ready with TLS, the
-    port alone when clients need certificates (the kubelet has none)."""
-    if not options.endpoint_tls_secret:
-        return {"grpc": {"port": ENDPOINT_PORT}}
-    if options.client_certs:
-        return {"tcpSocket": {"port": ENDPOINT_PORT}}
-    return {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT, "scheme": "HTTPS"}}
 
 
 def shared_objects(
@@ -469,10 +439,10 @@ def render(build_dir: Path, options: DeployOptions, ray: bool = False) -> dict[s
     plan, manifest, raw = read_build(build_dir)
     devices = {d["name"]: d for d in plan["cluster"]["devices"]}
     files: dict[str, list[dict[str, Any]]] = {"config.yaml": shared_objects(options, plan, manifest, raw)}
-    if ray and (options.endpoint_tls_secret or options.token_secret):
+    if ray and options.tls_secret:
         raise DeployError(
-            "--endpoint-tls-secret and --token-secret are not wired into the KubeRay variant yet; "
-            "deploy without --ray to use them"
+            "--tls-secret (mutual TLS between stages) is not wired into the KubeRay variant: serve on Ray "
+            "has no stage TLS yet; deploy without --ray to use it"
         )
     if ray:
         # The KubeRay variant replaces the per-stage Deployments: Ray places and restarts the stage workers.

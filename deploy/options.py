@@ -33,7 +33,8 @@ class DeployOptions:
     `artifacts_pvc` is the PersistentVolumeClaim holding the build folder; `tls_secret`, when set, names
     a Secret with tls.crt/tls.key/ca.crt used between stages; `endpoint_tls_secret` a TLS Secret for the
     endpoint's client port (with `client_certs`, its ca.crt must have signed every client's certificate);
-    `token_secret` a Secret whose key `token` clients must send as a bearer token."""
+    `token_secret` a Secret whose key `token` clients must send as a bearer token; `service_monitor` adds a
+    prometheus-operator ServiceMonitor for the endpoint's metrics."""
 
     name: str
     namespace: str = "default"
@@ -46,6 +47,7 @@ class DeployOptions:
     endpoint_tls_secret: str | None = None
     client_certs: bool = False
     token_secret: str | None = None
+    service_monitor: bool = False
 
 
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

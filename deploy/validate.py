@@ -28,6 +28,10 @@ def schema_errors(doc: dict[str, Any], version: str) -> list[str]:
     """Strict OpenAPI-schema problems of one object (CRDs: the KubeRay checker when available)."""
     import kubernetes_validate
 
+    if str(doc.get("apiVersion", "")).startswith("monitoring.coreos.com/"):
+        from nndeploy.deploy.operations import monitoring_errors
+
+        return monitoring_errors(doc)
     if str(doc.get("apiVersion", "")).startswith("ray.io/"):
         try:
             from nndeploy.deploy import kuberay

@@ -1,5 +1,6 @@
 """The volumes and mounts of the emitted pods: the build folder's PVC and the plan ConfigMap (read-only),
-the Secrets that carry certificates and the token (read-only, mode 0440), and /tmp on an emptyDir."""
+the Secrets that carry certificates and the token (read-only, mode 0440), and /tmp on an emptyDir; and the
+init container that checks the mounted build against the ConfigMap's checksums."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from nndeploy.deploy.options import (
     TOKEN_MOUNT,
     DeployOptions,
 )
-from nndeploy.deploy.security import SCRATCH, scratch_volume
+from nndeploy.deploy.security import SCRATCH, container_security, scratch_volume
 
 SECRET_MODE = 0o440  # readable by the pod's fsGroup (the runtime user), by nobody else
 
@@ -66,3 +67,17 @@ def shared_mounts() -> list[dict[str, Any]]:
         {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
         dict(SCRATCH),
     ]
+
+
+def verify_container(image: str, sums_key: str) -> dict[str, Any]:
+    """The init container that checks the mounted build against the plan ConfigMap's `sums_key` (sha256):
+    a pod refuses a volume holding another build than the manifests were made from."""
+    return {
+        "name": "verify-artifacts",
+        "image": image,
+        "command": ["sha256sum", "--check", "--strict", f"{CONFIG_MOUNT}/{sums_key}"],
+        "workingDir": BUILD_MOUNT,
+        "volumeMounts": shared_mounts(),
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+        "securityContext": container_security(),
+    }

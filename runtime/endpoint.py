@@ -503,6 +503,7 @@ async def start_endpoint(
     access: ServerAccess | None = None,
     max_request_bytes: int | None = None,
     side_port: int = 0,
+    advertise_host: str | None = None,
 ) -> tuple[grpc.aio.Server, Endpoint, int]:
     """Start the endpoint server; returns (server, servicer, bound client port). `advertise` is the address
     the last stage delivers results to (default: this host and port). `access` secures the client port
@@ -510,7 +511,8 @@ async def start_endpoint(
     client port, stages deliver results to a port of their own, `sink_port` (default: port + 1), over
     mutual TLS when `tls` is given. Messages over `max_request_bytes` (requests, and results delivered
     to this server) are refused by gRPC with RESOURCE_EXHAUSTED. Without `tls`, large results arrive on
-    side connections (runtime.bulk) on `side_port` (0: any free port)."""
+    side connections (runtime.bulk) on `side_port` (0: any free port). `advertise_host` names this host to
+    the stages when `advertise` is not given (default: `host`, or 127.0.0.1 for a wildcard)."""
     keep_large_buffers()
     shm.sweep()
     access = access or ServerAccess()
@@ -520,7 +522,7 @@ async def start_endpoint(
         options.append(("grpc.max_receive_message_length", max_request_bytes))
     server = grpc.aio.server(options=options, interceptors=access.interceptors())
     bound = bind_port(server, host, port, credentials=access.credentials())
-    local_host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
+    local_host = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "[::]") else host)
     local = f"{local_host}:{bound}"
     if tls is not None or access.tls:
         sink = bind_port(

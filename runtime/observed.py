@@ -57,6 +57,14 @@ class Observed:
             buckets=BUCKETS,
             registry=self.registry,
         )
+        self.transfer = Histogram(
+            "nndeploy_stage_transfer_duration_seconds",
+            "Time from the upstream (endpoint or previous stage) sending a request to its arrival at a "
+            "stage: the hop into it (wall clocks of two hosts)",
+            stage_labels,
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
 
     def batch(self, samples: int) -> None:
         """One run of the chain, holding `samples` samples (without padding)."""
@@ -76,3 +84,4 @@ class Observed:
             device = self.stages[stage] if 0 <= stage < len(self.stages) else ""
             self.queue.labels(str(stage), device).observe(timing.queue_ms / 1e3)  # type: ignore[attr-defined]
             self.compute.labels(str(stage), device).observe(timing.compute_ms / 1e3)  # type: ignore[attr-defined]
+            self.transfer.labels(str(stage), device).observe(timing.transfer_ms / 1e3)  # type: ignore[attr-defined]

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from nndeploy.errors import NNDeployError
+from nndeploy.runtime.probe import IO_TIMEOUT_S as PROBE_TIMEOUT_S
+from nndeploy.runtime.probe import MeasuredLink, ProbeActor, ProbeError
 from nndeploy.runtime.worker import StageSpec
 from nndeploy.types import device_resource
 
@@ -26,13 +28,21 @@ class ServeError(NNDeployError):
     """The serving cluster could not be started or reached."""
 
 
+class HeadLost(ServeError):
+    """Ray's head stopped answering while serving (Ray's own exit handlers would then wait a minute on it)."""
+
+
 class StageActorImpl:
     """Runs one stage worker; Ray wraps this class as an actor (restarted when its process dies)."""
 
     def __init__(
         self, build_dir: str, stage: int, spec: StageSpec, port: int, host: str = "127.0.0.1"
     ) -> None:
+        import platform
+        import socket
+
         from nndeploy.runtime.chain import serve_built_stage
+        from nndeploy.targets.artifacts.loader import why_not_runnable
         from nndeploy.targets.artifacts.manifest import read_manifest
 
         manifest = read_manifest(build_dir)
@@ -40,6 +50,13 @@ class StageActorImpl:
         self.port = port
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        # Checked on this node before anything is loaded: the node that declared the device may be of
+        # another architecture or lack the build's CPU features, GPU or emulator.
+        reason = why_not_runnable(entry)
+        if reason:
+            where = f"{socket.gethostname()} ({host}, {platform.machine()})"
+            self._error = RuntimeError(f"stage {stage} ({spec.device}) cannot run on node {where}: {reason}")
+            return
 
         def run() -> None:
             served = serve_built_stage(
@@ -139,21 +156,64 @@ class RayStages:
         closing.join(timeout=10)
         self.started_ray = False
 
-    def device_hosts(self, devices: list[str]) -> dict[str, str]:
-        """The address of the node that has each device: 127.0.0.1 for a local Ray; on a joined cluster,
-        the node that declares the device's resource (one-line error naming any device no node has)."""
+    def node_address(self) -> str:
+        """This machine's address on the way to Ray's head: where the cluster's other nodes reach this
+        process. (Not ray.util.get_node_ip_address(), which in a driver on a machine that runs no raylet
+        of its own names the head's.)"""
+        import socket
+
+        host = (self.gcs_address or self.address or "127.0.0.1").rpartition(":")[0].strip("[]") or "127.0.0.1"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))  # UDP: no packet is sent, the kernel only picks the route
+            return str(probe.getsockname()[0])
+
+    def live_device_hosts(self, devices: list[str]) -> dict[str, str]:
+        """The address of a live node declaring each device, for those that have one."""
         import ray
 
-        if not self.address:
-            return dict.fromkeys(devices, "127.0.0.1")
         nodes = [node for node in ray.nodes() if node.get("Alive")]
-        hosts, missing = {}, []
+        hosts = {}
         for device in devices:
             having = [n for n in nodes if n.get("Resources", {}).get(device_resource(device), 0) > 0]
             if having:
                 hosts[device] = having[0]["NodeManagerAddress"]
-            else:
-                missing.append(device)
+        return hosts
+
+    def measure_links(self, pairs: list[tuple[str, str]], nbytes: int) -> list[MeasuredLink]:
+        """Each pair of devices' link, measured between the nodes that declare them (runtime.probe: one
+        ProbeActor on each device's node)."""
+        import ray
+
+        hosts = self.device_hosts(sorted({d for pair in pairs for d in pair}))
+        remote = ray.remote(ProbeActor)
+        measured = []
+        for a, b in pairs:
+            ends = [
+                remote.options(num_cpus=0, resources={device_resource(d): 0.01}, max_restarts=0).remote()
+                for d in (a, b)
+            ]
+            try:
+                ray.get([end.ready.remote() for end in ends], timeout=PROBE_TIMEOUT_S)
+                port = ray.get(ends[0].listen.remote(hosts[a]), timeout=PROBE_TIMEOUT_S)
+                gbps, latency_ms = ray.get(ends[1].measure.remote(hosts[a], port, nbytes), timeout=600)
+            except ray.exceptions.GetTimeoutError:
+                raise ProbeError(f"could not measure {a} <-> {b}: their nodes did not answer") from None
+            except ray.exceptions.RayError as exc:
+                raise ProbeError(f"could not measure {a} <-> {b}: {str(exc).splitlines()[0]}") from None
+            finally:
+                for end in ends:
+                    ray.kill(end)
+            measured.append(MeasuredLink((a, b), (hosts[a], hosts[b]), gbps, latency_ms))
+        return measured
+
+    def device_hosts(self, devices: list[str]) -> dict[str, str]:
+        """The address of the node that has each device: 127.0.0.1 for a local Ray; on a joined cluster,
+        the node that declares the device's resource (one-line error naming any device no node has)."""
+        if not self.address:
+            return dict.fromkeys(devices, "127.0.0.1")
+        hosts = self.live_device_hosts(devices)
+        missing = [device for device in devices if device not in hosts]
         if missing:
             resources = ", ".join(f'"{device_resource(d)}": 1' for d in missing)
             raise ServeError(
@@ -209,8 +269,8 @@ class RayStages:
         for index, actor in enumerate(self.actors or []):
             try:
                 ray.get(actor.ping.remote(), timeout=timeout_s)
-            except ray.exceptions.GetTimeoutError:
-                continue
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+                continue  # restarting, or its node is gone and it waits for one with its device
             except ray.exceptions.RayError as exc:
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
                 telling = [line for line in lines if "Error:" in line or "error:" in line]

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +16,12 @@ from nndeploy.runtime.chain import built_batch_sizes, free_ports, model_spec, st
 from nndeploy.runtime.endpoint import Endpoint, start_endpoint
 from nndeploy.runtime.http import HttpLimits, HttpServer, start_http
 from nndeploy.runtime.metrics import start_metrics_server
-from nndeploy.runtime.ray_cluster import RayStages, ServeError
+from nndeploy.runtime.ray_cluster import HeadLost, RayStages, ServeError
 from nndeploy.runtime.served import ModelSpec
 from nndeploy.runtime.tls import TlsFiles
 from nndeploy.targets.artifacts.loader import why_not_runnable
 from nndeploy.targets.artifacts.manifest import Manifest
-from nndeploy.types import Plan
+from nndeploy.types import Plan, device_resource
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,17 @@ async def serve_build(
 ) -> None:
     """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM; `on_event` hears of
     stages that went down for good. `http_port` (None: no HTTP) also serves the KServe v2 REST API."""
+    # On a joined cluster each stage runs on its device's node, which checks it there (StageActorImpl).
     problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
-    if problems:
+    if problems and not ray_address:
         raise ServeError("cannot serve this build here: " + "; ".join(problems))
     sizes = built_batch_sizes(build_dir, plan, manifest, max_batch) if max_batch > 0 else ()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     ray_stages = RayStages(address=ray_address)
+    # The watchers' Ray calls, apart: with the head gone they block until Ray gives up (a minute), and
+    # nothing must wait for them (asyncio.run waits for its default executor's threads).
+    watch_calls = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ray-watch")
     server = None
     metrics = None
     http = None
@@ -91,7 +96,13 @@ async def serve_build(
             batch_sizes=sizes,
         )
         server, endpoint, bound = await start_endpoint(
-            model, port, host, access=access, max_request_bytes=max_request_bytes
+            model,
+            port,
+            host,
+            access=access,
+            max_request_bytes=max_request_bytes,
+            # Stages on other nodes deliver results here: not to 127.0.0.1 when listening on every address.
+            advertise_host=ray_stages.node_address() if ray_address else None,
         )
         if http_port is not None:
             http = await start_http(endpoint, http_port, host, access, _limits(max_request_bytes))
@@ -109,8 +120,14 @@ async def serve_build(
             )
         watchers = [
             asyncio.create_task(_watch_ray_head(ray_stages, stop)),
-            asyncio.create_task(_watch_stages(ray_stages, stop, on_event)),
+            asyncio.create_task(_watch_stages(ray_stages, watch_calls, stop, on_event)),
         ]
+        devices = [s.device for s in plan.stages]
+        watchers.append(asyncio.create_task(_watch_answers(endpoint, devices, stop, on_event)))
+        if ray_address:
+            watchers.append(
+                asyncio.create_task(_watch_devices(ray_stages, watch_calls, devices, stop, on_event))
+            )
         await stop.wait()
         for watcher in watchers:
             watcher.cancel()
@@ -122,30 +139,90 @@ async def serve_build(
             await http.stop()
         if metrics is not None:
             metrics.shutdown()
+        watch_calls.shutdown(wait=False, cancel_futures=True)
         if ray_stages.head_lost:
             await loop.run_in_executor(None, ray_stages.abandon)
         else:
             await loop.run_in_executor(None, ray_stages.stop)
     if ray_stages.head_lost:
-        raise ServeError(
+        raise HeadLost(
             f"Ray's head ({ray_stages.head_lost}) stopped answering; the endpoint and every stage worker "
             "this machine ran were stopped (restart serve once Ray is back)"
         )
 
 
 async def _watch_stages(
-    ray_stages: RayStages, stop: asyncio.Event, on_event: Callable[[str], None] | None, period_s: float = 2.0
+    ray_stages: RayStages,
+    calls: Executor,
+    stop: asyncio.Event,
+    on_event: Callable[[str], None] | None,
+    period_s: float = 2.0,
 ) -> None:
-    """Report, once each, stages Ray cannot bring back (their requests get UNAVAILABLE meanwhile)."""
+    """Report, once each, stages Ray cannot bring back (their requests get UNAVAILABLE meanwhile); Ray is
+    asked on `calls` (a call can block for a minute when the head is gone)."""
     loop = asyncio.get_running_loop()
     reported: set[int] = set()
     while not stop.is_set():
         await asyncio.sleep(period_s)
-        broken = await loop.run_in_executor(None, ray_stages.broken_stages)
+        broken = await loop.run_in_executor(calls, ray_stages.broken_stages)
         for index, reason in broken.items():
             if index not in reported and on_event is not None:
                 on_event(f"stage {index} is down and cannot restart: {reason}")
         reported = set(broken)
+
+
+async def _watch_answers(
+    endpoint: Endpoint,
+    devices: list[str],
+    stop: asyncio.Event,
+    on_event: Callable[[str], None] | None,
+    period_s: float = 0.5,
+) -> None:
+    """Report each stage whose worker stops answering the endpoint (a dead worker, a lost node) and its
+    return, as the endpoint's health watcher sees them."""
+    up = list(endpoint.stage_up)
+    while not stop.is_set():
+        await asyncio.sleep(period_s)
+        for index, (was, now) in enumerate(zip(up, endpoint.stage_up, strict=True)):
+            if was and not now and on_event is not None:
+                on_event(
+                    f"stage {index} on device {devices[index]} stopped answering (its worker or its node is "
+                    "gone); its requests fail with UNAVAILABLE until it is back"
+                )
+            elif now and not was and on_event is not None:
+                on_event(f"stage {index} on device {devices[index]} answers again")
+        up = list(endpoint.stage_up)
+
+
+async def _watch_devices(
+    ray_stages: RayStages,
+    calls: Executor,
+    devices: list[str],
+    stop: asyncio.Event,
+    on_event: Callable[[str], None] | None,
+    period_s: float = 2.0,
+) -> None:
+    """On a joined cluster: report, once each, a device whose node left the cluster (its stage waits for a
+    node with the device to join again, and restarts there), and its return."""
+    loop = asyncio.get_running_loop()
+    gone: set[str] = set()
+    while not stop.is_set():
+        await asyncio.sleep(period_s)
+        hosts = await loop.run_in_executor(calls, ray_stages.live_device_hosts, devices)
+        for index, device in enumerate(devices):
+            if device not in hosts and device not in gone:
+                gone.add(device)
+                if on_event is not None:
+                    on_event(
+                        f"device {device} is gone: no live node of the Ray cluster declares it; stage "
+                        f"{index}'s requests fail with UNAVAILABLE until a node with it joins "
+                        f"(ray start --address {ray_stages.address} --resources "
+                        f"'{{\"{device_resource(device)}\": 1}}')"
+                    )
+            elif device in hosts and device in gone:
+                gone.discard(device)
+                if on_event is not None:
+                    on_event(f"device {device} is back (node {hosts[device]}); stage {index} restarts there")
 
 
 async def _watch_ray_head(ray_stages: RayStages, stop: asyncio.Event, period_s: float = 1.0) -> None:

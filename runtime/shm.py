@@ -1,10 +1,10 @@
 """Shared memory between the processes of one host: the elements of large tensors handed over in segments
 under /dev/shm, the stream carrying only where they are (stage.proto's SharedBytes).
 
-Who shares: each end of a data-plane stream says in its gRPC metadata (`METADATA_KEY`) which shared memory
-it sees (`identity`: the host's boot id, the /dev/shm file system and the user). When both say the same, the
-sender places tensors of at least `MIN_BYTES` in segments (`Pool.place`) and the receiver copies them out
-as it decodes the message (`take`), so the stream carries a few dozen bytes per tensor.
+Who shares: each end of a data-plane stream says in its gRPC metadata (`METADATA_KEY`) which shared memory it
+sees (`identity`: the host's boot id, the /dev/shm file system, the user and the network namespace). When both
+say the same, the sender places tensors of at least `MIN_BYTES` in segments (`Pool.place`) and the receiver
+copies them out as it decodes the message (`take`), so the stream carries a few dozen bytes per tensor.
 
 Segments belong to the sending process: one `Pool` per outgoing stream, segments named
 `nndeploy-<pid namespace>-<pid>-<n>`, created on demand (at most `Pool.limit`), reused. A segment's first
@@ -50,8 +50,10 @@ class SharedMemoryError(ValueError):
 
 @lru_cache(maxsize=1)
 def identity() -> str:
-    """Which shared memory this process sees: host boot id, /dev/shm's file system, user ('' when shared
-    memory is off or unavailable)."""
+    """Which shared memory this process sees: host boot id, /dev/shm's file system, user, network
+    namespace ('' when shared memory is off or unavailable). The network namespace counts because
+    processes in different ones are different hosts to the data plane (pods, or namespaces standing in
+    for machines), even where they could share /dev/shm."""
     if os.environ.get(SWITCH_ENV, "1") == "0":
         return ""
     try:
@@ -59,7 +61,11 @@ def identity() -> str:
         shm = ROOT.stat()
     except OSError:
         return ""
-    return f"{boot}:{shm.st_dev}:{os.getuid()}"
+    try:
+        network = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        network = 0
+    return f"{boot}:{shm.st_dev}:{os.getuid()}:{network}"
 
 
 def shares_with(metadata: object) -> bool:

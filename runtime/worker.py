@@ -73,7 +73,10 @@ class StageWorker(health_pb2_grpc.HealthServicer):
         self.side = side  # side connections for the tensors of incoming streams (runtime.bulk)
         self.execute = execute
         self.counters = Counters()
-        self.queue: asyncio.Queue[tuple[Frame, asyncio.Queue | None, float]] = asyncio.Queue(spec.queue_size)
+        # (request, where its reply goes, perf_counter at arrival, ms from its sending to its arrival)
+        self.queue: asyncio.Queue[tuple[Frame, asyncio.Queue | None, float, float]] = asyncio.Queue(
+            spec.queue_size
+        )
         self.tls = tls
         self.links = Links(tls)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{spec.index}")
@@ -121,7 +124,9 @@ class StageWorker(health_pb2_grpc.HealthServicer):
                 )
                 return
             self.counters.bytes_received += request.nbytes
-            await self.queue.put((request, back, time.perf_counter()))
+            sent = request.message.sent_unix_ns
+            transfer_ms = max(0.0, (time.time_ns() - sent) / 1e6) if sent else 0.0
+            await self.queue.put((request, back, time.perf_counter(), transfer_ms))
 
         async def pump() -> None:
             try:
@@ -191,7 +196,7 @@ class StageWorker(health_pb2_grpc.HealthServicer):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            received, local, arrived = await self.queue.get()
+            received, local, arrived, transfer_ms = await self.queue.get()
             request = received.message
             if self._was_cancelled(request.request_id):
                 continue  # cancelled while queued: no work, no reply (the endpoint has answered its client)
@@ -227,7 +232,9 @@ class StageWorker(health_pb2_grpc.HealthServicer):
             if self._was_cancelled(request.request_id):
                 continue  # cancelled while it ran here: do not pass it on
             queue_ms = (started - arrived) * 1e3
-            timing = stage_pb2.StageTiming(stage=self.spec.index, queue_ms=queue_ms, compute_ms=compute_ms)
+            timing = stage_pb2.StageTiming(
+                stage=self.spec.index, queue_ms=queue_ms, compute_ms=compute_ms, transfer_ms=transfer_ms
+            )
             started = time.perf_counter()
             try:
                 if self.spec.downstream is not None:

@@ -220,3 +220,10 @@ def test_split_refuses_a_changed_model(tmp_path: Path) -> None:
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     done = nndeploy("--debug", "plan", tmp_path / "missing.onnx", "--cluster", CLUSTERS / "two-servers.yaml")
     assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+def test_profile_links_needs_a_ray_cluster(tmp_path: Path) -> None:
+    cluster = Path(__file__).resolve().parents[1] / "examples" / "clusters" / "two-servers.yaml"
+    done = nndeploy("profile", "--links", "--cluster", cluster, "-o", tmp_path / "measured")
+    assert_user_error(done, "--links", "--address")
+    assert not (tmp_path / "measured").exists()

@@ -58,7 +58,22 @@ def deploy_command(
     kubernetes_version: Annotated[
         str, typer.Option("--kubernetes-version", help="API version the manifests are checked against.")
     ] = "1.33.0",
-    ray: Annotated[bool, typer.Option("--ray", help="Also write KubeRay manifests.")] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Write a KubeRay RayCluster instead: it replaces the plain manifests' per-stage "
+            "Deployments, Services and NetworkPolicies (Ray places and restarts the stage workers).",
+        ),
+    ] = False,
+    service_monitor: Annotated[
+        bool,
+        typer.Option(
+            "--service-monitor",
+            help="Also write a prometheus-operator ServiceMonitor for the endpoint's /metrics "
+            "(the endpoint's pod carries prometheus.io scrape annotations either way).",
+        ),
+    ] = False,
     check: Annotated[
         bool, typer.Option("--check", help="Validate the folder offline (after writing it, with -o).")
     ] = False,
@@ -84,6 +99,7 @@ def deploy_command(
         endpoint_tls_secret=endpoint_tls_secret,
         client_certs=client_certs,
         token_secret=token_secret,
+        service_monitor=service_monitor,
     )
     files, paths = deploy_build(build_dir, output, options, ray=ray)
     objects = sum(len(docs) for docs in files.values())

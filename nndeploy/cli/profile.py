@@ -19,6 +19,7 @@ from nndeploy.types import Cluster
 
 if TYPE_CHECKING:
     from nndeploy.partitioner.calibration import CalibratedCostModel, Calibration
+    from nndeploy.runtime.probe import MeasuredLink
     from nndeploy.targets.measure.profiling import HostMeasurement
 
 
@@ -126,10 +127,27 @@ def profile_command(
         bool, typer.Option("--quick", help="Fewer sweep sizes: a rough calibration in seconds.")
     ] = False,
     profiles: ProfilesOption = None,
-) -> ProfileResult:
+    links: Annotated[
+        bool,
+        typer.Option(
+            "--links",
+            help="Instead: measure the link (bandwidth, latency) between every two devices' nodes of the Ray "
+            "cluster at --address, and write the cluster with them to OUTPUT/cluster.yaml.",
+        ),
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option("--address", help="With --links: the Ray cluster (HOST:PORT of its head).")
+    ] = None,
+) -> object:
     """Measure this host for the cluster's devices it can run (peak, bandwidth, per-op times); write
-    measured profiles and calibration.json for `plan --profiles FOLDER`."""
+    measured profiles and calibration.json for `plan --profiles FOLDER`. With --links, measure the
+    network between the devices' nodes instead."""
     from nndeploy.cli.common import parse_input_shapes
+
+    if links:
+        if address is None:
+            raise ProfileError("--links measures the devices' nodes of a Ray cluster: give its --address")
+        return profile_links(cluster, output, address, profiles or [])
 
     result = profile(
         cluster,
@@ -174,6 +192,60 @@ def profile_command(
     out.print(f"wrote {', '.join(str(p) for p in result.files)}", highlight=False)
     out.print(f"use them with: nndeploy plan MODEL --cluster {cluster} --profiles {output}", highlight=False)
     return result
+
+
+def profile_links(
+    cluster: Path, output: Path, address: str, profiles: Sequence[Path] = ()
+) -> list[MeasuredLink]:
+    """Measure every two devices' link on the Ray cluster at `address` (each device on the node that
+    declares its resource) and write `cluster` with those links to output/cluster.yaml."""
+    import os
+
+    import yaml
+
+    from nndeploy.runtime.probe import DEFAULT_BYTES
+    from nndeploy.runtime.ray_cluster import RayStages
+    from nndeploy.targets.devices.cluster import load_cluster
+
+    the_cluster = load_cluster(cluster, profiles)
+    names = [device.name for device in the_cluster.devices]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    ray_stages = RayStages(address=address)
+    ray_stages.start(names)
+    try:
+        out.print(f"[dim]measuring {len(pairs)} link(s) on the Ray cluster at {address} ...[/]")
+        measured = ray_stages.measure_links(pairs, DEFAULT_BYTES)
+    finally:
+        ray_stages.stop()
+    raw = yaml.safe_load(cluster.read_text())
+    raw["links"] = [
+        {"between": list(m.between), "gbps": round(m.gbps, 4), "latency_ms": round(m.latency_ms, 3)}
+        for m in measured
+    ]
+    output.mkdir(parents=True, exist_ok=True)
+    if raw.get("profiles"):  # relative to the cluster file: keep them pointing at the same folders
+        raw["profiles"] = [
+            os.path.relpath((cluster.parent / p).resolve(), output.resolve()) for p in raw["profiles"]
+        ]
+    written = output / "cluster.yaml"
+    written.write_text(
+        f"# {cluster.name} with its links measured by nndeploy profile --links on {address}\n"
+        + yaml.safe_dump(raw, sort_keys=False)
+    )
+    table = Table(title=f"links measured on the Ray cluster at {address}")
+    for column in ("between", "nodes", "Gb/s (declared)", "latency ms (declared)"):
+        table.add_column(column, justify="left" if column in ("between", "nodes") else "right")
+    for m in measured:
+        declared = the_cluster.link(*m.between)
+        table.add_row(
+            f"{m.between[0]} <-> {m.between[1]}",
+            f"{m.hosts[0]} <-> {m.hosts[1]}",
+            f"{m.gbps:,.3f} ({declared.gbps:g})" if declared else f"{m.gbps:,.3f}",
+            f"{m.latency_ms:.3f} ({declared.latency_ms:g})" if declared else f"{m.latency_ms:.3f}",
+        )
+    out.print(table)
+    out.print(f"wrote {written}; plan with it: nndeploy plan MODEL --cluster {written}", highlight=False)
+    return measured
 
 
 def measured_cost_model(profiles: Sequence[Path], cluster: Cluster) -> CalibratedCostModel | None:

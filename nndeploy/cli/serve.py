@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -130,25 +132,35 @@ def serve_command(
             out.print(f"Prometheus metrics on {serving.metrics}", highlight=False)
         out.print("press Ctrl-C to stop", highlight=False)
 
-    asyncio.run(
-        serve_build(
-            build_dir,
-            plan,
-            manifest,
-            port,
-            host,
-            metrics_port,
-            address,
-            ready,
-            access=access,
-            max_in_flight=max_in_flight,
-            max_request_bytes=int(max_request_mb * (1 << 20)),
-            on_event=lambda message: err.print(f"[yellow]warning:[/] {message}", highlight=False),
-            http_port=None if no_http else http_port,
-            max_batch=max_batch,
-            batch_delay_ms=batch_delay_ms,
+    from nndeploy.runtime.ray_cluster import HeadLost
+
+    try:
+        asyncio.run(
+            serve_build(
+                build_dir,
+                plan,
+                manifest,
+                port,
+                host,
+                metrics_port,
+                address,
+                ready,
+                access=access,
+                max_in_flight=max_in_flight,
+                max_request_bytes=int(max_request_mb * (1 << 20)),
+                on_event=lambda message: err.print(f"[yellow]warning:[/] {message}", highlight=False),
+                http_port=None if no_http else http_port,
+                max_batch=max_batch,
+                batch_delay_ms=batch_delay_ms,
+            )
         )
-    )
+    except HeadLost as exc:
+        # Everything this process ran is stopped; Ray's exit handlers would wait a minute for the lost head
+        # (and then end the process with status 1), so leave without them.
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     out.print("stopped; all stage workers shut down")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,53 @@ def test_real_compile_then_deploy_edge_camera_server(example_models, tmp_path: P
     assert f"{hashlib.sha256((build / 'plan.json').read_bytes()).hexdigest()}  plan.json" in sums
 
 
+def test_limits_budgets_scraping_and_the_endpoint_where_results_go(deployed) -> None:
+    plan, k8s = deployed
+    docs = documents(k8s)
+    devices = {d["name"]: d for d in plan["cluster"]["devices"]}
+    for stage in plan["stages"]:
+        device = devices[stage["device"]]
+        name = f"camera-cnn-stage-{stage['index']}"
+        deployment = docs[("Deployment", name)]
+        resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+        request, limit = (int(resources[k]["memory"][:-2]) for k in ("requests", "limits"))
+        assert limit == math.ceil(request * 2.0)  # the documented headroom
+        cores = (device.get("tvm_target") or {}).get("num-cores", 2)
+        assert resources["limits"]["cpu"] == str(cores) and resources["requests"]["cpu"] == "1"
+        budget = docs[("PodDisruptionBudget", name)]["spec"]
+        assert budget["minAvailable"] == 1 and budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+    endpoint = docs[("Deployment", "camera-cnn-endpoint")]["spec"]["template"]
+    assert endpoint["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9001",
+        "prometheus.io/path": "/metrics",
+    }
+    assert set(endpoint["spec"]["containers"][0]["resources"]["limits"]) == {"cpu", "memory"}
+    sink = devices[plan["cluster"]["sink"]]  # output_to: where the results go
+    assert endpoint["spec"].get("nodeSelector", {}) == sink["node_labels"]
+    assert not any(kind == "ServiceMonitor" for kind, _ in docs)  # only on request
+
+
+def test_service_monitor_on_request_and_checked(deployed, tmp_path: Path) -> None:
+    _, k8s = deployed
+    build = k8s.parent / "build"
+    out = tmp_path / "k8s-monitored"
+    done = nndeploy("deploy", build, "-o", out, "--namespace", "ml", "--service-monitor", "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    monitor = documents(out)[("ServiceMonitor", "camera-cnn-endpoint")]
+    service = documents(out)[("Service", "camera-cnn-endpoint")]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    text = (out / "endpoint.yaml").read_text().replace("interval: 15s", "interval: every 15 seconds")
+    (out / "endpoint.yaml").write_text(text)
+    done = nndeploy("deploy", "--check", out)
+    assert done.returncode != 0
+    assert "ServiceMonitor/camera-cnn-endpoint" in done.stdout + done.stderr
+    assert "interval" in done.stdout + done.stderr
+
+
 def test_ray_variant_replaces_the_stage_deployments(deployed, tmp_path: Path) -> None:
     plan, k8s = deployed
     build = k8s.parent / "build"
@@ -291,6 +339,39 @@ def test_ray_variant_replaces_the_stage_deployments(deployed, tmp_path: Path) ->
     assert len(groups) == len({s["device"] for s in plan["stages"]})
     listed = yaml.safe_load((ray_k8s / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(p.name for p in ray_k8s.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def test_ray_variant_is_on_par_checks_policies_and_secrets(deployed, tmp_path: Path) -> None:
+    _, k8s = deployed
+    build = k8s.parent / "build"
+    out = tmp_path / "k8s-ray-secured"
+    secured = ("--endpoint-tls-secret", "api-tls", "--client-certs", "--token-secret", "api-token")
+    done = nndeploy("deploy", build, "-o", out, "--namespace", "ml", "--ray", *secured, "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = documents(out)
+    cluster = next(doc for (kind, _), doc in docs.items() if kind == "RayCluster")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    pods = [head] + [g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"]]
+    for pod in pods:  # every Ray pod checks the build on its volume before Ray starts
+        (verify,) = pod["initContainers"]
+        assert verify["command"] == ["sha256sum", "--check", "--strict", "/etc/nndeploy/SHA256SUMS"]
+        assert {v["name"] for v in pod["volumes"]} >= {"build", "config"}
+    serve = next(c for c in head["containers"] if c["name"] == "serve")
+    args = serve["args"]
+    assert args[args.index("--tls-cert") + 1] == "/etc/nndeploy-endpoint-tls/tls.crt"
+    assert args[args.index("--client-ca") + 1] == "/etc/nndeploy-endpoint-tls/ca.crt"
+    assert args[args.index("--auth-token-file") + 1] == "/etc/nndeploy-token/token"
+    assert {m["name"] for m in serve["volumeMounts"]} >= {"endpoint-tls", "token"}
+    assert "tcpSocket" in serve["readinessProbe"]  # client certificates: the kubelet can only check the port
+    policies = {name: doc["spec"] for (kind, name), doc in docs.items() if kind == "NetworkPolicy"}
+    ray_only = policies["camera-cnn-ray"]
+    assert ray_only["podSelector"]["matchLabels"] == {"ray.io/cluster": "camera-cnn"}
+    assert ray_only["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": {"ray.io/cluster": "camera-cnn"}}}]}
+    ]
+    clients = policies["camera-cnn-serve"]
+    assert clients["podSelector"]["matchLabels"]["ray.io/node-type"] == "head"
+    assert [p["port"] for p in clients["ingress"][0]["ports"]] == [8001, 8000, 9001]
 
 
 def test_tls_secret_wires_mutual_tls_between_stages(deployed, tmp_path: Path) -> None:
@@ -390,5 +471,5 @@ def test_endpoint_tls_and_token_come_from_secrets(deployed, tmp_path: Path) -> N
         nndeploy("deploy", build, "-o", tmp_path / "x", "--client-certs"), "--endpoint-tls-secret"
     )
     assert_user_error(
-        nndeploy("deploy", build, "-o", tmp_path / "y", "--token-secret", "t", "--ray"), "KubeRay"
+        nndeploy("deploy", build, "-o", tmp_path / "y", "--tls-secret", "t", "--ray"), "KubeRay"
     )

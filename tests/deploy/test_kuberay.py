@@ -100,7 +100,8 @@ def test_every_example_cluster_renders_a_valid_raycluster(plans, cluster: str) -
     serve = next(c for c in head["containers"] if c["name"] == "serve")
     assert serve["args"][:4] == ["serve", "/build", "--address", "auto"]
     assert {"0.0.0.0", "8001", "8000"} <= set(serve["args"])
-    (service,) = others
+    (service,) = [d for d in others if d["kind"] == "Service"]
+    assert sorted(d["kind"] for d in others) == ["NetworkPolicy", "NetworkPolicy", "Service"]
     assert service["kind"] == "Service" and service["spec"]["selector"]["ray.io/cluster"] == "camera-cnn"
     assert {p["port"] for p in service["spec"]["ports"]} == {8000, 8001, 9001}
 

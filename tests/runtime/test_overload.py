@@ -99,6 +99,9 @@ def test_the_endpoint_counts_every_answer_by_code_with_latency_and_stage_histogr
     assert 'nndeploy_stage_compute_duration_seconds_bucket{device="cpu",le="0.1",stage="0"} 0.0' in text
     bucket = 'nndeploy_stage_compute_duration_seconds_bucket{device="cpu",le="0.25",stage="0"}'
     assert f"{bucket} {float(2 + crowded.ok)}" in text
+    # And the hop into the stage, per successful request.
+    hops = 'nndeploy_stage_transfer_duration_seconds_count{device="cpu",stage="0"}'
+    assert f"{hops} {float(2 + crowded.ok)}" in text
 
 
 def test_a_version_the_endpoint_does_not_serve_is_not_found() -> None:
