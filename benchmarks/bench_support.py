@@ -229,7 +229,7 @@ async def grpc_round_trips(
     try:
         await asyncio.wait_for(channel.channel_ready(), IO_TIMEOUT_S)
         token = bulk.new_token()
-        metadata = shm.metadata() if shared else ((bulk.TOKEN_KEY, token),) if side else ()
+        metadata = (shm.metadata() if shared else ()) + (((bulk.TOKEN_KEY, token),) if side else ())
         call = process_stream(channel)(metadata=metadata)
         pool = connection = None
         if shared:
@@ -245,11 +245,11 @@ async def grpc_round_trips(
         try:
             for i in range(WARMUP + count):
                 started = time.perf_counter()
+                sent = request if pool is None else Frame(request.message, pool.place(request.tensors))
                 if connection is not None:
-                    connection.send(request)
+                    connection.send(sent)
                     reply = await asyncio.wait_for(connection.receive(), IO_TIMEOUT_S)
                 else:
-                    sent = request if pool is None else Frame(request.message, pool.place(request.tensors))
                     await asyncio.wait_for(call.write(sent), IO_TIMEOUT_S)
                     reply = await asyncio.wait_for(call.read(), IO_TIMEOUT_S)
                 elapsed = (time.perf_counter() - started) * 1e3

@@ -44,9 +44,17 @@ def unavailable() -> str:
 
 
 def leftovers() -> list[str]:
-    """Namespaces of this module still present (a test checks there are none after teardown)."""
+    """Namespaces and links (in this namespace) of this module still present (a test checks there are
+    none after teardown)."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listed.splitlines() if line.startswith(PREFIX)]
+    found = [line.split()[0] for line in listed.splitlines() if line.startswith(PREFIX)]
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    found += [
+        line.split(":")[1].strip().split("@")[0]
+        for line in links.splitlines()
+        if line.count(":") >= 2 and line.split(":")[1].strip().startswith(PREFIX)
+    ]
+    return found
 
 
 def _ip(*args: str) -> None:

@@ -63,6 +63,7 @@ CONNECT_TIMEOUT_S = 2.0
 _LENGTH = struct.Struct("<Q")
 _TOKEN_CHARS = 32
 _MAX_PIECES = 512  # sendmsg takes at most IOV_MAX (1024) buffers
+INLINE_BYTES = 2 << 20  # up to this much is sent by the caller, as far as the socket takes it at once
 
 
 def enabled() -> bool:
@@ -114,9 +115,12 @@ class Channel:
 
     # --- sending ------------------------------------------------------------------------------------------
     def takes(self, item: Any) -> bool:
-        """Whether `item` goes on this connection: a Frame with at least MIN_BYTES of tensors, while the
-        connection lives."""
-        return not self.failure and isinstance(item, Frame) and item.nbytes >= MIN_BYTES
+        """Whether `item` goes on this connection, while it lives: a Frame with at least MIN_BYTES of
+        tensors, or one whose tensors wait in shared memory (runtime.shm: then only where they are travels
+        here, cheaper than a gRPC message)."""
+        if self.failure or not isinstance(item, Frame):
+            return False
+        return item.nbytes >= MIN_BYTES or any(header.HasField("shared") for header, _ in item.tensors)
 
     async def room(self) -> None:
         """Wait while the writer has more than QUEUED_BYTES to send."""
@@ -124,16 +128,43 @@ class Channel:
             await asyncio.sleep(0.001)
 
     def send(self, item: Frame) -> bool:
-        """Queue `item` for the writer; False when the connection has failed (send it on the stream)."""
+        """Send `item` (a small one at once when the writer is idle, else through the writer); False when
+        the connection has failed (send it on the stream)."""
         if self.failure:
             return False
         parts = encode_parts(item)
         total = sum(memoryview(p).nbytes for p in parts)
-        with self._queued_lock:
-            self._queued += total
-        self._out.put([_LENGTH.pack(total), *parts])
+        record: list[Any] = [_LENGTH.pack(total), *parts]
+        if total <= INLINE_BYTES:
+            record = self._send_now(record)
+        if record:
+            with self._queued_lock:
+                self._queued += sum(memoryview(p).nbytes for p in record[1:])
+            self._out.put(record)
         self.sent += 1
         return True
+
+    def _send_now(self, record: list[Any]) -> list[Any]:
+        """Send as much of a record as the socket takes at once, from the calling thread, if nothing is
+        queued before it (saves waking the writer thread); returns what is left for the writer (a record
+        whose first piece, the length, is then empty)."""
+        with self._queued_lock:
+            idle = self._queued == 0  # nothing queued or being sent: the socket is free, order is kept
+        if not idle:
+            return record
+        views = [memoryview(p).cast("B") for p in record]
+        try:
+            sent = self.sock.sendmsg(views[:_MAX_PIECES], [], socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return record
+        except OSError:
+            return record  # the writer meets the same error and breaks the connection
+        while views and sent >= views[0].nbytes:
+            sent -= views[0].nbytes
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+        return [b"", *views] if views else []
 
     def _write(self) -> None:
         try:

@@ -2,8 +2,9 @@
 result sink (ResultSink.Deliver), carrying Frames (runtime.wire). Messages are queued into one open
 stream per peer; a broken stream is reported to the caller and reopened on the next send, so a
 restarted peer on the same address is picked up again (the chain is rewired without any coordinator).
-Large tensors leave through shared memory when the peer shares this host's (runtime.shm), else large
-messages through the stream's side connection when the peer offers one (runtime.bulk), else inline."""
+Large tensors leave through shared memory when the peer shares this host's (runtime.shm); messages with
+large tensors, or with tensors waiting in shared memory, go on the stream's side connection when the peer
+offers one (runtime.bulk); everything else, and everything when neither is there, on the stream itself."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class StreamLink:
         assert self._outbox is not None
         if self._pool is not None and isinstance(message, Frame) and message.tensors:
             message = Frame(message.message, self._pool.place(message.tensors))
-        elif self._side is not None and self._side.takes(message):
+        if self._side is not None and self._side.takes(message):
             try:
                 await asyncio.wait_for(self._side.room(), timeout)
             except TimeoutError:
@@ -107,7 +108,7 @@ class StreamLink:
             metadata = await call.initial_metadata()
             if shm.shares_with(metadata):
                 self._pool = shm.Pool()
-            elif token:
+            if token:
                 receives = stage_pb2.StageReply if self.kind == "process" else None  # a sink sends acks
                 self._side = await bulk.connect(self.address, metadata, token, receives)
                 if self._side is not None:

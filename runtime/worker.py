@@ -148,7 +148,7 @@ class StageWorker(health_pb2_grpc.HealthServicer):
             while (reply := await local.get()) is not None:
                 if pool is not None:
                     reply = Frame(reply.message, pool.place(reply.tensors))
-                elif side is not None and side.done() and side.result().takes(reply):
+                if side is not None and side.done() and side.result().takes(reply):
                     await side.result().room()
                     if side.result().send(reply):
                         continue

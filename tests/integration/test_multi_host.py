@@ -203,6 +203,7 @@ def test_stages_run_on_their_devices_hosts_and_survive_losing_one(
                 # 5. The head is lost: serve stops everything it ran and says so in one line, exit 2.
                 net.kill("head")
                 assert serving.process.wait(timeout=90) == 2
+                ran = [pid for host in net.hosts for pid in net.pids(host)]
             finally:
                 printed = serving.stop()
             assert "stage 1 on device server stopped answering" in printed, printed
@@ -211,6 +212,15 @@ def test_stages_run_on_their_devices_hosts_and_survive_losing_one(
             assert "Ray's head" in printed and "stopped answering" in printed, printed
     finally:
         assert leftovers() == []
+    assert ran and not [pid for pid in ran if _alive(pid)]  # every process of every host is gone
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
 
 
 def _stage_workers(net: Hosts, host: str) -> list[int]:

@@ -179,6 +179,27 @@ def test_a_chain_sends_its_large_tensors_on_side_connections(monkeypatch: pytest
     assert all(received >= 2 and sent == 0 for sent, received in counts), counts
 
 
+def test_on_one_host_shared_memory_and_the_side_connection_work_together() -> None:
+    placed: list[int] = []
+    original = shm.Pool.place
+
+    def counting(self: shm.Pool, tensors: Any) -> Any:
+        out = original(self, tensors)
+        placed.extend(1 for header, _ in out if header.HasField("shared"))
+        return out
+
+    shm.Pool.place = counting  # type: ignore[method-assign]
+    try:
+        outputs, counts = chain_run(three_requests)
+    finally:
+        shm.Pool.place = original  # type: ignore[method-assign]
+    for i, out in enumerate(outputs):
+        np.testing.assert_array_equal(out["z"], (BIG + i) * 2 + 1)
+    # The tensors wait in shared memory; where they are travels on the side connections, not the streams.
+    assert len(placed) >= 6
+    assert len(counts) == 3 and all(received >= 2 for _, received in counts), counts
+
+
 def test_with_side_connections_off_the_chain_sends_on_its_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(bulk.SWITCH_ENV, "0")
     monkeypatch.setenv(shm.SWITCH_ENV, "0")
