@@ -159,11 +159,7 @@ class Channel:
             return record
         except OSError:
             return record  # the writer meets the same error and breaks the connection
-        while views and sent >= views[0].nbytes:
-            sent -= views[0].nbytes
-            views.pop(0)
-        if views and sent:
-            views[0] = views[0][sent:]
+        views = _unsent(views, sent)
         return [b"", *views] if views else []
 
     def _write(self) -> None:
@@ -262,12 +258,17 @@ def _send_all(sock: socket.socket, parts: list[Any]) -> None:
     """Send every byte of `parts` (scatter-gather: one system call while the socket takes it all)."""
     views = [memoryview(p).cast("B") for p in parts]
     while views:
-        sent = sock.sendmsg(views[:_MAX_PIECES])
-        while views and sent >= views[0].nbytes:
-            sent -= views[0].nbytes
-            views.pop(0)
-        if views and sent:
-            views[0] = views[0][sent:]
+        views = _unsent(views, sock.sendmsg(views[:_MAX_PIECES]))
+
+
+def _unsent(views: list[memoryview], sent: int) -> list[memoryview]:
+    """What of `views` is left after the first `sent` bytes went out."""
+    while views and sent >= views[0].nbytes:
+        sent -= views[0].nbytes
+        views = views[1:]
+    if views and sent:
+        views = [views[0][sent:], *views[1:]]
+    return views
 
 
 class Listener:
@@ -280,7 +281,8 @@ class Listener:
         self.sock.setblocking(False)
         self.port = int(self.sock.getsockname()[1])
         self.max_bytes = max_bytes
-        self._expected: dict[str, asyncio.Future[Channel]] = {}
+        # By token: the future of the stream's side connection, and what its client sends.
+        self._expected: dict[str, tuple[asyncio.Future[Channel], type]] = {}
         self._accepting: asyncio.Task[None] | None = None
         self._greeting: set[asyncio.Task[None]] = set()
 
@@ -296,16 +298,20 @@ class Listener:
         if self._accepting is None:
             self._accepting = asyncio.create_task(self._accept())
         future: asyncio.Future[Channel] = asyncio.get_running_loop().create_future()
-        self._expected[token] = future
-        future.token = token  # type: ignore[attr-defined]
-        future.receives = receives  # type: ignore[attr-defined]
+        self._expected[token] = (future, receives)
         return future, ((PORT_KEY, str(self.port)),)
+
+    def channels(self) -> list[Channel]:
+        """The side connections of the streams still open that made one."""
+        return [f.result() for f, _ in self._expected.values() if f.done() and not f.cancelled()]
 
     def forget(self, future: asyncio.Future[Channel] | None) -> None:
         """The stream of `future` ended: close its side connection."""
         if future is None:
             return
-        self._expected.pop(future.token, None)  # type: ignore[attr-defined]
+        for token, (expected, _) in list(self._expected.items()):
+            if expected is future:
+                del self._expected[token]
         if future.done() and not future.cancelled():
             future.result().close()
         else:
@@ -336,17 +342,17 @@ class Listener:
                     token += got
         except (TimeoutError, OSError):
             pass
-        future = self._expected.get(token.decode("ascii", "replace"))
+        future, receives = self._expected.get(token.decode("ascii", "replace"), (None, None))
         if future is None or future.done():
             conn.close()
             return
-        future.set_result(Channel(conn, loop, future.receives, self.max_bytes))  # type: ignore[attr-defined]
+        future.set_result(Channel(conn, loop, receives, self.max_bytes))
 
     def close(self) -> None:
         """Stop accepting and close every side connection."""
         if self._accepting is not None:
             self._accepting.cancel()
-        for future in list(self._expected.values()):
+        for future, _ in list(self._expected.values()):
             self.forget(future)
         self.sock.close()
 

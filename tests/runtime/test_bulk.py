@@ -153,13 +153,7 @@ def chain_run(body: Callable[[Any, list], Awaitable[Any]]) -> Any:
 
 async def three_requests(endpoint: Any, listeners: list) -> Any:
     outputs = [await endpoint.infer("m", "", lambda i=i: Request({"x": BIG + i})) for i in range(3)]
-    channels = [
-        future.result()
-        for listener in listeners
-        if listener is not None
-        for future in listener._expected.values()
-        if future.done() and not future.cancelled()
-    ]
+    channels = [channel for listener in listeners if listener is not None for channel in listener.channels()]
     return outputs, [(c.sent, c.received) for c in channels]
 
 
