@@ -147,9 +147,9 @@ def part_hops(args: argparse.Namespace) -> None:
         "    TCP: the message whole on the stream's side connection (runtime.bulk: what plain-TCP stages "
         "use for\n    messages of 64 KiB and more); gRPC-only and TLS: the tensor spliced into the stream's "
         "messages\n    (runtime.wire; TLS between stages keeps every message on the authenticated stream); "
-        "shm: the tensor in\n    shared memory (runtime.shm: one copy into a reused segment, one out), where "
-        "it is going on the side\n    connection (what stages on one host do); shm-on-stream: the same with "
-        "the stream carrying where it is. Goals: TCP <= 2x raw, shm <= 0.3 ms/MiB."
+        "shm: the tensor in\n    shared memory (runtime.shm: one copy into a reused segment, read in "
+        "place), where it is going on\n    the side connection (what stages on one host do); shm-on-stream: "
+        "the same with the stream carrying where it is.\n    Goals: TCP <= 2x raw, shm <= 0.3 ms/MiB."
     )
 
 

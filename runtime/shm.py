@@ -4,15 +4,18 @@ under /dev/shm, the stream carrying only where they are (stage.proto's SharedByt
 Who shares: each end of a data-plane stream says in its gRPC metadata (`METADATA_KEY`) which shared memory it
 sees (`identity`: the host's boot id, the /dev/shm file system, the user and the network namespace). When both
 say the same, the sender places tensors of at least `MIN_BYTES` in segments (`Pool.place`) and the receiver
-copies them out as it decodes the message (`take`), so the stream carries a few dozen bytes per tensor.
+reads them in place as it decodes the message (`take`), so the stream carries a few dozen bytes per
+tensor.
 
 Segments belong to the sending process: one `Pool` per outgoing stream, segments named
 `nndeploy-<pid namespace>-<pid>-<n>`, created on demand (at most `Pool.limit`), reused. A segment's first
-byte is its state: the sender sets it to 1 when it writes a message's elements, the receiver to 0 once it
-has copied them out; the sender reuses only segments at 0, so nothing is overwritten before it was read,
-and a full pool sends inline instead of waiting. Cleanup: a pool unlinks its segments when its stream
-closes or breaks, and at exit; segments of a process that died without either (killed) are removed by
-`sweep`, which every worker and endpoint runs when it starts and when an upstream stream ends.
+byte is its state: the sender sets it to WAITING when it writes a message's elements; the receiver reads
+them in place (no copy: the arrays it decodes are views of the segment), sets LENT, and sets FREE when the
+last of those views is gone. The sender reuses only FREE segments, so nothing is overwritten while it is
+read, and a full pool (a receiver holding many requests) sends inline instead of waiting. Cleanup: a pool
+unlinks its segments when its stream closes or breaks, and at exit; segments of a process that died without
+either (killed) are removed by `sweep`, which every worker and endpoint runs when it starts and when an
+upstream stream ends.
 NNDEPLOY_SHM=0 turns shared memory off.
 """
 
@@ -38,6 +41,7 @@ METADATA_KEY = "nndeploy-shm"
 SWITCH_ENV = "NNDEPLOY_SHM"
 MIN_BYTES = 64 << 10  # smaller tensors travel inline: a segment round costs more than their copy
 HEADER = 64  # the state byte, padded to a cache line
+FREE, WAITING, LENT = 0, 1, 2  # a segment's states (its first byte)
 SMALLEST = 1 << 20  # a new segment holds at least this much
 MAPPED_BYTES = 512 << 20  # segments a receiver keeps mapped at most, all senders together
 _NAME = re.compile(r"^nndeploy-\d+-\d+-\d+$")
@@ -109,7 +113,7 @@ class Pool:
                 continue
             name, segment = found
             segment[HEADER : HEADER + data.nbytes] = data
-            segment[0] = 1
+            segment[0] = WAITING
             moved = stage_pb2.Tensor()
             moved.CopyFrom(header)
             moved.shared.CopyFrom(stage_pb2.SharedBytes(segment=name, offset=HEADER, nbytes=data.nbytes))
@@ -117,7 +121,7 @@ class Pool:
         return tuple(placed)
 
     def _free(self, nbytes: int) -> tuple[str, mmap.mmap] | None:
-        fitting = [(len(s), n, s) for n, s in self.segments if s[0] == 0 and len(s) - HEADER >= nbytes]
+        fitting = [(len(s), n, s) for n, s in self.segments if s[0] == FREE and len(s) - HEADER >= nbytes]
         if fitting:
             _, name, segment = min(fitting)
             return name, segment
@@ -137,7 +141,7 @@ class Pool:
             return None
         finally:
             os.close(fd)
-        segment[0] = 0
+        segment[0] = FREE
         self.segments.append((name, segment))
         return name, segment
 
@@ -162,8 +166,9 @@ def _close_pools() -> None:
 
 
 def take(shared: stage_pb2.SharedBytes) -> memoryview:
-    """Copy a tensor's elements out of the sender's segment and mark the segment free; SharedMemoryError
-    naming the segment when it is missing, too small or holds no message."""
+    """A tensor's elements in the sender's segment, lent in place: the segment is free again once the last
+    view of them is gone. SharedMemoryError naming the segment when it is missing, too small or holds no
+    message."""
     name = shared.segment
     if not _NAME.match(name):
         raise SharedMemoryError(f"shared segment {name!r} is not an nndeploy segment name")
@@ -173,12 +178,18 @@ def take(shared: stage_pb2.SharedBytes) -> memoryview:
         raise SharedMemoryError(
             f"shared segment {name!r} holds {len(segment)} bytes, the message needs {end}"
         )
-    if segment[0] != 1:
+    if segment[0] != WAITING:
         raise SharedMemoryError(f"shared segment {name!r} holds no message (read twice, or reused)")
-    out = np.empty(shared.nbytes, np.uint8)
-    out[:] = np.frombuffer(segment, np.uint8, shared.nbytes, shared.offset)
-    segment[0] = 0
-    return memoryview(out)
+    lent = np.frombuffer(segment, np.uint8, shared.nbytes, shared.offset)
+    segment[0] = LENT
+    weakref.finalize(lent, _free, segment)
+    return memoryview(lent)
+
+
+def _free(segment: mmap.mmap) -> None:
+    """Hand a lent segment back to its sender (its last view is gone)."""
+    with contextlib.suppress(ValueError):  # already unmapped
+        segment[0] = FREE
 
 
 def _mapping(name: str) -> mmap.mmap:

@@ -89,7 +89,7 @@ def encode_parts(item: Frame) -> list[Any]:
 
 def decoder(message_type: type) -> Callable[[bytes], Frame]:
     """decode(bytes) -> Frame for StageRequest or StageReply bytes; ValueError for malformed bytes.
-    Elements in a shared segment (runtime.shm) are copied out here, which frees the segment at once."""
+    Elements in a shared segment (runtime.shm) are read in place: the segment is lent until its arrays go."""
     field = message_type.DESCRIPTOR.fields_by_name["tensors"].number
 
     def decode(raw: bytes) -> Frame:
@@ -212,7 +212,7 @@ def _fields(view: memoryview, pos: int, end: int) -> Any:
 
 
 def _in_place(header: stage_pb2.Tensor, data: memoryview) -> tuple[stage_pb2.Tensor, memoryview]:
-    """The tensor with its elements copied out of a shared segment, if that is where they are."""
+    """The tensor with its elements read in place from a shared segment, if that is where they are."""
     if not header.HasField("shared"):
         return header, data
     data = take(header.shared)

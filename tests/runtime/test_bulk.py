@@ -194,6 +194,31 @@ def test_on_one_host_shared_memory_and_the_side_connection_work_together() -> No
     assert len(counts) == 3 and all(received >= 2 for _, received in counts), counts
 
 
+def test_segments_read_in_place_go_back_to_their_sender_once_computed_on() -> None:
+    pools: set[shm.Pool] = set()
+    original = shm.Pool.place
+
+    def recording(self: shm.Pool, tensors: Any) -> Any:
+        pools.add(self)
+        return original(self, tensors)
+
+    async def ten_requests(endpoint: Any, listeners: list) -> list[int]:
+        for i in range(10):
+            out = await endpoint.infer("m", "", lambda i=i: Request({"x": BIG + i}))
+            np.testing.assert_array_equal(out["z"], (BIG + i) * 2 + 1)
+            del out  # the result, read in place, was the last view of its segment
+        return [len(pool.segments) for pool in pools]
+
+    shm.Pool.place = recording  # type: ignore[method-assign]
+    try:
+        sizes = chain_run(ten_requests)
+    finally:
+        shm.Pool.place = original  # type: ignore[method-assign]
+    # Three hops placed 1 MiB tensors ten times each; every pool reused its segments (a lent segment never
+    # handed back would have cost a new one per request).
+    assert len(sizes) == 3 and all(1 <= size <= 2 for size in sizes), sizes
+
+
 def test_with_side_connections_off_the_chain_sends_on_its_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(bulk.SWITCH_ENV, "0")
     monkeypatch.setenv(shm.SWITCH_ENV, "0")

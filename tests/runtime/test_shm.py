@@ -31,13 +31,21 @@ def test_placed_tensors_are_read_once_and_their_segment_reused() -> None:
         raw = encode(type(sent)(sent.message, placed))
         assert len(raw) < 1000
         got = decoder(stage_pb2.StageRequest)(raw)
-        assert got.problem == "" and np.array_equal(got.arrays()["big"], BIG)
+        big = got.arrays()["big"]
+        assert got.problem == "" and np.array_equal(big, BIG)
+        assert not big.flags.owndata  # read in place, not copied
         with pytest.raises(shm.SharedMemoryError, match="holds no message"):
-            shm.take(header.shared)  # the receiver freed it
+            shm.take(header.shared)  # read once
+        lent = pool.place(sent.tensors)  # the receiver still holds the first: a second segment
+        assert lent[0][0].shared.segment != header.shared.segment and len(pool.segments) == 2
+        row = big[3]  # a view of a view keeps the segment lent
+        del got, big
+        busy = pool.place(sent.tensors)  # the second is still waiting to be read: a third
+        assert len(pool.segments) == 3 and float(row[0]) == BIG[3, 0]
+        del row  # the last view is gone: the first segment is free again
         again = pool.place(sent.tensors)
-        assert again[0][0].shared.segment == header.shared.segment and len(pool.segments) == 1
-        busy = pool.place(sent.tensors)  # the first is still waiting to be read: a second segment
-        assert busy[0][0].shared.segment != header.shared.segment and len(pool.segments) == 2
+        assert again[0][0].shared.segment == header.shared.segment and len(pool.segments) == 3
+        assert busy[0][0].shared.segment not in (header.shared.segment, lent[0][0].shared.segment)
     finally:
         names = [name for name, _ in pool.segments]
         pool.close()
