@@ -110,14 +110,21 @@ def build(folder: Path, gbps: float = 0.1) -> tuple[Path, Path, dict[str, Any]]:
 
 
 class Serving:
-    """`nndeploy serve --address` on `host`, with what it printed (the stage table's pids)."""
+    """`nndeploy serve --address` on `host` (and `extra` options), with what it printed (the stage table's
+    pids)."""
 
     def __init__(
-        self, net: Hosts, ray: RayNodes, build_dir: Path, host: str = "edge", port: int = 8001
+        self,
+        net: Hosts,
+        ray: RayNodes,
+        build_dir: Path,
+        host: str = "edge",
+        port: int = 8001,
+        extra: tuple[str, ...] = (),
     ) -> None:
         address = net.hosts[host].address
         args = [sys.executable, "-m", "nndeploy", "serve", str(build_dir), "--address", ray.address]
-        args += ["--host", address, "--port", str(port), "--no-http", "--metrics-port", "9001"]
+        args += ["--host", address, "--port", str(port), "--no-http", "--metrics-port", "9001", *extra]
         self.process = subprocess.Popen(
             net.command(host, args), env=ray.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

@@ -23,6 +23,7 @@ from nndeploy.deploy.options import (
     ENDPOINT_TLS_MOUNT,
     HTTP_PORT,
     METRICS_PORT,
+    TLS_MOUNT,
     TOKEN_MOUNT,
     DeployOptions,
     image_for,
@@ -33,6 +34,7 @@ from nndeploy.deploy.volumes import (
     endpoint_secret_mounts,
     endpoint_secret_volumes,
     pod_volumes,
+    tls_mounts,
     verify_container,
 )
 from nndeploy.errors import NNDeployError
@@ -87,6 +89,10 @@ def _serve_args(options: DeployOptions) -> list[str]:
             args += ["--client-ca", f"{ENDPOINT_TLS_MOUNT}/ca.crt"]
     if options.token_secret:
         args += ["--auth-token-file", f"{TOKEN_MOUNT}/token"]
+    if options.tls_secret:
+        # The same Secret in the serve container and every Ray worker (stage actors read it on their node);
+        # peers are verified against the certificate's first DNS name, as actors are dialled by pod IP.
+        args += ["--tls-dir", TLS_MOUNT]
     return args
 
 
@@ -111,6 +117,7 @@ def _head_group(options: DeployOptions) -> dict[str, Any]:
             _build_mount(),
             {"name": RAY_TMP_VOLUME, "mountPath": "/tmp/ray"},
             *endpoint_secret_mounts(options),
+            *tls_mounts(options),
         ],
         "securityContext": container_security(read_only_root=False),
     }
@@ -155,7 +162,7 @@ def _worker_group(options: DeployOptions, device: dict[str, Any]) -> dict[str, A
         "name": "ray-worker",
         "image": image_for(options, variant),
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
-        "volumeMounts": [_build_mount()],
+        "volumeMounts": [_build_mount(), *tls_mounts(options)],
         "securityContext": container_security(read_only_root=False),
     }
     if device.get("kind") == "gpu":

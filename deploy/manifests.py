@@ -439,11 +439,6 @@ def render(build_dir: Path, options: DeployOptions, ray: bool = False) -> dict[s
     plan, manifest, raw = read_build(build_dir)
     devices = {d["name"]: d for d in plan["cluster"]["devices"]}
     files: dict[str, list[dict[str, Any]]] = {"config.yaml": shared_objects(options, plan, manifest, raw)}
-    if ray and options.tls_secret:
-        raise DeployError(
-            "--tls-secret (mutual TLS between stages) is not wired into the KubeRay variant: serve on Ray "
-            "has no stage TLS yet; deploy without --ray to use it"
-        )
     if ray:
         # The KubeRay variant replaces the per-stage Deployments: Ray places and restarts the stage workers.
         from nndeploy.deploy import kuberay

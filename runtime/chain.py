@@ -252,6 +252,7 @@ def _write_tls(tls: TlsFiles, folder: Path) -> dict[str, str]:
         path.write_bytes(data)
         paths[role] = str(path)
     os.chmod(folder, 0o700)
+    paths["server_name"] = tls.server_name
     return paths
 
 

@@ -181,7 +181,8 @@ def open_channel(address: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
     """A channel to a peer of the data plane (mutual TLS when `tls` is given)."""
     if tls is None:
         return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+    options = [*CHANNEL_OPTIONS, *tls.channel_options()]
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
 
 
 def bind_port(

@@ -36,12 +36,21 @@ class StageActorImpl:
     """Runs one stage worker; Ray wraps this class as an actor (restarted when its process dies)."""
 
     def __init__(
-        self, build_dir: str, stage: int, spec: StageSpec, port: int, host: str = "127.0.0.1"
+        self,
+        build_dir: str,
+        stage: int,
+        spec: StageSpec,
+        port: int,
+        host: str = "127.0.0.1",
+        tls_dir: str | None = None,
+        server_name: str = "",
     ) -> None:
         import platform
         import socket
 
+        from nndeploy.errors import NNDeployError
         from nndeploy.runtime.chain import serve_built_stage
+        from nndeploy.runtime.tls import load_process_tls
         from nndeploy.targets.artifacts.loader import why_not_runnable
         from nndeploy.targets.artifacts.manifest import read_manifest
 
@@ -50,17 +59,23 @@ class StageActorImpl:
         self.port = port
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        where = f"{socket.gethostname()} ({host}, {platform.machine()})"
         # Checked on this node before anything is loaded: the node that declared the device may be of
         # another architecture or lack the build's CPU features, GPU or emulator.
         reason = why_not_runnable(entry)
         if reason:
-            where = f"{socket.gethostname()} ({host}, {platform.machine()})"
             self._error = RuntimeError(f"stage {stage} ({spec.device}) cannot run on node {where}: {reason}")
+            return
+        # The TLS folder is read on this node: the same path on every node (a Secret mounted in each pod).
+        try:
+            tls = load_process_tls(tls_dir, f"stage-{stage}", server_name) if tls_dir else None
+        except NNDeployError as exc:
+            self._error = RuntimeError(f"stage {stage} ({spec.device}) on node {where}: {exc}")
             return
 
         def run() -> None:
             served = serve_built_stage(
-                Path(build_dir), entry, spec, port, host=host, ready=lambda _: self._ready.set()
+                Path(build_dir), entry, spec, port, host=host, ready=lambda _: self._ready.set(), tls=tls
             )
             try:
                 asyncio.run(served)
@@ -229,8 +244,11 @@ class RayStages:
         ports: list[int],
         hosts: list[str],
         timeout_s: float = 180,
+        tls_dir: str | None = None,
+        server_name: str = "",
     ) -> list[int]:
-        """One actor per stage on its device's resource; returns the workers' pids once all serve."""
+        """One actor per stage on its device's resource, each with mutual TLS from `tls_dir` on its node
+        when given; returns the workers' pids once all serve."""
         import ray
 
         actor_class = ray.remote(StageActorImpl)
@@ -241,7 +259,7 @@ class RayStages:
                 max_task_retries=0,
                 resources={device_resource(spec.device): 0.01},
                 name=f"nndeploy-stage-{spec.index}",
-            ).remote(str(build_dir), spec.index, spec, port, host)
+            ).remote(str(build_dir), spec.index, spec, port, host, tls_dir, server_name)
             for spec, port, host in zip(specs, ports, hosts, strict=True)
         ]
         return self.pids(timeout_s)

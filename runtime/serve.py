@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import signal
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -18,7 +20,7 @@ from nndeploy.runtime.http import HttpLimits, HttpServer, start_http
 from nndeploy.runtime.metrics import start_metrics_server
 from nndeploy.runtime.ray_cluster import HeadLost, RayStages, ServeError
 from nndeploy.runtime.served import ModelSpec
-from nndeploy.runtime.tls import TlsFiles
+from nndeploy.runtime.tls import TlsFiles, load_process_tls, shared_server_name
 from nndeploy.targets.artifacts.loader import why_not_runnable
 from nndeploy.targets.artifacts.manifest import Manifest
 from nndeploy.types import Plan, device_resource
@@ -53,14 +55,19 @@ async def serve_build(
     http_port: int | None = None,
     max_batch: int = 0,
     batch_delay_ms: float = 5.0,
+    tls_dir: Path | None = None,
+    tls_server_name: str = "",
 ) -> None:
     """Serve `build_dir` until `stop` is set or the process gets SIGINT/SIGTERM; `on_event` hears of
-    stages that went down for good. `http_port` (None: no HTTP) also serves the KServe v2 REST API."""
+    stages that went down for good. `http_port` (None: no HTTP) also serves the KServe v2 REST API.
+    `tls_dir` (the same path on every node) turns on mutual TLS between the endpoint and the stages; peers
+    are verified against `tls_server_name` (default: the first DNS name of the endpoint's certificate)."""
     # On a joined cluster each stage runs on its device's node, which checks it there (StageActorImpl).
     problems = [f"stage {e.stage} ({e.device}): {r}" for e in manifest.stages if (r := why_not_runnable(e))]
     if problems and not ray_address:
         raise ServeError("cannot serve this build here: " + "; ".join(problems))
     sizes = built_batch_sizes(build_dir, plan, manifest, max_batch) if max_batch > 0 else ()
+    tls = _stage_tls(tls_dir, tls_server_name) if tls_dir is not None else None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     ray_stages = RayStages(address=ray_address)
@@ -80,7 +87,16 @@ async def serve_build(
         )
         addresses = [f"{h}:{p}" for h, p in zip(hosts, ports, strict=True)]
         pids = await loop.run_in_executor(
-            None, ray_stages.launch, build_dir.resolve(), stage_specs(plan, addresses), ports, hosts
+            None,
+            functools.partial(
+                ray_stages.launch,
+                build_dir.resolve(),
+                stage_specs(plan, addresses),
+                ports,
+                hosts,
+                tls_dir=str(tls_dir.resolve()) if tls_dir is not None else None,
+                server_name=tls.server_name if tls is not None else "",
+            ),
         )
         # After Ray has started: ray.init installs its own SIGTERM handler, which would skip the clean stop.
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -99,6 +115,7 @@ async def serve_build(
             model,
             port,
             host,
+            tls=tls,
             access=access,
             max_request_bytes=max_request_bytes,
             # Stages on other nodes deliver results here: not to 127.0.0.1 when listening on every address.
@@ -237,6 +254,13 @@ async def _watch_ray_head(ray_stages: RayStages, stop: asyncio.Event, period_s: 
         if misses >= 3:
             ray_stages.head_lost = ray_stages.gcs_address or "unknown address"
             stop.set()
+
+
+def _stage_tls(tls_dir: Path, server_name: str) -> TlsFiles:
+    """The endpoint's TLS files for mutual TLS with stages on Ray, which are dialled by address: every peer
+    is verified against one name (`server_name`, default the endpoint certificate's first DNS name)."""
+    tls = load_process_tls(tls_dir, "endpoint")
+    return dataclasses.replace(tls, server_name=server_name or shared_server_name(tls, tls_dir))
 
 
 async def serve_one_stage(

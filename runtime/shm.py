@@ -199,7 +199,7 @@ def _mapping(name: str) -> mmap.mmap:
         _mapped.move_to_end(name)
         return found
     try:
-        fd = os.open(ROOT / name, os.O_RDWR)
+        fd = os.open(os.path.join(ROOT, name), os.O_RDWR)  # not ROOT / name: pathlib interns each name
     except FileNotFoundError:
         raise SharedMemoryError(f"shared segment {name!r} has vanished (its sender closed or died)") from None
     except OSError as exc:

@@ -6,7 +6,11 @@ With one certificate per process (`nndeploy certs make`: common names nndeploy-e
 nndeploy-stage-N), each process also checks who the peer is: a stage takes requests only from its
 upstream (the endpoint for stage 0), its counters only from the endpoint, and the endpoint takes results
 only from the last stage. A certificate shared by every process (one Secret) cannot tell them apart, so
-then any peer the CA signed is accepted."""
+then any peer the CA signed is accepted.
+
+Where peers are dialled at addresses no certificate can name in advance (Ray actors, pods by IP), a process
+verifies each server against one DNS name every certificate carries (`server_name`, gRPC's target name
+override) instead of the address it dialled; the CA signature and the identity checks above stay."""
 
 from __future__ import annotations
 
@@ -37,12 +41,29 @@ class TlsFiles:
     cert: bytes
     key: bytes
     ca: bytes
+    server_name: str = ""  # the name servers are verified against ('': the address dialled)
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Credentials for a server that requires client certificates signed by the CA."""
         return grpc.ssl_server_credentials(
             [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
         )
+
+    @cached_property
+    def dns_names(self) -> tuple[str, ...]:
+        """The DNS names among this certificate's subject alternative names."""
+        from cryptography import x509
+
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert)
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (ValueError, x509.ExtensionNotFound):
+            return ()
+        return tuple(names.get_values_for_type(x509.DNSName))
+
+    def channel_options(self) -> tuple[tuple[str, str], ...]:
+        """gRPC channel options verifying servers against `server_name` (none when it is unset)."""
+        return (("grpc.ssl_target_name_override", self.server_name),) if self.server_name else ()
 
     @cached_property
     def identity(self) -> str:
@@ -75,7 +96,7 @@ class TlsFiles:
         )
 
 
-def load_tls(folder: str | Path | None) -> TlsFiles | None:
+def load_tls(folder: str | Path | None, server_name: str = "") -> TlsFiles | None:
     """The TLS files in `folder` (None: plaintext); a one-line error naming a missing file."""
     if folder is None:
         return None
@@ -86,4 +107,26 @@ def load_tls(folder: str | Path | None) -> TlsFiles | None:
             f"{base}: missing {', '.join(missing)} (a TLS Secret with tls.crt, tls.key and ca.crt)"
         )
     cert, key, ca = ((base / name).read_bytes() for name in FILES)
-    return TlsFiles(cert=cert, key=key, ca=ca)
+    return TlsFiles(cert=cert, key=key, ca=ca, server_name=server_name)
+
+
+def load_process_tls(folder: str | Path, role: str, server_name: str = "") -> TlsFiles:
+    """One process's TLS files for `role` ('endpoint' or 'stage-N'): `folder`/`role` when it exists (the
+    layout of `nndeploy certs make`, a certificate per process), else `folder` itself (one certificate
+    shared by every process)."""
+    own = Path(folder) / role
+    tls = load_tls(own if own.is_dir() else folder, server_name)
+    assert tls is not None
+    return tls
+
+
+def shared_server_name(tls: TlsFiles, folder: str | Path) -> str:
+    """The name peers dialled by address are verified against: the first DNS name of `tls`'s certificate;
+    a one-line error when it has none."""
+    if not tls.dns_names:
+        raise NNDeployError(
+            f"{folder}: the certificate names no DNS name; stages dialled by IP address are verified against "
+            "one DNS name every certificate of the deployment carries: add one (nndeploy certs make --host "
+            "NAME) or pass --tls-server-name"
+        )
+    return tls.dns_names[0]

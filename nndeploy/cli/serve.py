@@ -60,6 +60,23 @@ BatchDelayMs = Annotated[
         "--batch-delay-ms", min=0.0, help="With --max-batch: how long a request waits for batch-mates."
     ),
 ]
+StageTlsDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-dir",
+        help="Folder with tls.crt, tls.key, ca.crt (or endpoint/ and stage-N/ folders of them, as "
+        "nndeploy certs make writes): mutual TLS between the endpoint and the stages.",
+    ),
+]
+TlsServerName = Annotated[
+    str,
+    typer.Option(
+        "--tls-server-name",
+        help="With --tls-dir: verify stage and endpoint servers against this DNS name, which every "
+        "certificate carries, instead of the address dialled (serve's default: the endpoint "
+        "certificate's first DNS name, as stages on Ray are dialled by IP).",
+    ),
+]
 TlsCa = Annotated[
     Path | None, typer.Option("--tls-ca", help="PEM CA that signed the server's certificate: use TLS.")
 ]
@@ -100,9 +117,12 @@ def serve_command(
     no_http: NoHttp = False,
     max_batch: MaxBatch = 0,
     batch_delay_ms: BatchDelayMs = 5.0,
+    tls_dir: StageTlsDir = None,
+    tls_server_name: TlsServerName = "",
 ) -> None:
     """Serve BUILD: one Ray-supervised gRPC worker per stage behind a KServe v2 endpoint, gRPC and
-    HTTP/REST (Ctrl-C stops)."""
+    HTTP/REST (Ctrl-C stops). With --address, a --tls-dir must hold the same files at the same path on
+    every node (a Secret mounted in every Ray pod)."""
     from nndeploy.runtime.access import server_access
     from nndeploy.runtime.serve import Serving, serve_build
 
@@ -152,6 +172,8 @@ def serve_command(
                 http_port=None if no_http else http_port,
                 max_batch=max_batch,
                 batch_delay_ms=batch_delay_ms,
+                tls_dir=tls_dir,
+                tls_server_name=tls_server_name,
             )
         )
     except HeadLost as exc:
@@ -323,6 +345,7 @@ def worker_command(
         Path | None,
         typer.Option("--tls-dir", help="Folder with tls.crt, tls.key, ca.crt: mutual TLS between stages."),
     ] = None,
+    tls_server_name: TlsServerName = "",
     side_port: Annotated[int, SidePort] = 0,
 ) -> None:
     """Run one stage worker without Ray (what each Kubernetes stage pod runs); SIGTERM stops it."""
@@ -332,7 +355,7 @@ def worker_command(
     out.print(f"stage {stage} worker on {host}:{port} -> {downstream or 'endpoint'}", highlight=False)
     from nndeploy.runtime.tls import load_tls
 
-    tls = load_tls(tls_dir)
+    tls = load_tls(tls_dir, tls_server_name)
     asyncio.run(
         serve_one_stage(
             build_dir, plan, manifest, stage, port, host, downstream, tls=tls, side_port=side_port
@@ -354,6 +377,7 @@ def endpoint_command(
     tls_dir: Annotated[
         Path | None, typer.Option("--tls-dir", help="tls.crt, tls.key, ca.crt: mutual TLS with the stages.")
     ] = None,
+    tls_server_name: TlsServerName = "",
     sink_port: Annotated[
         int | None,
         typer.Option("--sink-port", help="With --tls-dir or --tls-cert: the port stages deliver results to."),
@@ -381,7 +405,7 @@ def endpoint_command(
     out.print(f"endpoint on {host}:{port}{http} in front of {', '.join(stages)}", highlight=False)
     from nndeploy.runtime.tls import load_tls
 
-    tls = load_tls(tls_dir)
+    tls = load_tls(tls_dir, tls_server_name)
     asyncio.run(
         serve_endpoint(
             plan,

@@ -3,11 +3,11 @@ the host) for the life of the stage, computing on the TVM VM in this process.
 
 Usage: emulated_worker.py CONFIG.json
 CONFIG: {"library": path, "inputs": [main's parameters, by tensor name], "outputs": [main's results, by
-tensor name], "spec": StageSpec's fields, "port": int, "side_port": int, "host": str, "tls": {"cert",
-"key", "ca"} paths or null}. Prints "listening on PORT" once it serves; SIGTERM or SIGINT stops it, and so
-does the end of the process that started it. On failure it prints one line to stderr and exits 1. Only the
-standard library, numpy, tvm, grpc, protobuf (cryptography for TLS) and nndeploy's runtime package (put on
-PYTHONPATH by the host) may be used here.
+tensor name], "spec": StageSpec's fields, "port": int, "side_port": int, "host": str, "tls": {"cert", "key",
+"ca"} paths and "server_name", or null}. Prints "listening on PORT" once it serves; SIGTERM or SIGINT stops
+it, and so does the end of the process that started it. On failure it prints one line to stderr and exits 1.
+Only the standard library, numpy, tvm, grpc, protobuf (cryptography for TLS) and nndeploy's runtime package
+(put on PYTHONPATH by the host) may be used here.
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ def serve(config: dict) -> None:
     fields = config["spec"]
     spec = StageSpec(**{**fields, "inputs": tuple(fields["inputs"]), "outputs": tuple(fields["outputs"])})
     paths = config.get("tls")
-    tls = TlsFiles(*(Path(paths[k]).read_bytes() for k in ("cert", "key", "ca"))) if paths else None
+    tls = (
+        TlsFiles(*(Path(paths[k]).read_bytes() for k in ("cert", "key", "ca")), paths.get("server_name", ""))
+        if paths
+        else None
+    )
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -346,6 +346,7 @@ def test_ray_variant_is_on_par_checks_policies_and_secrets(deployed, tmp_path: P
     build = k8s.parent / "build"
     out = tmp_path / "k8s-ray-secured"
     secured = ("--endpoint-tls-secret", "api-tls", "--client-certs", "--token-secret", "api-token")
+    secured += ("--tls-secret", "stage-tls")
     done = nndeploy("deploy", build, "-o", out, "--namespace", "ml", "--ray", *secured, "--check")
     assert done.returncode == 0, done.stdout + done.stderr
     docs = documents(out)
@@ -361,8 +362,19 @@ def test_ray_variant_is_on_par_checks_policies_and_secrets(deployed, tmp_path: P
     assert args[args.index("--tls-cert") + 1] == "/etc/nndeploy-endpoint-tls/tls.crt"
     assert args[args.index("--client-ca") + 1] == "/etc/nndeploy-endpoint-tls/ca.crt"
     assert args[args.index("--auth-token-file") + 1] == "/etc/nndeploy-token/token"
-    assert {m["name"] for m in serve["volumeMounts"]} >= {"endpoint-tls", "token"}
+    assert {m["name"] for m in serve["volumeMounts"]} >= {"endpoint-tls", "token", "tls"}
+    # Mutual TLS between stages: serve (the endpoint) and every Ray worker, where the stage actors run, read
+    # the stage Secret at the same path.
+    assert args[args.index("--tls-dir") + 1] == "/etc/nndeploy-tls"
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        assert {"name": "tls", "secret": {"secretName": "stage-tls", "defaultMode": 0o440}} in pod["volumes"]
+        (worker,) = pod["containers"]
+        assert {"name": "tls", "mountPath": "/etc/nndeploy-tls", "readOnly": True} in worker["volumeMounts"]
     assert "tcpSocket" in serve["readinessProbe"]  # client certificates: the kubelet can only check the port
+    readme = " ".join((out / "README.md").read_text().split())  # how to apply and reach this variant
+    assert "svc/camera-cnn-serve" in readme and "ray.io/node-type=head" in readme
+    assert "Deployment + ClusterIP" not in readme and "first DNS name" in readme
     policies = {name: doc["spec"] for (kind, name), doc in docs.items() if kind == "NetworkPolicy"}
     ray_only = policies["camera-cnn-ray"]
     assert ray_only["podSelector"]["matchLabels"] == {"ray.io/cluster": "camera-cnn"}
@@ -469,7 +481,4 @@ def test_endpoint_tls_and_token_come_from_secrets(deployed, tmp_path: Path) -> N
         assert "token" not in volumes and "endpoint-tls" not in volumes  # stages never see them
     assert_user_error(
         nndeploy("deploy", build, "-o", tmp_path / "x", "--client-certs"), "--endpoint-tls-secret"
-    )
-    assert_user_error(
-        nndeploy("deploy", build, "-o", tmp_path / "y", "--tls-secret", "t", "--ray"), "KubeRay"
     )

@@ -6,7 +6,9 @@ the edge (where requests arrive), the Triton client too.
 Proven here: each stage's worker runs on the host that declares its device (its process is in that host's
 namespace, Ray's actor table puts it on that host's node, and it listens on that host's address); results
 match onnxruntime; tensors go edge -> server -> edge without passing through the head (its link counts a
-few KiB of control traffic against the tensors' hundreds); losing the whole server (raylet, workers) fails
+few KiB of control traffic against the tensors' hundreds); with `serve --tls-dir` the same hops run over
+mutual TLS with certificates that do not name the hosts' addresses, and a plaintext peer is refused; losing
+the whole server (raylet, workers) fails
 requests in flight with UNAVAILABLE within the deadline, serve says which device is gone, and when the
 server joins again the stage restarts there and requests succeed; losing the head stops serve with one
 line (exit 2). Nothing is left afterwards: no namespace, no process.
@@ -29,6 +31,7 @@ import yaml
 from hosts import Hosts, RayNodes, leftovers, unavailable
 from multi_host import DEVICES, Serving
 from multi_host import build as build_camera
+from test_cli import nndeploy
 
 from nndeploy.oracle import run_model
 
@@ -85,6 +88,20 @@ CLIENT = textwrap.dedent(
     if y is not None:
         np.save(outputs_path, y)
     print(json.dumps({"codes": codes, "seconds": seconds}))
+    """
+)
+
+
+PLAINTEXT = textwrap.dedent(
+    """
+    import sys, grpc
+    from nndeploy.proto import stage_pb2, stage_pb2_grpc
+    with grpc.insecure_channel(sys.argv[1]) as channel:
+        try:
+            stage_pb2_grpc.StageWorkerStub(channel).Stats(stage_pb2.StatsRequest(), timeout=5)
+            print("ANSWERED")
+        except grpc.RpcError as exc:
+            print(exc.code().name)
     """
 )
 
@@ -179,7 +196,36 @@ def test_stages_run_on_their_devices_hosts_and_survive_losing_one(
                 head_traffic = link_bytes(net, "head") - head_before
                 assert head_traffic < 5 * x.nbytes / 4, head_traffic
 
-                # 3. The server host goes down mid-load: requests fail fast, serve says which device.
+                # 3. Mutual TLS between the stages, from one folder every host sees: certificates that do
+                # not name the hosts' addresses, verified by their DNS name instead. Serve again with it.
+                certs = tmp_path / "certs"
+                made = nndeploy("certs", "make", "--stages", "2", "-o", certs)
+                assert made.returncode == 0, made.stderr
+                plain = serving.pids
+                serving.stop()
+                deadline = time.monotonic() + 30  # the fixed stage ports are free once the workers are gone
+                while any(_alive(pid) for pid in plain) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                serving = Serving(net, ray, build_dir, extra=("--tls-dir", str(certs)))
+                done = run_client(net, ray, serving, tmp_path, 3, 30.0)
+                report = json.loads(done.communicate(timeout=120)[0].strip().splitlines()[-1])
+                assert report["codes"] == ["OK"] * 3
+                assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < 1e-3
+                listening = subprocess.run(
+                    net.command("server", ["ss", "-ltnpH"]), capture_output=True, text=True
+                ).stdout
+                server_port = re.search(
+                    # (gRPC's TLS server shows as [::ffff:ADDRESS]:PORT)
+                    rf"{re.escape(net.hosts['server'].address)}\]?:(\d+) .*pid={serving.pids[1]},",
+                    listening,
+                )
+                assert server_port, listening
+                plaintext = [sys.executable, "-c", PLAINTEXT, f"{net.hosts['server'].address}:"]
+                plaintext[-1] += server_port.group(1)
+                refused = subprocess.run(net.command("edge", plaintext), capture_output=True, text=True)
+                assert refused.stdout.strip() == "UNAVAILABLE", refused.stdout + refused.stderr
+
+                # 4. The server host goes down mid-load: requests fail fast, serve says which device.
                 load = run_client(net, ray, serving, tmp_path, 40, 20.0)
                 time.sleep(3)
                 net.kill("server")
@@ -188,7 +234,7 @@ def test_stages_run_on_their_devices_hosts_and_survive_losing_one(
                 assert failed and set(report["codes"]) - {"OK"} <= {"UNAVAILABLE"}, report["codes"]
                 assert max(failed) < 20.0  # within the deadline: no hang
 
-                # 4. The server joins again: the stage restarts there and requests succeed.
+                # 5. The server joins again: the stage restarts there and requests succeed.
                 ray.start("server")
                 deadline = time.monotonic() + 240
                 while time.monotonic() < deadline:
@@ -200,7 +246,7 @@ def test_stages_run_on_their_devices_hosts_and_survive_losing_one(
                 assert codes == ["OK"]
                 assert _stage_workers(net, "server")  # the restarted stage runs on the server again
 
-                # 5. The head is lost: serve stops everything it ran and says so in one line, exit 2.
+                # 6. The head is lost: serve stops everything it ran and says so in one line, exit 2.
                 net.kill("head")
                 assert serving.process.wait(timeout=90) == 2
                 ran = [pid for host in net.hosts for pid in net.pids(host)]

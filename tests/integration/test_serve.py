@@ -456,3 +456,104 @@ def test_compile_batch_sizes_and_serve_dynamic_batching(tmp_path: Path) -> None:
         assert count < 8  # fewer runs of the chain than requests: they were batched
     finally:
         assert running.stop() == 0
+
+
+def _shared_certificate(folder: Path, names: list[str]) -> Path:
+    """A CA and one certificate for every process (a single Kubernetes TLS Secret), naming only `names`
+    (DNS names or IP addresses); returns the folder with tls.crt, tls.key, ca.crt."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def san(name: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            return x509.DNSName(name)
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "test CA")])
+    leaf_name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "shared")])
+
+    def signed(subject: x509.Name, public_key: object, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public_key)  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName([san(n) for n in names]), False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    folder.mkdir(parents=True)
+    pem = serialization.Encoding.PEM
+    (folder / "ca.crt").write_bytes(signed(ca_name, ca_key.public_key(), True).public_bytes(pem))
+    (folder / "tls.crt").write_bytes(signed(leaf_name, key.public_key(), False).public_bytes(pem))
+    (folder / "tls.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return folder
+
+
+def _stage_addresses(server: Server) -> list[str]:
+    """The worker column of serve's stage table."""
+    rows = [re.match(r"\s*│\s*\d+\s*│\s*\S+\s*│\s*(\S+)\s*│", line) for line in server.output]
+    return [row.group(1) for row in rows if row]
+
+
+@pytest.mark.parametrize("layout", ["one certificate naming no address", "a certificate per process"])
+def test_serve_on_ray_with_mutual_tls_between_stages(
+    build: tuple[Path, Path], tmp_path: Path, layout: str
+) -> None:
+    import grpc
+
+    from nndeploy.proto import stage_pb2, stage_pb2_grpc
+    from nndeploy.runtime.chain import free_ports
+
+    model, build_dir = build
+    if layout == "a certificate per process":  # endpoint/ and stage-N/, each with its own identity
+        made = nndeploy("certs", "make", "--stages", "4", "-o", tmp_path / "tls")
+        assert made.returncode == 0, made.stderr
+        folder = tmp_path / "tls"
+    else:  # stages are dialled at 127.0.0.1, which this certificate does not name: verified by name
+        folder = _shared_certificate(tmp_path / "tls", ["nndeploy-peers"])
+    port, metrics_port, http_port = free_ports(3)
+    server = Server(build_dir, port, metrics_port, http_port, "--tls-dir", str(folder))
+    try:
+        x = np.random.default_rng(2).standard_normal((1, 3, 640, 640)).astype(np.float32)
+        np.save(tmp_path / "x.npy", x)
+        done = nndeploy(
+            "infer", server.address, "--input", f"x={tmp_path / 'x.npy'}", "-o", tmp_path / "y.npz"
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        with np.load(tmp_path / "y.npz") as got:
+            assert np.abs(got["y"] - run_model(str(model), {"x": x})["y"]).max() < 1e-4
+        addresses = _stage_addresses(server)
+        assert len(addresses) == len(server.pids) >= 2
+        for address in addresses:  # a stage takes no plaintext peer
+            with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as refused:
+                stage_pb2_grpc.StageWorkerStub(channel).Stats(stage_pb2.StatsRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert server.stop() == 0, "".join(server.output)
+
+
+def test_serve_tls_without_a_name_to_verify_peers_by_is_one_line(
+    build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder = _shared_certificate(tmp_path / "tls", ["127.0.0.1"])
+    assert_user_error(
+        nndeploy("serve", build[1], "--tls-dir", folder), "certificate names no DNS name", "--tls-server-name"
+    )
+    assert_user_error(
+        nndeploy("serve", build[1], "--tls-dir", tmp_path / "nothing"), "missing tls.crt, tls.key, ca.crt"
+    )
