@@ -49,8 +49,34 @@ class InstructionMix:
     top: list[tuple[str, int]]
 
 
+def stage_code(build_dir: Path, manifest: Manifest, stage: int, kind: str) -> tuple[str, str]:
+    """(name, text) of `stage`'s generated code: kind is 'asm', 'ir', 'cuda' or 'ptx'. A CPU build keeps its
+    LLVM IR only; its assembly is generated from that IR here."""
+    try:
+        path = stage_source(build_dir, manifest, stage, kind)
+    except ArtifactError:
+        if kind != "asm":
+            raise
+        try:
+            ir = stage_source(build_dir, manifest, stage, "ir")
+        except ArtifactError:
+            raise ArtifactError(f"stage {stage} has no assembly nor LLVM IR to make it from") from None
+        return f"{ir.stem}.s (from {ir.name})", assembly(ir)
+    return path.name, path.read_text()
+
+
+def assembly(ir: Path) -> str:
+    """The machine code LLVM makes of an LLVM IR file, as assembly (the IR names its target)."""
+    import tvm
+
+    try:
+        return tvm.runtime.load_module(str(ir)).inspect_source("asm")
+    except Exception as exc:  # TVM's errors carry a C++ backtrace; its first line says what
+        raise ArtifactError(f"{ir}: LLVM cannot make assembly of it: {str(exc).splitlines()[0]}") from None
+
+
 def stage_source(build_dir: Path, manifest: Manifest, stage: int, kind: str) -> Path:
-    """The saved generated code of `stage`: kind is 'asm', 'ir' or 'cuda'."""
+    """The saved generated code of `stage`: kind is 'asm', 'ir', 'cuda' or 'ptx'."""
     entries = {s.stage: s for s in manifest.stages}
     if stage not in entries:
         raise ArtifactError(

@@ -371,7 +371,7 @@ def inspect_command(
 ) -> None:
     """Show the code a stage was compiled to, or (by default) a summary of its instruction mix."""
     from nndeploy.targets.artifacts.manifest import read_manifest
-    from nndeploy.targets.inspect import instruction_mix, stage_source
+    from nndeploy.targets.inspect import instruction_mix, stage_code, stage_source
 
     manifest = read_manifest(build_dir)
     entry = {e.stage: e for e in manifest.stages}.get(stage)
@@ -381,14 +381,12 @@ def inspect_command(
     is_cuda = entry.device_arch == "cuda"
     if asm or ir or source:
         kind = ("ptx" if is_cuda else "asm") if asm else "ir" if ir or not is_cuda else "cuda"
-        sys.stdout.write(stage_source(build_dir, manifest, stage, kind).read_text())
+        sys.stdout.write(stage_code(build_dir, manifest, stage, kind)[1])
         return
-    path = stage_source(build_dir, manifest, stage, "ptx" if is_cuda else "asm")
-    mix = instruction_mix(
-        path.read_text(), "cuda" if is_cuda else str(entry.artifact.target.get("mtriple", "x86_64"))
-    )
+    name, text = stage_code(build_dir, manifest, stage, "ptx" if is_cuda else "asm")
+    mix = instruction_mix(text, "cuda" if is_cuda else str(entry.artifact.target.get("mtriple", "x86_64")))
     unit = "PTX instructions" if is_cuda else "instructions"
-    table = Table(title=f"stage {stage} on {entry.device}: {path.name} ({mix.total:,} {unit})")
+    table = Table(title=f"stage {stage} on {entry.device}: {name} ({mix.total:,} {unit})")
     table.add_column("class")
     table.add_column("count", justify="right")
     for label, count in mix.classes.items():
