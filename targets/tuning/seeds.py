@@ -1,7 +1,7 @@
 """A tuning task's first batch when tuned workloads of its kind exist: their schedules carried over to it
 (`tuning.transfer`), from the shipped knowledge and from the database being tuned, best ranked first by
-the shipped cost model. `tune` measures them as real trials instead of random samples, and stops a task
-once it is within reach of the time they predict."""
+the shipped cost model. `tune` measures them as real trials instead of random samples, and sets a task
+aside once it is within reach of the time they predict (while other tasks are not)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Any
 from nndeploy.targets.tuning import shipped, transfer
 from nndeploy.types import Device
 
-# A task seeded with transferred schedules stops once its best is this close to the time the tuned
-# workloads it was seeded from reach (scaled by FLOPs): more trials there rarely pay, other tasks may.
+# A task seeded with transferred schedules yields to the others once its best is this close to the time the
+# tuned workloads it was seeded from reach (scaled by FLOPs): more trials there rarely pay, other tasks may.
 NEAR_PREDICTED = 0.03
 
 
 def reached(best_ms: float | None, predicted_ms: float | None) -> bool:
-    """Whether a task is within NEAR_PREDICTED of its predicted best (then its budget goes elsewhere)."""
+    """Whether a task is within NEAR_PREDICTED of its predicted best (the budget goes elsewhere first)."""
     return best_ms is not None and predicted_ms is not None and best_ms <= predicted_ms * (1 + NEAR_PREDICTED)
 
 

@@ -308,13 +308,11 @@ def tune_tasks(
             while not interrupted.requested and (
                 measured[0] == 0 or time.perf_counter() - started < budget_s
             ):
-                open_tasks = [
-                    w
-                    for w in todo
-                    if done[w] < trials_per_task
-                    and stalls[w] < 3
-                    and not reached(best.get(w), predicted.get(w))
-                ]
+                alive = [w for w in todo if done[w] < trials_per_task and stalls[w] < 3]
+                # A task within reach of its predicted best yields to those that are not; once every task
+                # is, the budget left goes on refining them (the prediction is the corpus's best, which
+                # this machine's search may beat) until they stall.
+                open_tasks = [w for w in alive if not reached(best.get(w), predicted.get(w))] or alive
                 if not open_tasks:
                     break
                 workload = max(open_tasks, key=lambda w: _priority(todo[w], best.get(w), stalls[w]))
