@@ -57,10 +57,7 @@ def stage_code(build_dir: Path, manifest: Manifest, stage: int, kind: str) -> tu
     except ArtifactError:
         if kind != "asm":
             raise
-        try:
-            ir = stage_source(build_dir, manifest, stage, "ir")
-        except ArtifactError:
-            raise ArtifactError(f"stage {stage} has no assembly nor LLVM IR to make it from") from None
+        ir = stage_source(build_dir, manifest, stage, "ir")  # its own reason when there is none either
         return f"{ir.stem}.s (from {ir.name})", assembly(ir)
     return path.name, path.read_text()
 
