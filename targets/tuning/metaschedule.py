@@ -110,6 +110,9 @@ def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from nndeploy.targets.frontend.fast_math import use_fast_exp
+
+    use_fast_exp()  # candidates are timed with the exp the stage will be built with
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
