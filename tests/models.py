@@ -300,6 +300,22 @@ def uncompilable_model() -> onnx.ModelProto:
     return _model(nodes, [_f32("x", [2, 8])], [_f32("y", [2, 4])], [*weights, lengths], "reverse", opset=17)
 
 
+def silu_softmax_model() -> onnx.ModelProto:
+    """conv 3->16 (3x3, stride 2), SiLU, global pool, softmax over channels: every exp a CNN stage meets."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4),
+        helper.make_node("Sigmoid", ["c"], ["s"]),
+        helper.make_node("Mul", ["c", "s"], ["y"]),
+        helper.make_node("GlobalAveragePool", ["y"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Softmax", ["f"], ["probabilities"], axis=1),
+    ]
+    weights = _weights(0, w=(16, 3, 3, 3), b=(16,))
+    return _model(
+        nodes, [_f32("x", [1, 3, 64, 64])], [_f32("probabilities", [1, 16])], weights, "silu_softmax"
+    )
+
+
 def conv_residual_model(side: int) -> onnx.ModelProto:
     """x[1,3,side,side] through Relu, a 3x3 conv, Sigmoid and a residual Add: split over several fast-linked
     servers it becomes a multi-stage pipeline (side 640 makes a 4.7 MiB input, over gRPC's default limit)."""

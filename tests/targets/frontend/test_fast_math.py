@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from nndeploy.targets.build.check import BuildCheck
 from nndeploy.targets.build.stage import build_stage
 from nndeploy.targets.devices.registry import device_from_profile, load_profiles
 from nndeploy.targets.frontend.fast_math import use_fast_exp
+
+from models import silu_softmax_model
 
 LANES = 16
 
@@ -89,38 +90,13 @@ def test_float64_exp_keeps_llvms_own_exp() -> None:
     np.testing.assert_allclose(exp, np.exp(x), rtol=1e-14)
 
 
-def _silu_softmax_model() -> onnx.ModelProto:
-    """conv 3->16 (3x3, stride 2), SiLU, global pool, softmax over channels: every exp a stage meets."""
-    rng = np.random.default_rng(0)
-    weights = [
-        numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4),
-        helper.make_node("Sigmoid", ["c"], ["s"]),
-        helper.make_node("Mul", ["c", "s"], ["y"]),
-        helper.make_node("GlobalAveragePool", ["y"], ["p"]),
-        helper.make_node("Flatten", ["p"], ["f"]),
-        helper.make_node("Softmax", ["f"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "silu_softmax",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 16])],
-        weights,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 @pytest.mark.parametrize("profile", ["x86-avx512-server", "raspberry-pi-5"])
 def test_a_stage_with_silu_and_softmax_builds_without_expf_and_matches_onnxruntime(
     profile: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NNDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "stage.onnx"
-    onnx.save(_silu_softmax_model(), path)
+    onnx.save(silu_softmax_model(), path)
     device = device_from_profile(load_profiles()[profile], "dev")
     native = profile.startswith("x86")
     record = build_stage(path, 0, device, tmp_path / "build", check=BuildCheck() if native else None)
