@@ -118,8 +118,13 @@ def vm_exec_mode(target_kind: str) -> str:
 
 
 def compile_module(mod: Any, target: Any, pipeline: Any) -> Any:
-    """tvm.compile (Relax VM in `vm_exec_mode`) with TVM's failure turned into a one-line BuildError."""
+    """tvm.compile (Relax VM in `vm_exec_mode`; float32 exp as vector code on CPU, see `fast_math`) with
+    TVM's failure turned into a one-line BuildError."""
     import tvm
+
+    from nndeploy.targets.frontend.fast_math import use_fast_exp
+
+    use_fast_exp()
 
     try:
         return tvm.relax.build(mod, target, relax_pipeline=pipeline, exec_mode=vm_exec_mode(target.kind.name))

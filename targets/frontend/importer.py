@@ -19,10 +19,8 @@ from nndeploy.types import Device
 def import_onnx(model: onnx.ModelProto, device: Device) -> Any:
     """TVM Relax module of a stage model, or a BuildError naming the node and op TVM cannot import."""
     from nndeploy.targets.frontend.converters import from_onnx
-    from nndeploy.targets.frontend.fast_math import use_fast_exp
     from nndeploy.targets.frontend.ops import tvm_onnx_ops
 
-    use_fast_exp()  # every process that imports a model builds it: its CPU code gets the vector exp
     supported = tvm_onnx_ops()
     model = expand_functions(upgrade_opset(model), supported)
     for node in model.graph.node:

@@ -26,6 +26,7 @@ from nndeploy.targets.tuning import cold as cold_measure
 from nndeploy.targets.tuning import database as tuning_db
 from nndeploy.targets.tuning.metaschedule import builder as candidate_builder
 from nndeploy.targets.tuning.metaschedule import measure_traces
+from nndeploy.targets.tuning.metaschedule import runner as candidate_runner
 from nndeploy.targets.tuning.seeds import TransferSeeds, reached
 from nndeploy.types import Device
 
@@ -46,10 +47,6 @@ SEARCH_ITERATIONS = 2
 # trials (37.8 a minute, 8 tasks reached) to the search's 96 (29.1, 6 tasks), and the tuned stage ran in
 # 176 ms against 203 ms: a first batch's search costs time where its cost model knows least.
 FIRST_BATCH_SEARCH = "replay"
-# How long MetaSchedule's runner times a candidate at least (its default: 100 ms). With the default,
-# timing was 48 s of a 152 s tune of small_detector (261 trials; py-spy): kernels run 0.05-1 ms, so even
-# 30 ms is 30-600 runs per candidate.
-MIN_REPEAT_MS = 30
 EXHAUSTED = 1 << 30  # trials_done of a task whose search space has been measured completely
 
 
@@ -389,17 +386,9 @@ def open_database(db_dir: Path, weights_cold: bool) -> Any:
 def _runner(runners: dict[Any, Any], task: Task) -> Any:
     """MetaSchedule's local runner for the task's way of measuring (cold: per set of weight arguments),
     made once per way."""
-    from tvm.s_tir import meta_schedule as ms
-
     key = cold_measure.weight_arguments(task.extracted.dispatched[0]) if task.weights_cold else None
     if key not in runners:
-        if key is None:
-            runners[key] = ms.Runner.create(
-                "local",
-                evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=MIN_REPEAT_MS),
-            )
-        else:
-            runners[key] = cold_measure.runner(key)
+        runners[key] = candidate_runner() if key is None else cold_measure.runner(key)
     return runners[key]
 
 
